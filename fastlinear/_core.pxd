@@ -1,0 +1,27 @@
+# Declarations of the C kernel's public contract (src_c/fastlinear.h).
+
+cdef extern from "fastlinear.h" nogil:
+    ctypedef enum fl_dtype:
+        FL_F32
+        FL_F64
+    enum:
+        FL_OK
+        FL_ENOMEM
+    ctypedef struct fl_packed:
+        pass
+    fl_packed *fl_pack(fl_dtype dtype, size_t n, size_t k, const void *w, ptrdiff_t rs_w,
+                       ptrdiff_t cs_w, const void *b, ptrdiff_t bs) noexcept
+    void fl_free(fl_packed *p) noexcept
+    int fl_forward(const fl_packed *p, size_t m, const void *x, size_t ldx, void *y,
+                   size_t ldy, int nthreads) noexcept
+    const char *fl_isa_name() noexcept
+    int fl_set_isa(const char *name) noexcept
+    const char *fl_supported_isa(int i) noexcept
+    int fl_openmp_enabled() noexcept
+    int fl_default_threads() noexcept
+
+
+cdef class PackedWeights:
+    cdef fl_packed *_p
+    cdef readonly object dtype
+    cdef readonly str isa

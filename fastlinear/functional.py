@@ -1,0 +1,68 @@
+"""Stateless forward: fastlinear.functional.linear(x, weight, bias)."""
+import numpy as np
+
+from . import _blas, _config, _core
+from ._validate import as_array, as_rows, check_out, kernel_ready, parameter
+
+__all__ = ["linear"]
+
+
+def linear(x, weight, bias=None, *, out=None, backend="auto"):
+    """y = x @ weight.T + bias, like torch.nn.functional.linear.
+
+    x: (*, K); weight: (N, K); bias: (N,) or None; returns (*, N), or writes `out`
+    (C-contiguous, that shape and dtype) and returns it. The computation runs in the
+    weight's dtype when it is float32 or float64, else in float64; x and bias are cast
+    to it. The native backend packs the weight on every call: for repeated calls with
+    the same weight, fastlinear.Linear packs it once.
+    """
+    backend = _config.resolve_backend(_config.check_backend(backend))
+    w = as_array(weight, "weight")
+    if w.ndim != 2:
+        raise ValueError(f"weight must be 2-D (out_features, in_features), got shape {w.shape}")
+    dtype = w.dtype if w.dtype in (np.float32, np.float64) else np.dtype(np.float64)
+    n, k = w.shape
+    if bias is not None:
+        bias = parameter(bias, (n,), dtype, "bias")
+    x2, batch = as_rows(x, dtype, k, fortran_ok=backend == "blas")
+    w = kernel_ready(w, dtype, fortran_ok=True)
+    packed = _core.PackedWeights(w, bias) if backend == "native" else None
+    return forward(x2, batch, w, bias, packed, out)
+
+
+def forward(x2, batch, weight, bias, packed, out):
+    """Shared by Linear and linear(): x2 (M, K) from as_rows; with `packed` the native
+    kernel runs, without it BLAS does on `weight`. Returns (*batch, N)."""
+    m, n = x2.shape[0], weight.shape[0]
+    shape = (*batch, n)
+    if out is None:
+        result = np.empty(shape, dtype=weight.dtype)
+    else:
+        result = check_out(out, shape, weight.dtype)
+    y = result.reshape(m, n)
+    # The kernels may not read an input while writing y: compute aside, then copy.
+    overlap = out is not None and (np.may_share_memory(y, x2) or np.may_share_memory(y, weight)
+                                   or (bias is not None and np.may_share_memory(y, bias)))
+    target = np.empty_like(y) if overlap else y
+    if packed is not None:
+        _core.forward(packed, x2, target, _config.get_num_threads())
+    else:
+        run_blas(x2, weight, bias, target)
+    if overlap:
+        y[...] = target
+    return result
+
+
+def run_blas(x2, weight, bias, y):
+    """y = x2 @ weight.T + bias through BLAS; copies x2 or weight only when their
+    layout is neither row- nor column-major."""
+    if _blas.blas_layout(x2) is None:
+        x2 = np.ascontiguousarray(x2)
+    if _blas.blas_layout(weight) is None:
+        weight = np.ascontiguousarray(weight)
+    if _blas.blas_layout(x2) is None or _blas.blas_layout(weight) is None:
+        raise ValueError(f"shapes {x2.shape} and {weight.shape} exceed the 32-bit sizes "
+                         "of the BLAS backend; use backend='native'")
+    if bias is not None:
+        y[...] = bias
+    _blas.gemm(x2, weight, y, bias is not None)

@@ -1,0 +1,76 @@
+"""Builds fastlinear's two extensions: _core (the C kernel behind a Cython bridge) and
+_blas (scipy's BLAS through Cython). Metadata lives in pyproject.toml.
+
+Environment:
+  FASTLINEAR_NO_OPENMP=1   build without OpenMP (single-threaded), even where available.
+"""
+import os
+import sys
+import tempfile
+import textwrap
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+C_SOURCES = [
+    "src_c/pack.c",
+    "src_c/gemm.c",
+    "src_c/dispatch.c",
+    "src_c/kernels/ref.c",
+]
+# -ffp-contract=off: the compiler must not fuse a*b+c into an FMA behind our back, or a
+# vectorised loop and its scalar tail could round differently (see DESIGN.md, Numerics).
+# No -march=native and no -ffast-math: a wheel built here must run on any x86-64 and keep
+# NaN and Inf semantics.
+C_FLAGS = ["-O3", "-ffp-contract=off"]
+OPENMP_PROBE = textwrap.dedent("""
+    #include <omp.h>
+    int main(void) { return omp_get_max_threads() > 0 ? 0 : 1; }
+""")
+
+
+def compiler_has_openmp(compiler):
+    """True when this compiler builds and links an OpenMP program with -fopenmp."""
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "probe.c")
+        with open(src, "w") as f:
+            f.write(OPENMP_PROBE)
+        try:
+            objs = compiler.compile([src], output_dir=tmp, extra_postargs=["-fopenmp"])
+            compiler.link_executable(objs, "probe", output_dir=tmp,
+                                     extra_postargs=["-fopenmp"])
+        except Exception:
+            return False
+    return True
+
+
+class BuildExt(build_ext):
+    def build_extensions(self):
+        use_openmp = os.environ.get("FASTLINEAR_NO_OPENMP", "") in ("", "0")
+        if use_openmp and not compiler_has_openmp(self.compiler):
+            print("fastlinear: this compiler lacks OpenMP (-fopenmp); building the "
+                  "native kernel single-threaded", file=sys.stderr)
+            use_openmp = False
+        for ext in self.extensions:
+            ext.extra_compile_args += C_FLAGS
+            if use_openmp and ext.name == "fastlinear._core":
+                ext.extra_compile_args.append("-fopenmp")
+                ext.extra_link_args.append("-fopenmp")
+        super().build_extensions()
+
+
+extensions = [
+    Extension("fastlinear._core", ["fastlinear/_core.pyx", *C_SOURCES],
+              include_dirs=["src_c"]),
+    Extension("fastlinear._blas", ["fastlinear/_blas.pyx"]),
+]
+
+setup(
+    ext_modules=cythonize(
+        extensions,
+        compiler_directives={"language_level": 3, "boundscheck": False,
+                             "wraparound": False, "initializedcheck": False},
+    ),
+    cmdclass={"build_ext": BuildExt},
+)

@@ -1,0 +1,67 @@
+/* Picks the micro-kernel ISA once: the best one this CPU runs, unless fl_set_isa() says
+ * otherwise (the Python layer passes FASTLINEAR_ISA through it). */
+#include <string.h>
+#include "kernel.h"
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+/* Worst first; the last one this CPU supports is the default. */
+static const fl_isa *const all_isas[] = {&fl_isa_ref};
+enum { N_ISAS = sizeof all_isas / sizeof all_isas[0] };
+
+static const fl_isa *current;
+
+const fl_isa *fl_current_isa(void)
+{
+    if (!current) {
+        /* Benign race: every thread computes the same answer. */
+        const fl_isa *best = all_isas[0];
+        for (int i = 0; i < N_ISAS; i++)
+            if (all_isas[i]->cpu_has())
+                best = all_isas[i];
+        current = best;
+    }
+    return current;
+}
+
+const char *fl_isa_name(void) { return fl_current_isa()->name; }
+
+int fl_set_isa(const char *name)
+{
+    for (int i = 0; i < N_ISAS; i++) {
+        if (strcmp(all_isas[i]->name, name) == 0) {
+            if (!all_isas[i]->cpu_has())
+                return -2;
+            current = all_isas[i];
+            return 0;
+        }
+    }
+    return -1;
+}
+
+const char *fl_supported_isa(int i)
+{
+    for (int j = 0; j < N_ISAS; j++)
+        if (all_isas[j]->cpu_has() && i-- == 0)
+            return all_isas[j]->name;
+    return NULL;
+}
+
+int fl_openmp_enabled(void)
+{
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+int fl_default_threads(void)
+{
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}

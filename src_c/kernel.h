@@ -1,0 +1,72 @@
+/* Internal contract between the GEMM driver (gemm.c), packing (pack.c) and the
+ * per-ISA micro-kernels (kernels/<isa>.c). Not part of the public API.
+ *
+ * Micro-kernel: computes one m x n tile of y (1 <= m <= MR, 1 <= n <= NR) over one block
+ * of kc values of k:
+ *
+ *     acc[i][j] = (first ? 0 : y[i*ldy + j])
+ *     for k in 0 .. kc-1 (ascending):  acc[i][j] += a[i*a_rs + k*a_cs] * w[k*NR + j]
+ *     if bias != NULL:                 acc[i][j] += bias[j]
+ *     y[i*ldy + j] = acc[i][j]         for i < m, j < n only
+ *
+ *   a      rows of x: either x itself (a_rs = ldx, a_cs = 1) or a packed micro-panel
+ *          (a_rs = 1, a_cs = MR). Only rows i < m are read.
+ *   w      kc rows of one packed weight panel: NR contiguous values per k, 64-byte
+ *          aligned, zero past column n. All NR columns may be read.
+ *   bias   NULL, or NR values (zero past n) added once, after the last k block.
+ *   y      only rows i < m and columns j < n are touched; when `first` is set it is not
+ *          read (it may hold NaN). kc may be 0 (then y = bias, or 0).
+ * The multiply-add of one element always rounds the same way inside one kernel: whether a
+ * column lies in a full or an edge tile, whatever m is.
+ */
+#ifndef FL_KERNEL_H
+#define FL_KERNEL_H
+
+#include <stddef.h>
+#include "fastlinear.h"
+
+typedef void fl_ukernel(size_t kc, const void *a, ptrdiff_t a_rs, ptrdiff_t a_cs,
+                        const void *w, void *y, size_t ldy, size_t m, size_t n,
+                        int first, const void *bias);
+
+/* One micro-kernel with the block sizes that suit it (reasons in blocking.h). */
+typedef struct {
+    fl_ukernel *run;
+    size_t mr, nr;      /* register tile */
+    size_t kc;          /* k block: a KC x NR weight slice stays in L1 */
+    size_t mc;          /* row block: an MC x KC block of packed x stays in L2 */
+    size_t nc;          /* column block: a KC x NC weight slab stays in L3 */
+    size_t pack_x_min_m;/* from this many rows on, x blocks are packed */
+} fl_kernel;
+
+typedef struct {
+    const char *name;
+    int (*cpu_has)(void);   /* 1 when this CPU can run it */
+    fl_kernel k[2];         /* indexed by fl_dtype */
+} fl_isa;
+
+struct fl_packed {
+    const fl_kernel *kern;
+    fl_dtype dtype;
+    size_t n, k;
+    size_t panels;      /* ceil(n / nr) */
+    void *w;            /* panels * k * nr values, 64-byte aligned */
+    void *bias;         /* panels * nr values or NULL */
+};
+
+/* Kernels, one file per ISA. */
+extern const fl_isa fl_isa_ref;
+
+/* The ISA fl_pack() uses now (dispatch.c). */
+const fl_isa *fl_current_isa(void);
+
+/* 64-byte aligned, uninitialised; NULL on overflow or exhaustion; release with free(). */
+void *fl_aligned_alloc(size_t count, size_t size);
+size_t fl_dtype_size(fl_dtype dtype);
+
+/* Packs rows [0, m) x columns [0, kc) of x (row stride ldx) into micro-panels of MR rows:
+ * element (i, k) goes to dst[(i / mr) * kc * mr + k * mr + i % mr]. */
+void fl_pack_x(fl_dtype dtype, size_t mr, size_t m, size_t kc, const void *x, size_t ldx,
+               void *dst);
+
+#endif
