@@ -36,13 +36,7 @@ def blas_layout(a):
 
 def gemm(x, w, out, bint accumulate):
     """out = x @ w.T (+ out when accumulate); x (M, K), w (N, K), out (M, N)
-    C-contiguous and at most INT_MAX on each side; x and w in a blas_layout."""
-    if out.size == 0:
-        return
-    if x.shape[1] == 0:  # an empty sum; BLAS would want dummy pointers
-        if not accumulate:
-            out.fill(0)
-        return
+    C-contiguous; M, N, K from 1 to INT_MAX; x and w in a blas_layout."""
     trans_w, ldw = blas_layout(w)
     trans_x, ldx = blas_layout(x)
     # y.T = op_a(W) @ op_b(x.T) in column-major terms: a row-major W (N x K) reads as a

@@ -17,6 +17,9 @@ cdef extern from "fastlinear.h" nogil:
     const char *fl_isa_name() noexcept
     int fl_set_isa(const char *name) noexcept
     const char *fl_supported_isa(int i) noexcept
+    ctypedef struct fl_blocking:
+        size_t mr, nr, kc, mc, nc, pack_x_min_m
+    void fl_get_blocking(fl_dtype dtype, fl_blocking *out) noexcept
     int fl_openmp_enabled() noexcept
     int fl_default_threads() noexcept
 

@@ -92,6 +92,13 @@ def set_isa(str name):
                          f"supported: {supported_isas()}")
 
 
+def blocking(dtype):
+    """The current ISA's block sizes for float32 or float64, as a dict."""
+    cdef fl_blocking b
+    fl_get_blocking(FL_F32 if np.dtype(dtype) == np.float32 else FL_F64, &b)
+    return b
+
+
 def openmp_enabled():
     return bool(fl_openmp_enabled())
 

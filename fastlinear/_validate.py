@@ -68,14 +68,14 @@ def as_rows(x, dtype, in_features, fortran_ok=False):
 def kernel_ready(a, dtype, fortran_ok):
     """`a` as-is when it has `dtype`, is aligned and has unit stride along its last axis
     (or, with fortran_ok, its first), with non-negative strides in whole elements;
-    otherwise a C-contiguous copy."""
+    otherwise an aligned C-contiguous copy."""
     size = a.itemsize
     s0, s1 = a.strides
     ok = (a.dtype == dtype and a.flags.aligned and s0 >= 0 and s1 >= 0
           and s0 % size == 0 and s1 % size == 0)
     if ok and (s1 == size or a.shape[1] <= 1 or (fortran_ok and s0 == size)):
         return a
-    return np.ascontiguousarray(a, dtype=dtype)
+    return np.array(a, dtype=dtype, order="C")  # always a fresh, aligned copy
 
 
 def parameter(value, shape, dtype, name):

@@ -56,13 +56,19 @@ def forward(x2, batch, weight, bias, packed, out):
 def run_blas(x2, weight, bias, y):
     """y = x2 @ weight.T + bias through BLAS; copies x2 or weight only when their
     layout is neither row- nor column-major."""
+    if y.size == 0:
+        return
+    if bias is not None:
+        y[...] = bias
+    if x2.shape[1] == 0:  # an empty sum: BLAS would want dummy operands
+        if bias is None:
+            y.fill(0)
+        return
     if _blas.blas_layout(x2) is None:
-        x2 = np.ascontiguousarray(x2)
+        x2 = np.array(x2, order="C")  # aligned too, unlike ascontiguousarray
     if _blas.blas_layout(weight) is None:
-        weight = np.ascontiguousarray(weight)
+        weight = np.array(weight, order="C")
     if _blas.blas_layout(x2) is None or _blas.blas_layout(weight) is None:
         raise ValueError(f"shapes {x2.shape} and {weight.shape} exceed the 32-bit sizes "
                          "of the BLAS backend; use backend='native'")
-    if bias is not None:
-        y[...] = bias
     _blas.gemm(x2, weight, y, bias is not None)

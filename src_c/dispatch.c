@@ -48,6 +48,12 @@ const char *fl_supported_isa(int i)
     return NULL;
 }
 
+void fl_get_blocking(fl_dtype dtype, fl_blocking *out)
+{
+    const fl_kernel *k = &fl_current_isa()->k[dtype];
+    *out = (fl_blocking){k->mr, k->nr, k->kc, k->mc, k->nc, k->pack_x_min_m};
+}
+
 int fl_openmp_enabled(void)
 {
 #ifdef _OPENMP

@@ -56,6 +56,9 @@ const char *fl_isa_name(void);
 int fl_set_isa(const char *name);
 /* Name of the i-th ISA this CPU and build support, best last; NULL past the end. */
 const char *fl_supported_isa(int i);
+/* The block sizes fl_pack() would use now for `dtype` (for tests and diagnostics). */
+typedef struct { size_t mr, nr, kc, mc, nc, pack_x_min_m; } fl_blocking;
+void fl_get_blocking(fl_dtype dtype, fl_blocking *out);
 /* 1 when built with OpenMP, else 0. */
 int fl_openmp_enabled(void);
 /* Thread count OpenMP would use by default (OMP_NUM_THREADS, affinity); 1 without OpenMP. */

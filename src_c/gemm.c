@@ -101,7 +101,9 @@ int fl_forward(const fl_packed *p, size_t m, const void *x, size_t ldx, void *y,
 #endif
 
     char *xbuf = NULL;
-    const size_t xbuf_len = min_sz(kr->mc, m) * min_sz(kr->kc, p->k ? p->k : 1);
+    /* One MC x KC block, its last micro-panel rounded up to MR rows. */
+    const size_t xbuf_rows = (min_sz(kr->mc, m) + kr->mr - 1) / kr->mr * kr->mr;
+    const size_t xbuf_len = xbuf_rows * min_sz(kr->kc, p->k ? p->k : 1);
     if (pack_x) {
         xbuf = fl_aligned_alloc(threads * xbuf_len, fl_dtype_size(p->dtype));
         if (!xbuf)

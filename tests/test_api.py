@@ -1,0 +1,212 @@
+"""The Python API: construction, parameters, settings, errors with clear messages."""
+import pickle
+import re
+
+import numpy as np
+import pytest
+
+import fastlinear as fl
+from fastlinear import _core
+
+from conftest import assert_close, random_layer
+
+
+def test_repr_and_attributes():
+    layer = fl.Linear(100, 50)
+    assert repr(layer) == "Linear(in_features=100, out_features=50, bias=True)"
+    assert repr(fl.Linear(3, 2, bias=False)) == "Linear(in_features=3, out_features=2, bias=False)"
+    assert (layer.in_features, layer.out_features) == (100, 50)
+    assert layer.dtype == np.float32 and layer.backend == "auto"
+    assert layer.weight.shape == (50, 100) and layer.bias.shape == (50,)
+    assert fl.Linear(3, 2, bias=False).bias is None
+    assert fl.Linear(3, 2, dtype=np.float64).weight.dtype == np.float64
+
+
+def test_init_is_torch_uniform_and_seeded():
+    layer = fl.Linear(400, 300, rng=0)
+    bound = 1 / np.sqrt(400)
+    for p in (layer.weight, layer.bias):
+        assert np.all(np.abs(p) <= bound)
+        assert np.abs(p).max() > 0.95 * bound          # spans the interval
+        assert abs(float(p.mean())) < 0.1 * bound      # centred
+    np.testing.assert_array_equal(fl.Linear(400, 300, rng=0).weight, layer.weight)
+    gen = np.random.default_rng(0)
+    np.testing.assert_array_equal(fl.Linear(400, 300, rng=gen).weight, layer.weight)
+    assert not np.array_equal(fl.Linear(400, 300, rng=1).weight, layer.weight)
+    old = layer.weight.copy()
+    layer.reset_parameters(rng=5)
+    assert not np.array_equal(layer.weight, old)
+    np.testing.assert_array_equal(layer.weight, fl.Linear(400, 300, rng=5).weight)
+
+
+def test_parameters_are_read_only_and_reassignable():
+    layer = random_layer(6, 4, np.float32)
+    x = np.ones((2, 6), np.float32)
+    with pytest.raises(ValueError):
+        layer.weight[0, 0] = 1.0
+    with pytest.raises(ValueError):
+        layer.weight.flags.writeable = True
+    with pytest.raises(ValueError):
+        layer.bias[0] = 1.0
+    new_w = np.arange(24, dtype=np.float64).reshape(4, 6)
+    layer.weight = new_w
+    new_w[0, 0] = 100.0  # the layer keeps its own copy
+    assert layer.weight.dtype == np.float32 and layer.weight[0, 0] == 0
+    assert_close(layer(x), x, layer.weight, layer.bias)
+    layer.bias = [1, 2, 3, 4]
+    np.testing.assert_array_equal(layer.bias, [1, 2, 3, 4])
+    assert_close(layer(x), x, layer.weight, layer.bias)
+    layer.bias = None
+    assert "bias=False" in repr(layer)
+    assert_close(layer(x), x, layer.weight, None)
+
+
+def test_state_dict_round_trip():
+    a, b = random_layer(5, 3, np.float64, seed=1), random_layer(5, 3, np.float64, seed=2)
+    sd = a.state_dict()
+    assert set(sd) == {"weight", "bias"}
+    sd["weight"][0, 0] = 42.0  # a copy: the layer does not change
+    assert a.weight[0, 0] != 42.0
+    b.load_state_dict(a.state_dict())
+    x = np.random.default_rng(0).standard_normal((4, 5))
+    np.testing.assert_array_equal(b(x), a(x))
+    assert set(fl.Linear(5, 3, bias=False).state_dict()) == {"weight"}
+    with pytest.raises(KeyError, match="missing keys \\['bias'\\]"):
+        b.load_state_dict({"weight": sd["weight"]})
+    with pytest.raises(KeyError, match="unexpected keys \\['extra'\\]"):
+        b.load_state_dict({**sd, "extra": 1})
+    with pytest.raises(ValueError, match=re.escape("weight must have shape (3, 5), got (5, 3)")):
+        b.load_state_dict({"weight": sd["weight"].T, "bias": sd["bias"]})
+
+
+@pytest.mark.parametrize("backend", ["auto", "native", "blas"])
+def test_pickle_round_trip(backend):
+    layer = random_layer(7, 5, np.float64, backend=backend)
+    clone = pickle.loads(pickle.dumps(layer))
+    assert repr(clone) == repr(layer) and clone.backend == backend
+    x = np.random.default_rng(0).standard_normal((3, 7))
+    np.testing.assert_array_equal(clone(x), layer(x))
+    big = fl.Linear(256, 256)
+    assert len(pickle.dumps(big)) < 1.1 * big.weight.nbytes + 4096  # weights, not packs
+
+
+def test_threads_setting(threads):
+    assert fl.get_num_threads() >= 1
+    fl.set_num_threads(3)
+    assert fl.get_num_threads() == 3
+    for bad in (0, -1, 1.5, "2", True, None):
+        with pytest.raises(ValueError, match="positive integer"):
+            fl.set_num_threads(bad)
+    assert fl.get_num_threads() == 3
+
+
+def test_show_config(capsys):
+    fl.show_config()
+    text = capsys.readouterr().out
+    for word in ("fastlinear", fl.__version__, "native_isa", _core.isa_name(), "openmp",
+                 "num_threads", "blas"):
+        assert word in text
+
+
+def test_isa_names():
+    names = _core.supported_isas()
+    assert "ref" in names and _core.isa_name() in names
+    with pytest.raises(ValueError, match="unknown ISA 'sse9'"):
+        _core.set_isa("sse9")
+
+
+# -- errors ------------------------------------------------------------------------
+LAYER = fl.Linear(100, 50)
+
+
+@pytest.mark.parametrize("x, exc, pattern", [
+    (np.ones((3, 99)), ValueError, "in_features=100, got 99"),
+    (np.ones(101), ValueError, "in_features=100, got 101"),
+    (np.float32(1.0), ValueError, "0-d"),
+    (np.ones((2, 100), np.complex64), TypeError, "complex"),
+    (np.array([["a"] * 100]), TypeError, "real numeric"),
+    (np.ones((2, 100), object), TypeError, "real numeric"),
+    ([[1.0] * 99], ValueError, "got 99"),
+])
+def test_bad_inputs(x, exc, pattern):
+    with pytest.raises(exc, match=pattern):
+        LAYER(x)
+
+
+def test_bool_and_int_inputs_are_cast():
+    layer = random_layer(4, 2, np.float64)
+    for x in (np.array([[True, False, True, True]]), np.arange(4).reshape(1, 4),
+              [[1, 2, 3, 4]]):
+        xf = np.asarray(x, np.float64)
+        assert_close(layer(x), xf, layer.weight, layer.bias)
+
+
+@pytest.mark.parametrize("out, pattern", [
+    (np.empty((3, 49), np.float32), re.escape("shape (3, 50), got (3, 49)")),
+    (np.empty((3, 50), np.float64), "dtype float32, got float64"),
+    (np.empty((50, 3), np.float32).T, "C-contiguous"),
+    (np.empty((3, 100), np.float32)[:, ::2], "C-contiguous"),
+])
+def test_bad_out(out, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        LAYER(np.ones((3, 100)), out=out)
+
+
+def test_read_only_out():
+    out = np.empty((3, 50), np.float32)
+    out.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        LAYER(np.ones((3, 100)), out=out)
+    with pytest.raises(TypeError, match="numpy.ndarray"):
+        LAYER(np.ones((3, 100)), out=[0.0] * 150)
+
+
+@pytest.mark.parametrize("args, kwargs, exc, pattern", [
+    ((0, 5), {}, ValueError, "in_features must be a positive integer, got 0"),
+    ((5, -1), {}, ValueError, "out_features must be a positive integer, got -1"),
+    ((2.5, 5), {}, ValueError, "in_features must be a positive integer, got 2.5"),
+    (("3", 5), {}, ValueError, "in_features"),
+    ((True, 5), {}, ValueError, "in_features"),
+    ((3, 5), {"backend": "cuda"}, ValueError, "unknown backend 'cuda'"),
+    ((3, 5), {"dtype": np.int32}, TypeError, "float32 or float64, got int32"),
+    ((3, 5), {"dtype": np.float16}, TypeError, "float32 or float64"),
+    ((3, 5), {"bias": "yes"}, TypeError, "bias must be True or False"),
+])
+def test_bad_constructor_arguments(args, kwargs, exc, pattern):
+    with pytest.raises(exc, match=pattern):
+        fl.Linear(*args, **kwargs)
+
+
+def test_bad_parameter_assignment():
+    layer = random_layer(4, 3, np.float32)
+    before = layer.weight.copy()
+    with pytest.raises(ValueError, match=re.escape("weight must have shape (3, 4), got (4, 3)")):
+        layer.weight = np.ones((4, 3))
+    with pytest.raises(ValueError, match=re.escape("bias must have shape (3,), got (4,)")):
+        layer.bias = np.ones(4)
+    with pytest.raises(TypeError, match="complex"):
+        layer.weight = np.ones((3, 4), complex)
+    np.testing.assert_array_equal(layer.weight, before)  # unchanged after each failure
+
+
+def test_functional_errors():
+    x = np.ones((2, 4))
+    with pytest.raises(ValueError, match="weight must be 2-D"):
+        fl.functional.linear(x, np.ones(4))
+    with pytest.raises(ValueError, match="in_features=4, got 5"):
+        fl.functional.linear(np.ones((2, 5)), np.ones((3, 4)))
+    with pytest.raises(ValueError, match=re.escape("bias must have shape (3,)")):
+        fl.functional.linear(x, np.ones((3, 4)), np.ones(2))
+    with pytest.raises(ValueError, match="unknown backend"):
+        fl.functional.linear(x, np.ones((3, 4)), backend="gpu")
+
+
+def test_inputs_are_never_modified():
+    x = np.random.default_rng(0).standard_normal((5, 100))
+    w = np.random.default_rng(1).standard_normal((50, 100)).astype(np.float32)
+    copies = x.copy(), w.copy()
+    LAYER(x)
+    fl.functional.linear(x, w, backend="native")
+    fl.functional.linear(x, w, backend="blas")
+    np.testing.assert_array_equal(x, copies[0])
+    np.testing.assert_array_equal(w, copies[1])

@@ -1,0 +1,40 @@
+"""Property tests over shapes, strides, dtypes and backends against the float64 reference."""
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import fastlinear as fl
+
+from conftest import assert_close
+
+dims = st.integers(min_value=1, max_value=70)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(m=st.integers(0, 90), k=dims, n=dims, dtype=st.sampled_from([np.float32, np.float64]),
+       bias=st.booleans(), backend=st.sampled_from(["native", "blas", "auto"]),
+       fortran=st.booleans(), step=st.integers(1, 3), seed=st.integers(0, 2**32 - 1))
+def test_matches_reference(m, k, n, dtype, bias, backend, fortran, step, seed):
+    rng = np.random.default_rng(seed)
+    layer = fl.Linear(k, n, bias, dtype=dtype, rng=rng, backend=backend)
+    base = rng.standard_normal((m, k * step)).astype(dtype)
+    x = base[:, ::step]
+    if fortran:
+        x = np.asfortranarray(x)
+    y = layer(x)
+    assert y.shape == (m, n)
+    assert_close(y, x, layer.weight, layer.bias)
+
+
+@settings(max_examples=60, deadline=None)
+@given(m=st.integers(2, 150), k=st.integers(1, 600), n=st.integers(1, 40),
+       dtype=st.sampled_from([np.float32, np.float64]), seed=st.integers(0, 2**32 - 1))
+def test_native_rows_are_batch_invariant(m, k, n, dtype, seed):
+    rng = np.random.default_rng(seed)
+    layer = fl.Linear(k, n, dtype=dtype, rng=rng, backend="native")
+    x = rng.standard_normal((m, k)).astype(dtype)
+    full = layer(x)
+    i = int(rng.integers(0, m))
+    np.testing.assert_array_equal(layer(x[i]), full[i])
+    j = int(rng.integers(i, m))
+    np.testing.assert_array_equal(layer(x[i:j + 1]), full[i:j + 1])
