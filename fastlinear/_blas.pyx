@@ -1,10 +1,10 @@
-"""The BLAS backend: y = x @ W.T (+ y) through scipy's sgemm/dgemm, on the arrays' own
-memory. Row-major operands become column-major ones by swapping them:
+"""The BLAS backend: y = x @ W.T (+ y) through scipy's ?gemm (?gemv for one row), on
+the arrays' own memory. Row-major operands become column-major ones by swapping them:
     y (M x N, row-major) = x @ W.T   <=>   y.T (N x M, col-major) = op(W) @ op(x.T)
 Each operand may be row- or column-major (unit stride on either axis); the caller
 copies anything else.
 """
-from scipy.linalg.cython_blas cimport sgemm, dgemm
+from scipy.linalg.cython_blas cimport dgemm, dgemv, sgemm, sgemv
 import numpy as np
 
 ctypedef fused real:
@@ -43,22 +43,33 @@ def gemm(x, w, out, bint accumulate):
     # K x N col-major matrix, so 'T'; a row-major x reads as K x M col-major, so 'N'.
     ta = b"T" if trans_w == "T" else b"N"
     tb = b"N" if trans_x == "T" else b"T"
+    # One row is a matrix-vector product: ?gemv streams W once, ?gemm would pack it.
+    incx = x.strides[1] // x.itemsize if x.shape[0] == 1 else 0
     if out.dtype == np.float32:
-        _gemm[float](x, w, out, ta[0], tb[0], ldw, ldx, accumulate)
+        _gemm[float](x, w, out, ta[0], tb[0], ldw, ldx, incx, accumulate)
     else:
-        _gemm[double](x, w, out, ta[0], tb[0], ldw, ldx, accumulate)
+        _gemm[double](x, w, out, ta[0], tb[0], ldw, ldx, incx, accumulate)
 
 
 cdef void _gemm(const real[:, :] x, const real[:, :] w, real[:, ::1] out, char ta, char tb,
-                int lda, int ldb, bint accumulate) noexcept:
+                int lda, int ldb, int incx, bint accumulate) noexcept:
     cdef int m = <int>x.shape[0], n = <int>w.shape[0], k = <int>x.shape[1]
-    cdef int ldc = n
+    cdef int ldc = n, incy = 1
     cdef real one = 1
     cdef real beta = 1 if accumulate else 0
+    # gemv's A is W as BLAS reads it: K x N col-major ('T') or N x K col-major ('N').
+    cdef int rows_a = k if ta == b"T"[0] else n
+    cdef int cols_a = n if ta == b"T"[0] else k
     with nogil:
-        if real is float:
+        if real is float and incx:
+            sgemv(&ta, &rows_a, &cols_a, &one, <float *>&w[0, 0], &lda, <float *>&x[0, 0],
+                  &incx, &beta, &out[0, 0], &incy)
+        elif real is float:
             sgemm(&ta, &tb, &n, &m, &k, &one, <float *>&w[0, 0], &lda, <float *>&x[0, 0],
                   &ldb, &beta, &out[0, 0], &ldc)
+        elif incx:
+            dgemv(&ta, &rows_a, &cols_a, &one, <double *>&w[0, 0], &lda,
+                  <double *>&x[0, 0], &incx, &beta, &out[0, 0], &incy)
         else:
             dgemm(&ta, &tb, &n, &m, &k, &one, <double *>&w[0, 0], &lda,
                   <double *>&x[0, 0], &ldb, &beta, &out[0, 0], &ldc)

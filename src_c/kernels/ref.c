@@ -1,39 +1,59 @@
-/* Portable C micro-kernels: the reference every other ISA is tested against, and the
- * path for CPUs without a hand-written kernel. Built with -ffp-contract=off, so each
- * step is a multiply then an add (two roundings) on every compiler and CPU; the
- * compiler vectorises the NR loop. */
+/* Portable micro-kernels: the reference every other ISA is tested against, and the path
+ * for CPUs without a hand-written kernel. GCC/Clang vector types of 16 bytes map onto
+ * SSE2, NEON or plain scalars; built with -ffp-contract=off, every step is a multiply
+ * then an add (two roundings) on every compiler and CPU. */
+#include <string.h>
 #include "../kernel.h"
 #include "../blocking.h"
 
-/* `m` is a compile-time constant at every call site below, so the row loops unroll and
- * the accumulators live in registers. */
+typedef float f32x4 __attribute__((vector_size(16)));
+typedef double f64x2 __attribute__((vector_size(16)));
+/* The same vectors, for loads and stores through float/double memory. */
+typedef float f32x4_mem __attribute__((vector_size(16), may_alias, aligned(4)));
+typedef double f64x2_mem __attribute__((vector_size(16), may_alias, aligned(8)));
+
+enum {
+    MR32 = FL_REF_F32_MR, NV32 = FL_REF_F32_NR / 4,  /* vectors per row of the tile */
+    MR64 = FL_REF_F64_MR, NV64 = FL_REF_F64_NR / 2,
+};
+_Static_assert(FL_REF_F32_NR % 4 == 0 && FL_REF_F64_NR % 2 == 0, "whole vectors per row");
+_Static_assert(MR32 == 4 && MR64 == 4, "one switch case per m below");
+
+/* `m` is a compile-time constant at every call site, so the row loops unroll and the
+ * accumulators stay in registers. Edge tiles go through a full tile in memory: the
+ * arithmetic of a column never depends on n. */
 static inline __attribute__((always_inline)) void
 tile_f32(const size_t m, size_t kc, const float *a, ptrdiff_t a_rs, ptrdiff_t a_cs,
          const float *w, float *y, size_t ldy, size_t n, int first, const float *bias)
 {
-    enum { NR = FL_REF_F32_NR };
-    float acc[FL_REF_F32_MR][NR];
-    for (size_t i = 0; i < m; i++)
-        for (size_t j = 0; j < NR; j++)
-            acc[i][j] = (first || j >= n) ? 0.0f : y[i * ldy + j];
+    float edge[MR32][NV32 * 4] = {{0}};
+    f32x4 acc[MR32][NV32];
+    for (size_t i = 0; i < m; i++) {
+        if (!first)
+            memcpy(edge[i], y + i * ldy, n * sizeof(float));
+        for (size_t v = 0; v < NV32; v++)
+            acc[i][v] = *(const f32x4_mem *)&edge[i][v * 4];
+    }
     for (size_t k = 0; k < kc; k++) {
-        const float *wk = w + k * NR;
+        const f32x4_mem *wk = (const f32x4_mem *)(w + k * NV32 * 4);
         for (size_t i = 0; i < m; i++) {
             const float ai = a[(ptrdiff_t)i * a_rs + (ptrdiff_t)k * a_cs];
-            for (size_t j = 0; j < NR; j++)
-                acc[i][j] += ai * wk[j];
+            for (size_t v = 0; v < NV32; v++)
+                acc[i][v] += ai * wk[v];
         }
     }
-    if (bias)
+    if (bias) {
+        const f32x4_mem *bv = (const f32x4_mem *)bias;
         for (size_t i = 0; i < m; i++)
-            for (size_t j = 0; j < NR; j++)
-                acc[i][j] += bias[j];
-    for (size_t i = 0; i < m; i++)
-        for (size_t j = 0; j < n; j++)
-            y[i * ldy + j] = acc[i][j];
+            for (size_t v = 0; v < NV32; v++)
+                acc[i][v] += bv[v];
+    }
+    for (size_t i = 0; i < m; i++) {
+        for (size_t v = 0; v < NV32; v++)
+            *(f32x4_mem *)&edge[i][v * 4] = acc[i][v];
+        memcpy(y + i * ldy, edge[i], n * sizeof(float));
+    }
 }
-
-_Static_assert(FL_REF_F32_MR == 4 && FL_REF_F64_MR == 4, "one switch case per m below");
 
 static void ukernel_f32(size_t kc, const void *a, ptrdiff_t a_rs, ptrdiff_t a_cs,
                         const void *w, void *y, size_t ldy, size_t m, size_t n,
@@ -43,7 +63,7 @@ static void ukernel_f32(size_t kc, const void *a, ptrdiff_t a_rs, ptrdiff_t a_cs
     case 1: tile_f32(1, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
     case 2: tile_f32(2, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
     case 3: tile_f32(3, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
-    default: tile_f32(FL_REF_F32_MR, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
+    default: tile_f32(MR32, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
     }
 }
 
@@ -51,26 +71,33 @@ static inline __attribute__((always_inline)) void
 tile_f64(const size_t m, size_t kc, const double *a, ptrdiff_t a_rs, ptrdiff_t a_cs,
          const double *w, double *y, size_t ldy, size_t n, int first, const double *bias)
 {
-    enum { NR = FL_REF_F64_NR };
-    double acc[FL_REF_F64_MR][NR];
-    for (size_t i = 0; i < m; i++)
-        for (size_t j = 0; j < NR; j++)
-            acc[i][j] = (first || j >= n) ? 0.0 : y[i * ldy + j];
+    double edge[MR64][NV64 * 2] = {{0}};
+    f64x2 acc[MR64][NV64];
+    for (size_t i = 0; i < m; i++) {
+        if (!first)
+            memcpy(edge[i], y + i * ldy, n * sizeof(double));
+        for (size_t v = 0; v < NV64; v++)
+            acc[i][v] = *(const f64x2_mem *)&edge[i][v * 2];
+    }
     for (size_t k = 0; k < kc; k++) {
-        const double *wk = w + k * NR;
+        const f64x2_mem *wk = (const f64x2_mem *)(w + k * NV64 * 2);
         for (size_t i = 0; i < m; i++) {
             const double ai = a[(ptrdiff_t)i * a_rs + (ptrdiff_t)k * a_cs];
-            for (size_t j = 0; j < NR; j++)
-                acc[i][j] += ai * wk[j];
+            for (size_t v = 0; v < NV64; v++)
+                acc[i][v] += ai * wk[v];
         }
     }
-    if (bias)
+    if (bias) {
+        const f64x2_mem *bv = (const f64x2_mem *)bias;
         for (size_t i = 0; i < m; i++)
-            for (size_t j = 0; j < NR; j++)
-                acc[i][j] += bias[j];
-    for (size_t i = 0; i < m; i++)
-        for (size_t j = 0; j < n; j++)
-            y[i * ldy + j] = acc[i][j];
+            for (size_t v = 0; v < NV64; v++)
+                acc[i][v] += bv[v];
+    }
+    for (size_t i = 0; i < m; i++) {
+        for (size_t v = 0; v < NV64; v++)
+            *(f64x2_mem *)&edge[i][v * 2] = acc[i][v];
+        memcpy(y + i * ldy, edge[i], n * sizeof(double));
+    }
 }
 
 static void ukernel_f64(size_t kc, const void *a, ptrdiff_t a_rs, ptrdiff_t a_cs,
@@ -81,7 +108,7 @@ static void ukernel_f64(size_t kc, const void *a, ptrdiff_t a_rs, ptrdiff_t a_cs
     case 1: tile_f64(1, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
     case 2: tile_f64(2, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
     case 3: tile_f64(3, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
-    default: tile_f64(FL_REF_F64_MR, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
+    default: tile_f64(MR64, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
     }
 }
 

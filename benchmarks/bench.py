@@ -1,0 +1,178 @@
+"""fastlinear against numpy and PyTorch, in one process, at one thread count.
+
+Each contender computes y = x @ W.T + b for the same arrays. The contenders run
+interleaved, round after round, and each keeps its best time per call, so a noisy
+neighbour slows every contender alike rather than one of them. Before each contender's
+turn the process sleeps for --settle seconds: the thread pools of the others (OpenBLAS,
+OpenMP) spin for a while after their last call and would otherwise steal the cores.
+Ratios are fastlinear-native time / rival time: below 1 means fastlinear is faster.
+
+    python benchmarks/bench.py                       # the default shape table, 2 threads
+    python benchmarks/bench.py --threads 1 --dtype float64 --shapes 1x4096x4096,64x512x512
+    python benchmarks/bench.py --json results.json
+
+Unset OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE for this command if your environment sets
+them: they pin numpy's OpenBLAS to slower kernels.
+"""
+import argparse
+import json
+import platform
+import sys
+import time
+
+import numpy as np
+
+import fastlinear as fl
+
+DEFAULT_SHAPES = ("1x100x50,140x100x50,1x768x3072,1x4096x4096,8x4096x4096,32x768x3072,"
+                  "128x768x3072,512x1024x1024,2048x2048x2048")
+
+
+def parse_shapes(text):
+    shapes = []
+    for item in text.split(","):
+        try:
+            m, k, n = (int(v) for v in item.lower().split("x"))
+        except ValueError:
+            raise SystemExit(f"bad shape {item!r}: expected MxKxN, e.g. 32x768x3072")
+        shapes.append((m, k, n))
+    return shapes
+
+
+def contenders(x, w, b, dtype):
+    """name -> zero-argument callable computing x @ w.T + b."""
+    native = fl.Linear(w.shape[1], w.shape[0], dtype=dtype, backend="native")
+    native.load_state_dict({"weight": w, "bias": b})
+    blas = fl.Linear(w.shape[1], w.shape[0], dtype=dtype, backend="blas")
+    blas.load_state_dict({"weight": w, "bias": b})
+    runs = {
+        "fastlinear": lambda: native(x),
+        "fastlinear-blas": lambda: blas(x),
+        "numpy": lambda: x @ w.T + b,
+    }
+    try:
+        import torch
+    except ImportError:
+        return runs
+    tx, tw, tb = (torch.from_numpy(a) for a in (x, w, b))
+    linear = torch.nn.functional.linear
+
+    def run_torch():
+        with torch.inference_mode():
+            return linear(tx, tw, tb)
+    runs["torch"] = run_torch
+    return runs
+
+
+def calls_for(run, budget):
+    """How many calls of `run` take about `budget` seconds (at least one)."""
+    once = float("inf")
+    for _ in range(5):  # the fastest of a few, so a stray slow first call does not count
+        start = time.perf_counter()
+        run()
+        once = min(once, time.perf_counter() - start)
+    return max(1, int(budget / max(once, 1e-7)))
+
+
+def best_times(runs, rounds, budget, settle):
+    """name -> best seconds per call over `rounds` interleaved rounds."""
+    counts = {}
+    for name, run in runs.items():
+        time.sleep(settle)
+        counts[name] = calls_for(run, budget)
+    best = {name: float("inf") for name in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            n = counts[name]
+            time.sleep(settle)
+            run()  # wakes this contender's threads
+            start = time.perf_counter()
+            for _ in range(n):
+                run()
+            best[name] = min(best[name], (time.perf_counter() - start) / n)
+    return best
+
+
+def set_threads(threads):
+    """The same thread count for every library in this process."""
+    fl.set_num_threads(threads)
+    limits = None
+    try:
+        from threadpoolctl import threadpool_limits
+        limits = threadpool_limits(limits=threads)  # numpy's and scipy's OpenBLAS
+    except ImportError:
+        print("warning: threadpoolctl is not installed; numpy keeps its own thread "
+              "count", file=sys.stderr)
+    try:
+        import torch
+        torch.set_num_threads(threads)
+    except ImportError:
+        pass
+    return limits
+
+
+def check_agreement(runs, x, w, b):
+    """Every contender computes the same thing (within float32/64 rounding)."""
+    exact = x.astype(np.float64) @ w.astype(np.float64).T + b
+    scale = np.abs(x).astype(np.float64) @ np.abs(w).astype(np.float64).T + np.abs(b)
+    tol = 2 * (x.shape[1] + 2) * np.finfo(x.dtype).eps * scale
+    for name, run in runs.items():
+        y = np.asarray(run())
+        if not np.all(np.abs(y - exact) <= tol):
+            raise SystemExit(f"{name} disagrees with the float64 reference")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    parser.add_argument("--shapes", default=DEFAULT_SHAPES, help="comma-separated MxKxN")
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds per shape")
+    parser.add_argument("--budget", type=float, default=0.05,
+                        help="seconds per contender per round")
+    parser.add_argument("--settle", type=float, default=0.1,
+                        help="seconds of sleep before each contender's turn")
+    parser.add_argument("--json", help="also write the results to this file")
+    args = parser.parse_args(argv)
+
+    dtype = np.dtype(args.dtype)
+    limits = set_threads(args.threads)
+    rng = np.random.default_rng(0)
+    results = []
+    print(f"fastlinear {fl.__version__}, {args.dtype}, {args.threads} threads, "
+          f"native ISA {fl._core.isa_name()}, {platform.processor() or platform.machine()}")
+    header = None
+    for m, k, n in parse_shapes(args.shapes):
+        x = rng.standard_normal((m, k)).astype(dtype)
+        w = (rng.standard_normal((n, k)) / np.sqrt(k)).astype(dtype)
+        b = rng.standard_normal(n).astype(dtype)
+        runs = contenders(x, w, b, dtype)
+        check_agreement(runs, x, w, b)
+        best = best_times(runs, args.rounds, args.budget, args.settle)
+        flop = 2.0 * m * k * n
+        row = {"m": m, "k": k, "n": n,
+               "us": {name: t * 1e6 for name, t in best.items()},
+               "gflops": {name: flop / t / 1e9 for name, t in best.items()},
+               "ratio": {rival: best["fastlinear"] / best[rival]
+                         for rival in best if rival != "fastlinear"}}
+        results.append(row)
+        if header is None:
+            header = (f"{'M x K x N':>16} " + " ".join(f"{name + ' us':>17}" for name in best)
+                      + " " + " ".join(f"{'/' + rival:>12}" for rival in row["ratio"])
+                      + f" {'GFLOP/s':>8}")
+            print(header)
+        print(f"{f'{m}x{k}x{n}':>16} "
+              + " ".join(f"{row['us'][name]:>17.2f}" for name in best) + " "
+              + " ".join(f"{r:>12.2f}" for r in row["ratio"].values())
+              + f" {row['gflops']['fastlinear']:>8.1f}", flush=True)
+    if args.json:
+        meta = {"fastlinear": fl._config.config_info(), "threads": args.threads,
+                "dtype": args.dtype, "machine": platform.machine(),
+                "blas": limits.get_original_num_threads() if limits is not None else None}
+        with open(args.json, "w") as f:
+            json.dump({"meta": meta, "results": results}, f, indent=1)
+    return results
+
+
+if __name__ == "__main__":
+    main()
