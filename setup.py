@@ -9,6 +9,7 @@ import sys
 import tempfile
 import textwrap
 
+import numpy
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
@@ -18,6 +19,8 @@ C_SOURCES = [
     "src_c/gemm.c",
     "src_c/dispatch.c",
     "src_c/kernels/ref.c",
+    "src_c/kernels/avx2.c",
+    "src_c/kernels/avx512.c",
 ]
 # -ffp-contract=off: the compiler must not fuse a*b+c into an FMA behind our back, or a
 # vectorised loop and its scalar tail could round differently (see DESIGN.md, Numerics).
@@ -62,7 +65,8 @@ class BuildExt(build_ext):
 
 extensions = [
     Extension("fastlinear._core", ["fastlinear/_core.pyx", *C_SOURCES],
-              include_dirs=["src_c"]),
+              include_dirs=["src_c", numpy.get_include()],
+              define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]),
     Extension("fastlinear._blas", ["fastlinear/_blas.pyx"]),
 ]
 

@@ -8,22 +8,18 @@ from . import _core
 
 BACKENDS = ("auto", "native", "blas")
 
-_num_threads = max(1, _core.default_threads())
-
-
 def set_num_threads(n):
     """Sets how many threads the native kernel may use (the BLAS backend follows its own
     library's setting; use threadpoolctl for it)."""
-    global _num_threads
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= 2**31 - 1:
         raise ValueError(f"number of threads must be a positive integer, got {n!r}")
-    _num_threads = int(n)
+    _core.set_num_threads(int(n))
 
 
 def get_num_threads():
     """Threads the native kernel may use: set_num_threads(), else OMP_NUM_THREADS, else
     the CPUs this process may run on."""
-    return _num_threads
+    return _core.get_num_threads()
 
 
 def check_backend(backend):

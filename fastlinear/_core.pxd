@@ -18,7 +18,7 @@ cdef extern from "fastlinear.h" nogil:
     int fl_set_isa(const char *name) noexcept
     const char *fl_supported_isa(int i) noexcept
     ctypedef struct fl_blocking:
-        size_t mr, nr, kc, mc, nc, pack_x_min_m
+        size_t mr, nr, kc, mc, nc, direct_x_max_bytes
     void fl_get_blocking(fl_dtype dtype, fl_blocking *out) noexcept
     int fl_openmp_enabled() noexcept
     int fl_default_threads() noexcept
@@ -26,5 +26,7 @@ cdef extern from "fastlinear.h" nogil:
 
 cdef class PackedWeights:
     cdef fl_packed *_p
+    cdef int _typenum
+    cdef readonly size_t in_features, out_features
     cdef readonly object dtype
     cdef readonly str isa

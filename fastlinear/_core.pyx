@@ -5,6 +5,21 @@ dtype, aligned, unit stride along the last axis, non-negative row stride, `out`
 C-contiguous and not overlapping `x`.
 """
 import numpy as np
+cimport numpy as cnp
+
+cnp.import_array()
+
+# Threads for the native kernel; fastlinear._config validates and sets it.
+cdef int _num_threads = max(1, fl_default_threads())
+
+
+def set_num_threads(int n):
+    global _num_threads
+    _num_threads = n
+
+
+def get_num_threads():
+    return _num_threads
 
 ctypedef fused real:
     float
@@ -16,6 +31,8 @@ cdef class PackedWeights:
 
     def __cinit__(self, weight, bias):
         self.dtype = weight.dtype
+        self.out_features, self.in_features = weight.shape
+        self._typenum = cnp.NPY_FLOAT32 if weight.dtype == np.float32 else cnp.NPY_FLOAT64
         self.isa = fl_isa_name().decode()
         if weight.dtype == np.float32:
             self._p = _pack[float](weight, bias, FL_F32)
@@ -28,6 +45,35 @@ cdef class PackedWeights:
 
     def __dealloc__(self):
         fl_free(self._p)
+
+    def forward_new(self, x):
+        """x @ W.T + b in a new array, for the common case only: x an aligned
+        C-contiguous ndarray of this dtype, shaped (K,) or (M, K). Returns None for
+        anything else; the caller then takes the general path. Skips every Python-level
+        step, for calls whose arithmetic takes less time than those steps."""
+        if not cnp.PyArray_CheckExact(x):
+            return None
+        cdef cnp.ndarray arr = <cnp.ndarray>x
+        cdef int typenum = self._typenum
+        cdef int nd = cnp.PyArray_NDIM(arr)
+        if (cnp.PyArray_TYPE(arr) != typenum or nd < 1 or nd > 2
+                or not cnp.PyArray_IS_C_CONTIGUOUS(arr) or not cnp.PyArray_ISALIGNED(arr)):
+            return None
+        cdef cnp.npy_intp *shape = cnp.PyArray_DIMS(arr)
+        cdef cnp.npy_intp dims[2]
+        if shape[nd - 1] != <cnp.npy_intp>self.in_features or shape[nd - 1] == 0:
+            return None
+        dims[0] = shape[0]
+        dims[nd - 1] = self.out_features
+        cdef cnp.ndarray out = cnp.PyArray_EMPTY(nd, dims, typenum, 0)
+        cdef size_t m = shape[0] if nd == 2 else 1
+        cdef int rc
+        with nogil:
+            rc = fl_forward(self._p, m, cnp.PyArray_DATA(arr), self.in_features,
+                            cnp.PyArray_DATA(out), self.out_features, _num_threads)
+        if rc == FL_ENOMEM:
+            raise MemoryError(f"cannot allocate scratch for a batch of {m} rows")
+        return out
 
 
 cdef fl_packed *_pack(const real[:, :] w, const real[:] b, fl_dtype dtype) noexcept:
@@ -45,13 +91,13 @@ cdef fl_packed *_pack(const real[:, :] w, const real[:] b, fl_dtype dtype) noexc
                        w.strides[1] // <ptrdiff_t>sizeof(real), bp, bs)
 
 
-def forward(PackedWeights packed, x, out, int nthreads):
+def forward(PackedWeights packed, x, out):
     """out[:] = x @ W.T + b; x is (M, K), out is (M, N) C-contiguous."""
     cdef int rc
     if packed.dtype == np.float32:
-        rc = _forward[float](packed, x, out, nthreads)
+        rc = _forward[float](packed, x, out, _num_threads)
     else:
-        rc = _forward[double](packed, x, out, nthreads)
+        rc = _forward[double](packed, x, out, _num_threads)
     if rc == FL_ENOMEM:
         raise MemoryError(f"cannot allocate scratch for a batch of {x.shape[0]} rows")
 

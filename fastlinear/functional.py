@@ -45,7 +45,7 @@ def forward(x2, batch, weight, bias, packed, out):
                                    or (bias is not None and np.may_share_memory(y, bias)))
     target = np.empty_like(y) if overlap else y
     if packed is not None:
-        _core.forward(packed, x2, target, _config.get_num_threads())
+        _core.forward(packed, x2, target)
     else:
         run_blas(x2, weight, bias, target)
     if overlap:

@@ -111,6 +111,10 @@ class Linear:
         returns (*, out_features), or fills `out` (C-contiguous, that shape and the
         layer's dtype) and returns it."""
         params = self._params
+        if out is None and params.packed is not None:
+            y = params.packed.forward_new(x)  # the common case, without Python overhead
+            if y is not None:
+                return y
         native = _config.resolve_backend(self._backend) == "native"
         x2, batch = as_rows(x, self._dtype, self._in, fortran_ok=not native)
         packed = params.native() if native else None

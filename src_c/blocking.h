@@ -2,14 +2,21 @@
  *
  *   MR x NR  the register tile: MR*NR accumulators plus one weight row and one x value
  *            must fit in the vector registers, so nothing spills in the k loop.
- *   KC       one KC x NR weight slice (KC*NR*size bytes) plus MR x KC of x stay in L1d
- *            (32-48 KiB) while the ir loop sweeps the rows of a block.
+ *   KC       the k block: one KC x NR weight slice (KC*NR*size bytes) is reused by every
+ *            micro-panel of x in the ir loop, from L1d (32-48 KiB) or, where the tile
+ *            needs few loads per FMA, from L2; a long KC makes reloading the y tile and
+ *            packing x, once per block, cheap.
  *   MC       one MC x KC block of packed x (MC*KC*size bytes) stays in L2 (1-2 MiB per
  *            core) while the jr loop sweeps every weight panel; multiple of MR.
  *   NC       one KC x NC weight slab (KC*NC*size bytes) stays in the shared L3 (32 MiB)
  *            while the ic loop sweeps the row blocks; multiple of NR.
- *   PACK_X   below this many rows x is read in place: packing costs a pass over x
- *            and only pays when a block of x is reused across many panels, many times.
+ *   DIRECT_X x is read in place while all of it (M*K*size bytes) fits this budget, a
+ *            quarter of L2: it then stays in cache while every weight panel streams past.
+ *            Beyond it, packing pays: far-apart rows (a stride of 16 KiB for K = 4096
+ *            floats) fall into the same L1 sets and evict each other. Measured on Zen 4,
+ *            2 threads: 32x768x3072 (96 KiB of x) 226 GFLOP/s in place, 198 packed;
+ *            32x4096x4096 (512 KiB) 97 in place, 180 packed; 140x100x50 (55 KiB) 84 in
+ *            place, 63 packed, on one thread.
  */
 #ifndef FL_BLOCKING_H
 #define FL_BLOCKING_H
@@ -28,7 +35,44 @@
 #define FL_REF_F64_MC 64    /* 256 KiB of x in L2 */
 #define FL_REF_F64_NC 2048  /* 8 MiB of weights in L3 */
 
-#define FL_PACK_X_MIN_M 64
+/* AVX2 + FMA (kernels/avx2.c): 16 ymm registers. 6 rows x 2 ymm = 12 accumulators,
+ * 2 for the weight row, 1 for the broadcast; 12 FMA chains cover 4 cycles of latency
+ * at 2 FMAs per cycle (with one spare cycle of slack). 8 loads per 12 FMAs is too many
+ * for L2, so KC keeps the 256 x 16 floats (16 KiB) weight slice in L1. */
+#define FL_AVX2_F32_MR 6
+#define FL_AVX2_F32_NR 16
+#define FL_AVX2_F32_KC 256
+#define FL_AVX2_F32_MC 144     /* 144 KiB of packed x in L2 */
+#define FL_AVX2_F32_NC 4096    /* 4 MiB of weights in L3 */
+
+#define FL_AVX2_F64_MR 6
+#define FL_AVX2_F64_NR 8
+#define FL_AVX2_F64_KC 256     /* 16 KiB of weights + 12 KiB of x in L1 */
+#define FL_AVX2_F64_MC 72      /* 144 KiB of packed x in L2 */
+#define FL_AVX2_F64_NC 2048    /* 4 MiB of weights in L3 */
+
+/* AVX-512 (kernels/avx512.c): 32 zmm registers. 14 rows x 2 zmm = 28 accumulators,
+ * 2 for the weight row, 1 for the broadcast x value; 28 independent FMA chains hide the
+ * FMA latency (4 cycles) at up to 2 FMAs per cycle.
+ * KC is far past the L1-sized choice of the table above, on measurement: the 14 x 32
+ * tile needs 16 loads per 28 FMAs, which L2 (1-2 MiB per core) feeds with room to spare,
+ * so the KC x NR weight slice (128 KiB) and the x micro-panel stream from L2, and a long
+ * KC makes the per-block costs (reloading y, packing x) vanish. On a Zen 4 core, 2048^3:
+ * KC = 128 gave 84 GFLOP/s, 512 gave 102, 1024 gave 108 (of 116 peak). MC keeps the
+ * MC x KC block of packed x (560 KiB) in L2. */
+#define FL_AVX512_F32_MR 14
+#define FL_AVX512_F32_NR 32
+#define FL_AVX512_F32_KC 1024
+#define FL_AVX512_F32_MC 140
+#define FL_AVX512_F32_NC 4096  /* 16 MiB of weights in L3 */
+
+#define FL_AVX512_F64_MR 14
+#define FL_AVX512_F64_NR 16
+#define FL_AVX512_F64_KC 1024  /* as float32: the same bytes per weight row */
+#define FL_AVX512_F64_MC 70    /* 560 KiB of packed x in L2 */
+#define FL_AVX512_F64_NC 2048  /* 16 MiB of weights in L3 */
+
+#define FL_DIRECT_X_MAX_BYTES (256u * 1024u)
 
 /* Below this many multiply-adds a call runs on one thread: starting and joining an
  * OpenMP team costs a few microseconds, about what one core does in 2^17 multiply-adds. */

@@ -1,13 +1,20 @@
 /* Picks the micro-kernel ISA once: the best one this CPU runs, unless fl_set_isa() says
  * otherwise (the Python layer passes FASTLINEAR_ISA through it). */
 #include <string.h>
+#include "blocking.h"
 #include "kernel.h"
 #ifdef _OPENMP
 #include <omp.h>
 #endif
 
 /* Worst first; the last one this CPU supports is the default. */
-static const fl_isa *const all_isas[] = {&fl_isa_ref};
+static const fl_isa *const all_isas[] = {
+    &fl_isa_ref,
+#if defined(__x86_64__) || defined(__i386__)
+    &fl_isa_avx2,    /* x86-64 with AVX2 and FMA: Haswell (2013) and later, Zen 1-3 */
+    &fl_isa_avx512,  /* x86-64 with AVX-512F: Skylake-SP and later Xeons, Zen 4 */
+#endif
+};
 enum { N_ISAS = sizeof all_isas / sizeof all_isas[0] };
 
 static const fl_isa *current;
@@ -51,7 +58,7 @@ const char *fl_supported_isa(int i)
 void fl_get_blocking(fl_dtype dtype, fl_blocking *out)
 {
     const fl_kernel *k = &fl_current_isa()->k[dtype];
-    *out = (fl_blocking){k->mr, k->nr, k->kc, k->mc, k->nc, k->pack_x_min_m};
+    *out = (fl_blocking){k->mr, k->nr, k->kc, k->mc, k->nc, FL_DIRECT_X_MAX_BYTES};
 }
 
 int fl_openmp_enabled(void)

@@ -57,7 +57,7 @@ int fl_set_isa(const char *name);
 /* Name of the i-th ISA this CPU and build support, best last; NULL past the end. */
 const char *fl_supported_isa(int i);
 /* The block sizes fl_pack() would use now for `dtype` (for tests and diagnostics). */
-typedef struct { size_t mr, nr, kc, mc, nc, pack_x_min_m; } fl_blocking;
+typedef struct { size_t mr, nr, kc, mc, nc, direct_x_max_bytes; } fl_blocking;
 void fl_get_blocking(fl_dtype dtype, fl_blocking *out);
 /* 1 when built with OpenMP, else 0. */
 int fl_openmp_enabled(void);

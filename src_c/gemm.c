@@ -18,47 +18,88 @@ typedef struct {
 
 static size_t min_sz(size_t a, size_t b) { return a < b ? a : b; }
 
-/* Rows [r0, r1) x weight panels [q0, q1) of y. With `xbuf`, each MC x KC block of x is
- * packed there first; without, the micro-kernel reads x in place. */
-static void run_rect(const fl_job *jb, size_t r0, size_t r1, size_t q0, size_t q1,
-                     void *xbuf)
+/* One m x n tile of y for k in [pc, pc + kc): its place in the packed weights, the bias
+ * after the last k block. */
+static void run_tile(const fl_job *jb, size_t q, size_t pc, size_t kc, const char *a,
+                     ptrdiff_t a_rs, ptrdiff_t a_cs, size_t row, size_t m)
 {
     const fl_packed *p = jb->p;
-    const fl_kernel *kr = p->kern;
-    const size_t size = fl_dtype_size(p->dtype), mr = kr->mr, nr = kr->nr, k = p->k;
-    const size_t nc_panels = kr->nc / nr;
-    const char *w = p->w, *bias = p->bias;
+    const size_t size = fl_dtype_size(p->dtype), nr = p->kern->nr;
+    const char *wq = (const char *)p->w + (q * p->k + pc) * nr * size;
+    const char *bq = (pc + kc == p->k && p->bias) ? (const char *)p->bias + q * nr * size : NULL;
+    const size_t n = min_sz(nr, p->n - q * nr);
+    p->kern->run(kc, a, a_rs, a_cs, wq, jb->y + (row * jb->ldy + q * nr) * size, jb->ldy, m,
+                 n, pc == 0, bq);
+}
 
-    for (size_t jc = q0; jc < q1; jc += nc_panels) {
-        const size_t jc_end = min_sz(jc + nc_panels, q1);
+/* x read in place, rows [r0, r1) x weight panels [q0, q1): each panel is streamed once,
+ * front to back (its k blocks lie one after another), for all the rows. */
+static void run_direct(const fl_job *jb, size_t r0, size_t r1, size_t q0, size_t q1)
+{
+    const fl_kernel *kr = jb->p->kern;
+    const size_t size = fl_dtype_size(jb->p->dtype), k = jb->p->k;
+    for (size_t q = q0; q < q1; q++) {
         size_t pc = 0;
         do {  /* at least once: K = 0 still writes the bias */
             const size_t kc = min_sz(kr->kc, k - pc);
-            const int first = pc == 0, last = pc + kc == k;
+            for (size_t ir = r0; ir < r1; ir += kr->mr)
+                run_tile(jb, q, pc, kc, jb->x + (ir * jb->ldx + pc) * size,
+                         (ptrdiff_t)jb->ldx, 1, ir, min_sz(kr->mr, r1 - ir));
+            pc += kc;
+        } while (pc < k);
+    }
+}
+
+/* Many rows, rows [r0, r1), all weight panels: each MC x KC block of x is packed into
+ * `xbuf` and reused across the KC x NC slab of weights. */
+static void run_packed(const fl_job *jb, size_t r0, size_t r1, void *xbuf)
+{
+    const fl_packed *p = jb->p;
+    const fl_kernel *kr = p->kern;
+    const size_t size = fl_dtype_size(p->dtype), mr = kr->mr, k = p->k;
+    const size_t nc_panels = kr->nc / kr->nr;
+    for (size_t jc = 0; jc < p->panels; jc += nc_panels) {
+        const size_t jc_end = min_sz(jc + nc_panels, p->panels);
+        size_t pc = 0;
+        do {
+            const size_t kc = min_sz(kr->kc, k - pc);
             for (size_t ic = r0; ic < r1; ic += kr->mc) {
                 const size_t mc = min_sz(kr->mc, r1 - ic);
-                const char *xblock = jb->x + (ic * jb->ldx + pc) * size;
-                if (xbuf)
-                    fl_pack_x(p->dtype, mr, mc, kc, xblock, jb->ldx, xbuf);
-                for (size_t q = jc; q < jc_end; q++) {
-                    const char *wq = w + (q * k + pc) * nr * size;
-                    const char *bq = (last && bias) ? bias + q * nr * size : NULL;
-                    const size_t n = min_sz(nr, p->n - q * nr);
-                    char *yq = jb->y + (ic * jb->ldy + q * nr) * size;
-                    for (size_t ir = 0; ir < mc; ir += mr) {
-                        const size_t m = min_sz(mr, mc - ir);
-                        if (xbuf)
-                            kr->run(kc, (char *)xbuf + ir * kc * size, 1, (ptrdiff_t)mr, wq,
-                                    yq + ir * jb->ldy * size, jb->ldy, m, n, first, bq);
-                        else
-                            kr->run(kc, xblock + ir * jb->ldx * size, (ptrdiff_t)jb->ldx, 1,
-                                    wq, yq + ir * jb->ldy * size, jb->ldy, m, n, first, bq);
-                    }
-                }
+                fl_pack_x(p->dtype, mr, mc, kc, jb->x + (ic * jb->ldx + pc) * size, jb->ldx,
+                          xbuf);
+                for (size_t q = jc; q < jc_end; q++)
+                    for (size_t ir = 0; ir < mc; ir += mr)
+                        run_tile(jb, q, pc, kc, (char *)xbuf + ir * kc * size, 1,
+                                 (ptrdiff_t)mr, ic + ir, min_sz(mr, mc - ir));
             }
             pc += kc;
         } while (pc < k);
     }
+}
+
+/* How one call is cut among threads: each takes a share of `parts`, which are row
+ * micro-panels (split_rows) or weight panels. */
+typedef struct {
+    int pack_x, split_rows;
+    size_t parts;
+    char *xbuf;         /* pack_x: one block of packed x per thread */
+    size_t xbuf_bytes;
+} fl_plan;
+
+static void run_share(const fl_job *jb, const fl_plan *pl, size_t t, size_t team)
+{
+    const size_t lo = pl->parts * t / team, hi = pl->parts * (t + 1) / team;
+    const size_t mr = jb->p->kern->mr;
+    if (lo >= hi)
+        return;
+    const size_t r0 = pl->split_rows ? lo * mr : 0;
+    const size_t r1 = pl->split_rows ? min_sz(hi * mr, jb->m) : jb->m;
+    if (pl->pack_x)
+        run_packed(jb, r0, r1, pl->xbuf + t * pl->xbuf_bytes);
+    else if (pl->split_rows)
+        run_direct(jb, r0, r1, 0, jb->p->panels);
+    else
+        run_direct(jb, 0, jb->m, lo, hi);
 }
 
 static int team_size(void)
@@ -86,43 +127,38 @@ int fl_forward(const fl_packed *p, size_t m, const void *x, size_t ldx, void *y,
     if (m == 0 || p->n == 0)
         return FL_OK;
     const fl_job jb = {p, m, x, ldx, y, ldy};
-    const size_t row_tiles = (m + kr->mr - 1) / kr->mr;
-    const int pack_x = m >= kr->pack_x_min_m;
-    /* Many rows: each thread takes a band of rows and packs its own blocks of x.
-     * Few rows: each thread takes a band of weight panels, so the weights are streamed
-     * once in total. Never a split of k. */
-    const size_t parts = pack_x ? row_tiles : p->panels;
+    const size_t size = fl_dtype_size(p->dtype), row_tiles = (m + kr->mr - 1) / kr->mr;
     size_t threads = nthreads > 1 ? (size_t)nthreads : 1;
     if ((double)m * (double)p->n * (double)p->k < FL_PARALLEL_MIN_MADDS)
         threads = 1;
-    threads = min_sz(threads, parts);
 #ifndef _OPENMP
     threads = 1;
 #endif
+    fl_plan pl = {0};
+    pl.pack_x = (double)m * (double)p->k * (double)size > FL_DIRECT_X_MAX_BYTES;
+    /* Packed x: each thread takes a band of rows and packs its own blocks of x.
+     * x in place: each thread takes a band of weight panels, so the weights are streamed
+     * once in total, unless there are too few panels to go round. Never a split of k. */
+    pl.split_rows = pl.pack_x || p->panels < threads;
+    pl.parts = pl.split_rows ? row_tiles : p->panels;
+    threads = min_sz(threads, pl.parts);
 
-    char *xbuf = NULL;
-    /* One MC x KC block, its last micro-panel rounded up to MR rows. */
-    const size_t xbuf_rows = (min_sz(kr->mc, m) + kr->mr - 1) / kr->mr * kr->mr;
-    const size_t xbuf_len = xbuf_rows * min_sz(kr->kc, p->k ? p->k : 1);
-    if (pack_x) {
-        xbuf = fl_aligned_alloc(threads * xbuf_len, fl_dtype_size(p->dtype));
-        if (!xbuf)
+    if (pl.pack_x) {
+        /* Per thread: one MC x KC block of x, its last micro-panel rounded up to MR
+         * rows, rounded up to whole cache lines so that threads never share one. */
+        const size_t rows = (min_sz(kr->mc, m) + kr->mr - 1) / kr->mr * kr->mr;
+        pl.xbuf_bytes = (rows * min_sz(kr->kc, p->k) * size + 63) / 64 * 64;
+        pl.xbuf = fl_aligned_alloc(threads, pl.xbuf_bytes);
+        if (!pl.xbuf)
             return FL_ENOMEM;
     }
-
-#pragma omp parallel num_threads((int)threads) if (threads > 1)
-    {
+    if (threads == 1) {  /* no team to start: a few hundred ns matter to tiny calls */
+        run_share(&jb, &pl, 0, 1);
+    } else {
+#pragma omp parallel num_threads((int)threads)
         /* The team may be smaller than asked for (nesting, OMP_THREAD_LIMIT). */
-        const size_t t = (size_t)thread_id(), team = (size_t)team_size();
-        const size_t lo = parts * t / team, hi = parts * (t + 1) / team;
-        if (lo < hi) {
-            if (pack_x)
-                run_rect(&jb, lo * kr->mr, min_sz(hi * kr->mr, m), 0, p->panels,
-                         xbuf + t * xbuf_len * fl_dtype_size(p->dtype));
-            else
-                run_rect(&jb, 0, m, lo, hi, NULL);
-        }
+        run_share(&jb, &pl, (size_t)thread_id(), (size_t)team_size());
     }
-    free(xbuf);
+    free(pl.xbuf);
     return FL_OK;
 }

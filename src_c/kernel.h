@@ -36,7 +36,6 @@ typedef struct {
     size_t kc;          /* k block: a KC x NR weight slice stays in L1 */
     size_t mc;          /* row block: an MC x KC block of packed x stays in L2 */
     size_t nc;          /* column block: a KC x NC weight slab stays in L3 */
-    size_t pack_x_min_m;/* from this many rows on, x blocks are packed */
 } fl_kernel;
 
 typedef struct {
@@ -56,6 +55,10 @@ struct fl_packed {
 
 /* Kernels, one file per ISA. */
 extern const fl_isa fl_isa_ref;
+#if defined(__x86_64__) || defined(__i386__)
+extern const fl_isa fl_isa_avx2;
+extern const fl_isa fl_isa_avx512;
+#endif
 
 /* The ISA fl_pack() uses now (dispatch.c). */
 const fl_isa *fl_current_isa(void);

@@ -49,5 +49,10 @@ def assert_close(y, x, w, b):
     assert np.all(err <= tol), f"max error {err.max()} > tolerance {tol[err > tol].min()}"
 
 
+def packed_from(dtype, k):
+    """The fewest rows of width k for which the native kernel packs x."""
+    return _core.blocking(dtype)["direct_x_max_bytes"] // (k * np.dtype(dtype).itemsize) + 1
+
+
 def random_layer(k, n, dtype, bias=True, backend="native", seed=0):
     return fl.Linear(k, n, bias, dtype=dtype, rng=seed, backend=backend)

@@ -6,7 +6,7 @@ import pytest
 import fastlinear as fl
 from fastlinear import _core
 
-from conftest import BACKENDS, DTYPES, assert_close, random_layer
+from conftest import BACKENDS, DTYPES, assert_close, packed_from, random_layer
 
 
 def _layer_case(m, k, n, dtype, bias, backend, seed=0):
@@ -39,8 +39,10 @@ def test_k_across_block_boundaries(isa, dtype, backend):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_m_across_packing_and_row_blocks(isa, dtype):
     b = _core.blocking(dtype)
-    for m in (b["pack_x_min_m"] - 1, b["pack_x_min_m"], b["mc"] + 1, 2 * b["mc"] + b["mr"] + 1):
-        layer, x = _layer_case(m, b["kc"] + 5, 2 * b["nr"] + 3, dtype, True, "native", seed=m)
+    k = b["kc"] + 5
+    p = packed_from(dtype, k)
+    for m in (p - 1, p, b["mc"] + 1, 2 * b["mc"] + b["mr"] + 1):
+        layer, x = _layer_case(m, k, 2 * b["nr"] + 3, dtype, True, "native", seed=m)
         assert_close(layer(x), x, layer.weight, layer.bias)
 
 

@@ -6,7 +6,7 @@ import pytest
 import fastlinear as fl
 from fastlinear import _core
 
-from conftest import DTYPES, random_layer
+from conftest import DTYPES, packed_from, random_layer
 
 
 def _big_case(dtype):
@@ -33,15 +33,27 @@ def test_every_batch_size_and_offset(isa, dtype):
     full = layer(x)
     rng = np.random.default_rng(0)
     b = _core.blocking(dtype)
-    p = b["pack_x_min_m"]
+    p = packed_from(dtype, x.shape[1])
     for m in (2, 3, 5, b["mr"] + 1, p - 1, p, p + 1, b["mc"] + 1, x.shape[0] - 1):
         start = int(rng.integers(0, x.shape[0] - m + 1))
         np.testing.assert_array_equal(layer(x[start:start + m]), full[start:start + m])
 
 
+def _narrow_case(dtype):
+    """x small enough to read in place, one weight panel: threads split the rows."""
+    b = _core.blocking(dtype)
+    k = 256
+    m = min(packed_from(dtype, k) - 1, 40 * b["mr"] + 3)
+    layer = random_layer(k, b["nr"], dtype, seed=9)
+    x = np.random.default_rng(10).standard_normal((m, k)).astype(dtype)
+    assert m * k * b["nr"] >= 2**17  # enough work for a team
+    return layer, x
+
+
+@pytest.mark.parametrize("case", [_big_case, _narrow_case])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_thread_count_does_not_change_bits(isa, dtype, threads):
-    layer, x = _big_case(dtype)
+def test_thread_count_does_not_change_bits(isa, dtype, case, threads):
+    layer, x = case(dtype)
     fl.set_num_threads(1)
     one = layer(x)
     few = layer(x[:3])

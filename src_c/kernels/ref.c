@@ -117,7 +117,7 @@ static int cpu_has_ref(void) { return 1; }
 const fl_isa fl_isa_ref = {
     "ref", cpu_has_ref,
     {{ukernel_f32, FL_REF_F32_MR, FL_REF_F32_NR, FL_REF_F32_KC, FL_REF_F32_MC,
-      FL_REF_F32_NC, FL_PACK_X_MIN_M},
+      FL_REF_F32_NC},
      {ukernel_f64, FL_REF_F64_MR, FL_REF_F64_NR, FL_REF_F64_KC, FL_REF_F64_MC,
-      FL_REF_F64_NC, FL_PACK_X_MIN_M}},
+      FL_REF_F64_NC}},
 };
