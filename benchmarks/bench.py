@@ -9,7 +9,12 @@ Ratios are fastlinear-native time / rival time: below 1 means fastlinear is fast
 
     python benchmarks/bench.py                       # the default shape table, 2 threads
     python benchmarks/bench.py --threads 1 --dtype float64 --shapes 1x4096x4096,64x512x512
-    python benchmarks/bench.py --json results.json
+    python benchmarks/bench.py --json results.json --plot results.png
+
+Each shape is also set against this machine's limits (limits.py): the time the FMA peak
+allows for its arithmetic and the time the read bandwidth allows for its weights, at
+their size. The larger of the two is the shape's bound; "limit %" is that bound's share
+of fastlinear's time (100% = at the machine's limit).
 
 Unset OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE for this command if your environment sets
 them: they pin numpy's OpenBLAS to slower kernels.
@@ -23,6 +28,7 @@ import time
 import numpy as np
 
 import fastlinear as fl
+import limits
 
 DEFAULT_SHAPES = ("1x100x50,140x100x50,1x768x3072,1x4096x4096,8x4096x4096,32x768x3072,"
                   "128x768x3072,512x1024x1024,2048x2048x2048")
@@ -122,6 +128,78 @@ def check_agreement(runs, x, w, b):
             raise SystemExit(f"{name} disagrees with the float64 reference")
 
 
+def machine_bound(m, k, n, dtype, threads):
+    """(name, seconds) of the slower of the two limits for this shape, or None."""
+    peak = limits.fma_peak(dtype, threads)
+    weight_bytes = n * k * np.dtype(dtype).itemsize
+    bandwidth = limits.read_bandwidth(weight_bytes, threads)
+    if peak is None or bandwidth is None:
+        return None
+    return max(("FMA", 2.0 * m * k * n / peak / 1e9),
+               ("BW", weight_bytes / bandwidth / 1e9), key=lambda b: b[1])
+
+
+def measure(shape, dtype, threads, rounds, budget, settle, rng):
+    """One shape: best time per contender, derived rates and ratios."""
+    m, k, n = shape
+    x = rng.standard_normal((m, k)).astype(dtype)
+    w = (rng.standard_normal((n, k)) / np.sqrt(k)).astype(dtype)
+    b = rng.standard_normal(n).astype(dtype)
+    runs = contenders(x, w, b, dtype)
+    check_agreement(runs, x, w, b)
+    best = best_times(runs, rounds, budget, settle)
+    ours = best["fastlinear"]
+    row = {"m": m, "k": k, "n": n,
+           "us": {name: t * 1e6 for name, t in best.items()},
+           "gflops": {name: 2.0 * m * k * n / t / 1e9 for name, t in best.items()},
+           "weight_gbs": n * k * dtype.itemsize / ours / 1e9,
+           "ratio": {rival: ours / best[rival] for rival in best if rival != "fastlinear"}}
+    bound = machine_bound(m, k, n, dtype, threads)
+    if bound is not None:
+        row["bound"], row["limit_fraction"] = bound[0], bound[1] / ours
+    return row
+
+
+def print_row(row, names, header):
+    if header:
+        print(f"{'M x K x N':>16} " + " ".join(f"{name + ' us':>17}" for name in names)
+              + f" {'GFLOP/s':>8} {'GB/s':>6} {'limit %':>9} "
+              + " ".join(f"{'/' + rival:>16}" for rival in row["ratio"]))
+    limit = (f"{row['bound']} {100 * row['limit_fraction']:.0f}" if "bound" in row
+             else "n/a")
+    shape = f"{row['m']}x{row['k']}x{row['n']}"
+    print(f"{shape:>16} " + " ".join(f"{row['us'][name]:>17.2f}" for name in names)
+          + f" {row['gflops']['fastlinear']:>8.1f} {row['weight_gbs']:>6.1f} {limit:>9} "
+          + " ".join(f"{r:>16.2f}" for r in row["ratio"].values()), flush=True)
+
+
+def plot(rows, path, k, n, dtype, threads):
+    """GFLOP/s against M for one K x N, a line per contender."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot", file=sys.stderr)
+        return
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name in rows[0]["gflops"]:
+        ax.plot([r["m"] for r in rows], [r["gflops"][name] for r in rows], marker="o",
+                label=name)
+    peak = limits.fma_peak(dtype, threads)
+    if peak:
+        ax.axhline(peak, color="grey", linestyle="--", label="FMA peak (probe)")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch size M")
+    ax.set_ylabel("GFLOP/s")
+    ax.set_title(f"y = x @ W.T + b, K x N = {k} x {n}, {dtype}, {threads} threads")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"plot written to {path}")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=2)
@@ -133,44 +211,38 @@ def main(argv=None):
     parser.add_argument("--settle", type=float, default=0.1,
                         help="seconds of sleep before each contender's turn")
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--plot", help="also sweep M for --plot-kn and save a PNG here")
+    parser.add_argument("--plot-kn", default="768x3072", help="K x N of the plot's sweep")
     args = parser.parse_args(argv)
 
     dtype = np.dtype(args.dtype)
-    limits = set_threads(args.threads)
+    limits_set = set_threads(args.threads)
     rng = np.random.default_rng(0)
+    print(f"fastlinear {fl.__version__}, {args.dtype}, {args.threads} threads, native ISA "
+          f"{fl._core.isa_name()}, {platform.machine()}; FMA peak "
+          f"{limits.fma_peak(dtype, args.threads) or float('nan'):.0f} GFLOP/s (probe)")
     results = []
-    print(f"fastlinear {fl.__version__}, {args.dtype}, {args.threads} threads, "
-          f"native ISA {fl._core.isa_name()}, {platform.processor() or platform.machine()}")
-    header = None
-    for m, k, n in parse_shapes(args.shapes):
-        x = rng.standard_normal((m, k)).astype(dtype)
-        w = (rng.standard_normal((n, k)) / np.sqrt(k)).astype(dtype)
-        b = rng.standard_normal(n).astype(dtype)
-        runs = contenders(x, w, b, dtype)
-        check_agreement(runs, x, w, b)
-        best = best_times(runs, args.rounds, args.budget, args.settle)
-        flop = 2.0 * m * k * n
-        row = {"m": m, "k": k, "n": n,
-               "us": {name: t * 1e6 for name, t in best.items()},
-               "gflops": {name: flop / t / 1e9 for name, t in best.items()},
-               "ratio": {rival: best["fastlinear"] / best[rival]
-                         for rival in best if rival != "fastlinear"}}
+    for shape in parse_shapes(args.shapes):
+        row = measure(shape, dtype, args.threads, args.rounds, args.budget, args.settle, rng)
+        print_row(row, list(row["us"]), header=not results)
         results.append(row)
-        if header is None:
-            header = (f"{'M x K x N':>16} " + " ".join(f"{name + ' us':>17}" for name in best)
-                      + " " + " ".join(f"{'/' + rival:>12}" for rival in row["ratio"])
-                      + f" {'GFLOP/s':>8}")
-            print(header)
-        print(f"{f'{m}x{k}x{n}':>16} "
-              + " ".join(f"{row['us'][name]:>17.2f}" for name in best) + " "
-              + " ".join(f"{r:>12.2f}" for r in row["ratio"].values())
-              + f" {row['gflops']['fastlinear']:>8.1f}", flush=True)
+    sweep = []
+    if args.plot:
+        k, n = (int(v) for v in args.plot_kn.split("x"))
+        print(f"sweep of M for K x N = {k} x {n}:")
+        for m in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048):
+            row = measure((m, k, n), dtype, args.threads, args.rounds, args.budget,
+                          args.settle, rng)
+            print_row(row, list(row["us"]), header=not sweep)
+            sweep.append(row)
+        plot(sweep, args.plot, k, n, args.dtype, args.threads)
     if args.json:
         meta = {"fastlinear": fl._config.config_info(), "threads": args.threads,
                 "dtype": args.dtype, "machine": platform.machine(),
-                "blas": limits.get_original_num_threads() if limits is not None else None}
+                "fma_peak_gflops": limits.fma_peak(dtype, args.threads),
+                "blas": limits_set.get_original_num_threads() if limits_set else None}
         with open(args.json, "w") as f:
-            json.dump({"meta": meta, "results": results}, f, indent=1)
+            json.dump({"meta": meta, "results": results, "sweep": sweep}, f, indent=1)
     return results
 
 

@@ -13,7 +13,7 @@
  *   DIRECT_X x is read in place while all of it (M*K*size bytes) fits this budget, a
  *            quarter of L2: it then stays in cache while every weight panel streams past.
  *            Beyond it, packing pays: far-apart rows (a stride of 16 KiB for K = 4096
- *            floats) fall into the same L1 sets and evict each other. Measured on Zen 4,
+ *            floats) fall into the same L1 sets and evict each other. Zen 4, 14 x 32 tiles,
  *            2 threads: 32x768x3072 (96 KiB of x) 226 GFLOP/s in place, 198 packed;
  *            32x4096x4096 (512 KiB) 97 in place, 180 packed; 140x100x50 (55 KiB) 84 in
  *            place, 63 packed, on one thread.
@@ -51,26 +51,28 @@
 #define FL_AVX2_F64_MC 72      /* 144 KiB of packed x in L2 */
 #define FL_AVX2_F64_NC 2048    /* 4 MiB of weights in L3 */
 
-/* AVX-512 (kernels/avx512.c): 32 zmm registers. 14 rows x 2 zmm = 28 accumulators,
- * 2 for the weight row, 1 for the broadcast x value; 28 independent FMA chains hide the
- * FMA latency (4 cycles) at up to 2 FMAs per cycle.
- * KC is far past the L1-sized choice of the table above, on measurement: the 14 x 32
- * tile needs 16 loads per 28 FMAs, which L2 (1-2 MiB per core) feeds with room to spare,
- * so the KC x NR weight slice (128 KiB) and the x micro-panel stream from L2, and a long
- * KC makes the per-block costs (reloading y, packing x) vanish. On a Zen 4 core, 2048^3:
- * KC = 128 gave 84 GFLOP/s, 512 gave 102, 1024 gave 108 (of 116 peak). MC keeps the
- * MC x KC block of packed x (560 KiB) in L2. */
-#define FL_AVX512_F32_MR 14
-#define FL_AVX512_F32_NR 32
-#define FL_AVX512_F32_KC 1024
-#define FL_AVX512_F32_MC 140
-#define FL_AVX512_F32_NC 4096  /* 16 MiB of weights in L3 */
+/* AVX-512 (kernels/avx512.c): 32 zmm registers. 6 rows x 4 zmm = 24 accumulators,
+ * 4 for the weight row, 1 for the broadcast x value. Four zmm per row, not two: a
+ * single row (M = 1, weights streamed at memory speed) then still has 4 independent FMA
+ * chains to cover the FMA latency, and the tile needs only 10 loads per 24 FMAs.
+ * KC is far past the L1-sized choice of the table above, on measurement: those few
+ * loads per FMA are fed from L2 (1-2 MiB per core) with room to spare, so the KC x NR
+ * weight slice (128 KiB) streams from L2, and a long KC makes the per-block costs
+ * (reloading y, packing x) vanish. Zen 4, 2 threads, 2048^3: 14 x 32 tiles gave 171
+ * GFLOP/s at KC = 128 and 214 at 1024; 6 x 64 tiles give 204 at KC = 256 and 215 at
+ * 512, and 1 x 768 x 3072 runs at 180 GB/s instead of 110-170 (of ~190 from L3).
+ * MC keeps the MC x KC block of packed x (288 KiB) in L2 beside the weight slice. */
+#define FL_AVX512_F32_MR 6
+#define FL_AVX512_F32_NR 64
+#define FL_AVX512_F32_KC 512
+#define FL_AVX512_F32_MC 144
+#define FL_AVX512_F32_NC 8192  /* 16 MiB of weights in L3 */
 
-#define FL_AVX512_F64_MR 14
-#define FL_AVX512_F64_NR 16
-#define FL_AVX512_F64_KC 1024  /* as float32: the same bytes per weight row */
-#define FL_AVX512_F64_MC 70    /* 560 KiB of packed x in L2 */
-#define FL_AVX512_F64_NC 2048  /* 16 MiB of weights in L3 */
+#define FL_AVX512_F64_MR 6
+#define FL_AVX512_F64_NR 32
+#define FL_AVX512_F64_KC 512   /* as float32: the same bytes per weight row */
+#define FL_AVX512_F64_MC 72    /* 288 KiB of packed x in L2 */
+#define FL_AVX512_F64_NC 4096  /* 16 MiB of weights in L3 */
 
 #define FL_DIRECT_X_MAX_BYTES (256u * 1024u)
 
