@@ -210,3 +210,38 @@ def test_inputs_are_never_modified():
     fl.functional.linear(x, w, backend="blas")
     np.testing.assert_array_equal(x, copies[0])
     np.testing.assert_array_equal(w, copies[1])
+
+
+def _run_with_isa(value):
+    import os
+    import subprocess
+    import sys
+    # The same fastlinear as this process, installed or built in place.
+    env = {**os.environ, "FASTLINEAR_ISA": value,
+           "PYTHONPATH": os.path.dirname(os.path.dirname(fl.__file__))}
+    code = "import fastlinear, fastlinear._core as c; print(c.isa_name())"
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, cwd=os.path.dirname(__file__))
+
+
+@pytest.mark.parametrize("name", _core.supported_isas())
+def test_isa_forced_by_environment(name):
+    result = _run_with_isa(name)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == name
+
+
+def test_unknown_isa_in_environment_fails_loudly():
+    result = _run_with_isa("sse9")
+    assert result.returncode != 0
+    assert "unknown ISA 'sse9'" in result.stderr
+
+
+def test_auto_backend_rule(isa):
+    layer = fl.Linear(4, 3, backend="auto")
+    expected = "blas" if isa == "ref" else "native"
+    assert fl._config.resolve_backend("auto") == expected
+    x = np.ones((2, 4), np.float32)
+    if expected == "native":  # bitwise the native kernel's answer
+        np.testing.assert_array_equal(layer(x), fl.functional.linear(
+            x, layer.weight, layer.bias, backend="native"))
