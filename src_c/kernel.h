@@ -9,8 +9,9 @@
  *     if bias != NULL:                 acc[i][j] += bias[j]
  *     y[i*ldy + j] = acc[i][j]         for i < m, j < n only
  *
- *   a      rows of x: either x itself (a_rs = ldx, a_cs = 1) or a packed micro-panel
- *          (a_rs = 1, a_cs = MR). Only rows i < m are read.
+ *   a      rows of x: either x itself (a_rs = ldx, any value, a_cs = 1) or a packed
+ *          micro-panel (a_rs = 1, a_cs = MR > 1); kernels may tell the two apart by a_cs.
+ *          Only rows i < m are read.
  *   w      kc rows of one packed weight panel: NR contiguous values per k, 64-byte
  *          aligned, zero past column n. All NR columns may be read.
  *   bias   NULL, or NR values (zero past n) added once, after the last k block.

@@ -115,6 +115,18 @@ def test_broadcast_rows(backend):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_overlapping_rows(isa, dtype, backend):
+    """Sliding windows: row i starts one element after row i - 1 (row stride 1)."""
+    layer = random_layer(9, 70, dtype, backend=backend)
+    base = np.arange(40, dtype=dtype) / 7
+    size = base.itemsize
+    for m in (2, 7, 30):
+        x = np.lib.stride_tricks.as_strided(base, (m, 9), (size, size), writeable=False)
+        assert_close(layer(x), x, layer.weight, layer.bias)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_weight_layouts(dtype, backend):
     rng = np.random.default_rng(3)
     w = rng.standard_normal((23, 31)).astype(dtype)

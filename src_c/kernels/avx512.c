@@ -131,22 +131,20 @@ static AVX512 void ukernel_f32(size_t kc, const void *a, ptrdiff_t a_rs, ptrdiff
                                const void *w, void *y, size_t ldy, size_t m, size_t n,
                                int first, const void *bias)
 {
-    if (a_rs == 1)  /* packed x: a_cs == MR */
-        rows_f32(m, kc, a, 1, MR32, w, y, ldy, n, first, bias);
-    else            /* x in place: a_cs == 1 */
+    if (a_cs == 1)  /* x in place */
         rows_f32(m, kc, a, a_rs, 1, w, y, ldy, n, first, bias);
-    (void)a_cs;
+    else            /* packed x: a_rs == 1, a_cs == MR */
+        rows_f32(m, kc, a, 1, MR32, w, y, ldy, n, first, bias);
 }
 
 static AVX512 void ukernel_f64(size_t kc, const void *a, ptrdiff_t a_rs, ptrdiff_t a_cs,
                                const void *w, void *y, size_t ldy, size_t m, size_t n,
                                int first, const void *bias)
 {
-    if (a_rs == 1)
-        rows_f64(m, kc, a, 1, MR64, w, y, ldy, n, first, bias);
-    else
+    if (a_cs == 1)  /* x in place */
         rows_f64(m, kc, a, a_rs, 1, w, y, ldy, n, first, bias);
-    (void)a_cs;
+    else            /* packed x: a_rs == 1, a_cs == MR */
+        rows_f64(m, kc, a, 1, MR64, w, y, ldy, n, first, bias);
 }
 
 static int cpu_has_avx512(void)
