@@ -48,7 +48,7 @@ cdef class PackedWeights:
 
     def forward_new(self, x):
         """x @ W.T + b in a new array, for the common case only: x an aligned
-        C-contiguous ndarray of this dtype, shaped (K,) or (M, K). Returns None for
+        C-contiguous ndarray of this dtype in native byte order, shaped (K,) or (M, K). Returns None for
         anything else; the caller then takes the general path. Skips every Python-level
         step, for calls whose arithmetic takes less time than those steps."""
         if not cnp.PyArray_CheckExact(x):
@@ -57,7 +57,8 @@ cdef class PackedWeights:
         cdef int typenum = self._typenum
         cdef int nd = cnp.PyArray_NDIM(arr)
         if (cnp.PyArray_TYPE(arr) != typenum or nd < 1 or nd > 2
-                or not cnp.PyArray_IS_C_CONTIGUOUS(arr) or not cnp.PyArray_ISALIGNED(arr)):
+                or not cnp.PyArray_IS_C_CONTIGUOUS(arr) or not cnp.PyArray_ISALIGNED(arr)
+                or not cnp.PyArray_ISNOTSWAPPED(arr)):
             return None
         cdef cnp.npy_intp *shape = cnp.PyArray_DIMS(arr)
         cdef cnp.npy_intp dims[2]

@@ -85,6 +85,7 @@ def _layouts(x):
         "readonly": readonly,
         "unaligned": unaligned,
         "float16": x.astype(np.float16),
+        "byteswapped": x.astype(x.dtype.newbyteorder()),
     }
 
 
