@@ -18,8 +18,9 @@ typedef struct {
 
 static size_t min_sz(size_t a, size_t b) { return a < b ? a : b; }
 
-/* One m x n tile of y for k in [pc, pc + kc): its place in the packed weights, the bias
- * after the last k block. */
+/* Rows [row, row + m) (m <= MR) of weight panel q for k in [pc, pc + kc), the bias after
+ * the last k block. Rows are independent, so fewer than MR rows run as tiles of 4, 2, 1
+ * rows (the heights kernels instantiate) with the same bits. */
 static void run_tile(const fl_job *jb, size_t q, size_t pc, size_t kc, const char *a,
                      ptrdiff_t a_rs, ptrdiff_t a_cs, size_t row, size_t m)
 {
@@ -28,8 +29,19 @@ static void run_tile(const fl_job *jb, size_t q, size_t pc, size_t kc, const cha
     const char *wq = (const char *)p->w + (q * p->k + pc) * nr * size;
     const char *bq = (pc + kc == p->k && p->bias) ? (const char *)p->bias + q * nr * size : NULL;
     const size_t n = min_sz(nr, p->n - q * nr);
-    p->kern->run(kc, a, a_rs, a_cs, wq, jb->y + (row * jb->ldy + q * nr) * size, jb->ldy, m,
-                 n, pc == 0, bq);
+    while (m > 0) {
+        size_t h = 1;
+        if (m == p->kern->mr)
+            h = m;
+        else
+            while (2 * h <= m)
+                h *= 2;
+        p->kern->run(kc, a, a_rs, a_cs, wq, jb->y + (row * jb->ldy + q * nr) * size,
+                     jb->ldy, h, n, pc == 0, bq);
+        a += (ptrdiff_t)h * a_rs * (ptrdiff_t)size;
+        row += h;
+        m -= h;
+    }
 }
 
 /* x read in place, rows [r0, r1) x weight panels [q0, q1): each panel is streamed once,

@@ -1,8 +1,9 @@
 /* Internal contract between the GEMM driver (gemm.c), packing (pack.c) and the
  * per-ISA micro-kernels (kernels/<isa>.c). Not part of the public API.
  *
- * Micro-kernel: computes one m x n tile of y (1 <= m <= MR, 1 <= n <= NR) over one block
- * of kc values of k:
+ * Micro-kernel: computes one m x n tile of y (1 <= n <= NR; m is MR, or a power of two
+ * below it: the driver cuts the rows of an edge tile into such tiles, which gives the
+ * same bits since rows are independent) over one block of kc values of k:
  *
  *     acc[i][j] = (first ? 0 : y[i*ldy + j])
  *     for k in 0 .. kc-1 (ascending):  acc[i][j] += a[i*a_rs + k*a_cs] * w[k*NR + j]

@@ -13,7 +13,6 @@ enum {
     MR64 = FL_AVX2_F64_MR, NV64 = FL_AVX2_F64_NR / 4,
 };
 _Static_assert(FL_AVX2_F32_NR % 8 == 0 && FL_AVX2_F64_NR % 4 == 0, "whole ymm rows");
-_Static_assert(MR32 > 4 && MR64 > 4, "the row steps in rows_f32/rows_f64");
 
 /* Lanes [lo, lo + lanes) that lie below n, as an all-ones mask per 32-bit lane. */
 static inline __attribute__((always_inline)) AVX2 __m256i edge_mask32(size_t n, size_t lo)
@@ -100,23 +99,18 @@ tile_f64(const size_t m, size_t kc, const double *a, const ptrdiff_t a_rs,
             _mm256_maskstore_pd(y + i * ldy + 4 * v, mask[v], acc[i][v]);
 }
 
-/* Rows are independent, so m rows may run as tiles of MR, 4, 2, 1 rows with the same
- * bits: four instances per x layout instead of MR. */
+/* One instance per tile height the driver asks for (kernel.h: MR, 4, 2, 1); the x
+ * strides are constants in each of the two calls of ukernel_*, so each x layout gets its
+ * own instances. */
 static inline __attribute__((always_inline)) AVX2 void
 rows_f32(size_t m, size_t kc, const float *a, const ptrdiff_t a_rs, const ptrdiff_t a_cs,
          const float *w, float *y, size_t ldy, size_t n, int first, const float *bias)
 {
-    while (m > 0) {
-        const size_t step = m >= MR32 ? MR32 : m >= 4 ? 4 : m >= 2 ? 2 : 1;
-        switch (step) {
-        case MR32: tile_f32(MR32, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
-        case 4: tile_f32(4, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
-        case 2: tile_f32(2, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
-        default: tile_f32(1, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
-        }
-        a += (ptrdiff_t)step * a_rs;
-        y += step * ldy;
-        m -= step;
+    switch (m) {
+    case MR32: tile_f32(MR32, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
+    case 4: tile_f32(4, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
+    case 2: tile_f32(2, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
+    default: tile_f32(1, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
     }
 }
 
@@ -124,19 +118,15 @@ static inline __attribute__((always_inline)) AVX2 void
 rows_f64(size_t m, size_t kc, const double *a, const ptrdiff_t a_rs, const ptrdiff_t a_cs,
          const double *w, double *y, size_t ldy, size_t n, int first, const double *bias)
 {
-    while (m > 0) {
-        const size_t step = m >= MR64 ? MR64 : m >= 4 ? 4 : m >= 2 ? 2 : 1;
-        switch (step) {
-        case MR64: tile_f64(MR64, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
-        case 4: tile_f64(4, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
-        case 2: tile_f64(2, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
-        default: tile_f64(1, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
-        }
-        a += (ptrdiff_t)step * a_rs;
-        y += step * ldy;
-        m -= step;
+    switch (m) {
+    case MR64: tile_f64(MR64, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
+    case 4: tile_f64(4, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
+    case 2: tile_f64(2, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
+    default: tile_f64(1, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
     }
 }
+
+_Static_assert(MR32 > 4 && MR32 < 8 && MR64 > 4 && MR64 < 8, "one case per tile height above");
 
 static AVX2 void ukernel_f32(size_t kc, const void *a, ptrdiff_t a_rs, ptrdiff_t a_cs,
                              const void *w, void *y, size_t ldy, size_t m, size_t n,

@@ -87,24 +87,18 @@ tile_f64(const size_t m, size_t kc, const double *a, const ptrdiff_t a_rs,
             _mm512_mask_storeu_pd(y + i * ldy + 8 * v, mask[v], acc[i][v]);
 }
 
-/* Rows are independent, so a tile of m rows may run as several tiles of fewer rows with
- * the same bits: MR, then 4, 2, 1. Four instances per x layout instead of MR. The x
- * strides are constants in each of the two calls below. */
+/* One instance per tile height the driver asks for (kernel.h: MR, 4, 2, 1); the x
+ * strides are constants in each of the two calls of ukernel_*, so each x layout gets its
+ * own instances. */
 static inline __attribute__((always_inline)) AVX512 void
 rows_f32(size_t m, size_t kc, const float *a, const ptrdiff_t a_rs, const ptrdiff_t a_cs,
          const float *w, float *y, size_t ldy, size_t n, int first, const float *bias)
 {
-    while (m > 0) {
-        const size_t step = m >= MR32 ? MR32 : m >= 4 ? 4 : m >= 2 ? 2 : 1;
-        switch (step) {
-        case MR32: tile_f32(MR32, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
-        case 4: tile_f32(4, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
-        case 2: tile_f32(2, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
-        default: tile_f32(1, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
-        }
-        a += (ptrdiff_t)step * a_rs;
-        y += step * ldy;
-        m -= step;
+    switch (m) {
+    case MR32: tile_f32(MR32, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
+    case 4: tile_f32(4, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
+    case 2: tile_f32(2, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
+    default: tile_f32(1, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
     }
 }
 
@@ -112,20 +106,14 @@ static inline __attribute__((always_inline)) AVX512 void
 rows_f64(size_t m, size_t kc, const double *a, const ptrdiff_t a_rs, const ptrdiff_t a_cs,
          const double *w, double *y, size_t ldy, size_t n, int first, const double *bias)
 {
-    while (m > 0) {
-        const size_t step = m >= MR64 ? MR64 : m >= 4 ? 4 : m >= 2 ? 2 : 1;
-        switch (step) {
-        case MR64: tile_f64(MR64, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
-        case 4: tile_f64(4, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
-        case 2: tile_f64(2, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
-        default: tile_f64(1, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
-        }
-        a += (ptrdiff_t)step * a_rs;
-        y += step * ldy;
-        m -= step;
+    switch (m) {
+    case MR64: tile_f64(MR64, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
+    case 4: tile_f64(4, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
+    case 2: tile_f64(2, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
+    default: tile_f64(1, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
     }
 }
-_Static_assert(MR32 > 4 && MR64 > 4, "the row steps above");
+_Static_assert(MR32 > 4 && MR32 < 8 && MR64 > 4 && MR64 < 8, "one case per tile height above");
 
 static AVX512 void ukernel_f32(size_t kc, const void *a, ptrdiff_t a_rs, ptrdiff_t a_cs,
                                const void *w, void *y, size_t ldy, size_t m, size_t n,

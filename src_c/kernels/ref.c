@@ -17,7 +17,7 @@ enum {
     MR64 = FL_REF_F64_MR, NV64 = FL_REF_F64_NR / 2,
 };
 _Static_assert(FL_REF_F32_NR % 4 == 0 && FL_REF_F64_NR % 2 == 0, "whole vectors per row");
-_Static_assert(MR32 == 4 && MR64 == 4, "one switch case per m below");
+_Static_assert(MR32 == 4 && MR64 == 4, "one switch case per tile height below");
 
 /* `m` is a compile-time constant at every call site, so the row loops unroll and the
  * accumulators stay in registers. Edge tiles go through a full tile in memory: the
@@ -59,11 +59,10 @@ static void ukernel_f32(size_t kc, const void *a, ptrdiff_t a_rs, ptrdiff_t a_cs
                         const void *w, void *y, size_t ldy, size_t m, size_t n,
                         int first, const void *bias)
 {
-    switch (m) {
-    case 1: tile_f32(1, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
+    switch (m) {  /* the tile heights of kernel.h */
+    case MR32: tile_f32(MR32, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
     case 2: tile_f32(2, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
-    case 3: tile_f32(3, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
-    default: tile_f32(MR32, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
+    default: tile_f32(1, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
     }
 }
 
@@ -104,11 +103,10 @@ static void ukernel_f64(size_t kc, const void *a, ptrdiff_t a_rs, ptrdiff_t a_cs
                         const void *w, void *y, size_t ldy, size_t m, size_t n,
                         int first, const void *bias)
 {
-    switch (m) {
-    case 1: tile_f64(1, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
+    switch (m) {  /* the tile heights of kernel.h */
+    case MR64: tile_f64(MR64, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
     case 2: tile_f64(2, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
-    case 3: tile_f64(3, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
-    default: tile_f64(MR64, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
+    default: tile_f64(1, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
     }
 }
 
