@@ -54,8 +54,7 @@ def forward(x2, batch, weight, bias, packed, out):
 
 
 def run_blas(x2, weight, bias, y):
-    """y = x2 @ weight.T + bias through BLAS; copies x2 or weight only when their
-    layout is neither row- nor column-major."""
+    """y = x2 @ weight.T + bias through BLAS."""
     if y.size == 0:
         return
     if bias is not None:
@@ -64,11 +63,15 @@ def run_blas(x2, weight, bias, y):
         if bias is None:
             y.fill(0)
         return
-    if _blas.blas_layout(x2) is None:
-        x2 = np.array(x2, order="C")  # aligned too, unlike ascontiguousarray
-    if _blas.blas_layout(weight) is None:
-        weight = np.array(weight, order="C")
-    if _blas.blas_layout(x2) is None or _blas.blas_layout(weight) is None:
-        raise ValueError(f"shapes {x2.shape} and {weight.shape} exceed the 32-bit sizes "
-                         "of the BLAS backend; use backend='native'")
-    _blas.gemm(x2, weight, y, bias is not None)
+    _blas.gemm(_blas_operand(x2), _blas_operand(weight), y, bias is not None)
+
+
+def _blas_operand(a):
+    """`a` itself when BLAS can read it (row- or column-major), else an aligned copy."""
+    if _blas.blas_layout(a) is not None:
+        return a
+    a = np.array(a, order="C")  # aligned too, unlike ascontiguousarray
+    if _blas.blas_layout(a) is None:
+        raise ValueError(f"an operand of shape {a.shape} exceeds the 32-bit sizes of the "
+                         "BLAS backend; use backend='native'")
+    return a
