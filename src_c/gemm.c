@@ -5,6 +5,20 @@
 #include "blocking.h"
 #ifdef _OPENMP
 #include <omp.h>
+#include <pthread.h>
+
+/* libgomp cannot restart its thread team in a child forked after the team ran: the
+ * child's first parallel region waits forever for threads that were not copied. So a
+ * child forked after any team ran here computes on its calling thread alone (the same
+ * bits; only slower). */
+static volatile int team_started, forked_after_team;
+
+static void after_fork_in_child(void) { forked_after_team = team_started; }
+
+static void __attribute__((constructor)) watch_forks(void)
+{
+    pthread_atfork(NULL, NULL, after_fork_in_child);
+}
 #endif
 
 typedef struct {
@@ -143,7 +157,10 @@ int fl_forward(const fl_packed *p, size_t m, const void *x, size_t ldx, void *y,
     size_t threads = nthreads > 1 ? (size_t)nthreads : 1;
     if ((double)m * (double)p->n * (double)p->k < FL_PARALLEL_MIN_MADDS)
         threads = 1;
-#ifndef _OPENMP
+#ifdef _OPENMP
+    if (forked_after_team)
+        threads = 1;
+#else
     threads = 1;
 #endif
     fl_plan pl = {0};
@@ -167,6 +184,9 @@ int fl_forward(const fl_packed *p, size_t m, const void *x, size_t ldx, void *y,
     if (threads == 1) {  /* no team to start: a few hundred ns matter to tiny calls */
         run_share(&jb, &pl, 0, 1);
     } else {
+#ifdef _OPENMP
+        team_started = 1;
+#endif
 #pragma omp parallel num_threads((int)threads)
         /* The team may be smaller than asked for (nesting, OMP_THREAD_LIMIT). */
         run_share(&jb, &pl, (size_t)thread_id(), (size_t)team_size());
