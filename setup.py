@@ -3,6 +3,9 @@ _blas (scipy's BLAS through Cython). Metadata lives in pyproject.toml.
 
 Environment:
   FASTLINEAR_NO_OPENMP=1   build without OpenMP (single-threaded), even where available.
+  FASTLINEAR_SANITIZE=1    build with AddressSanitizer and UndefinedBehaviorSanitizer
+                           (for tests: run Python with LD_PRELOAD=$(cc -print-file-name=libasan.so)
+                           and ASAN_OPTIONS=detect_leaks=0; see .ci/run).
 """
 import os
 import sys
@@ -27,6 +30,8 @@ C_SOURCES = [
 # No -march=native and no -ffast-math: a wheel built here must run on any x86-64 and keep
 # NaN and Inf semantics.
 C_FLAGS = ["-O3", "-ffp-contract=off"]
+SANITIZE_FLAGS = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
+                  "-fno-omit-frame-pointer", "-g"]
 OPENMP_PROBE = textwrap.dedent("""
     #include <omp.h>
     int main(void) { return omp_get_max_threads() > 0 ? 0 : 1; }
@@ -55,8 +60,12 @@ class BuildExt(build_ext):
             print("fastlinear: this compiler lacks OpenMP (-fopenmp); building the "
                   "native kernel single-threaded", file=sys.stderr)
             use_openmp = False
+        sanitize = os.environ.get("FASTLINEAR_SANITIZE", "") not in ("", "0")
         for ext in self.extensions:
             ext.extra_compile_args += C_FLAGS
+            if sanitize:
+                ext.extra_compile_args += SANITIZE_FLAGS
+                ext.extra_link_args += SANITIZE_FLAGS
             if use_openmp and ext.name == "fastlinear._core":
                 ext.extra_compile_args.append("-fopenmp")
                 ext.extra_link_args.append("-fopenmp")
