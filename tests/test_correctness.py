@@ -220,3 +220,18 @@ def test_backends_agree():
     blas = random_layer(300, 40, np.float32, backend="blas")
     assert_close(native(x), x, native.weight, native.bias)
     assert_close(blas(x), x, blas.weight, blas.bias)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_nan_weight_spoils_its_column_only(isa, backend):
+    layer = random_layer(20, 70, np.float32, backend=backend)
+    w = layer.weight.copy()
+    w[3, 5] = np.nan
+    w[66, 0] = np.inf
+    layer.weight = w
+    x = np.random.default_rng(0).standard_normal((9, 20)).astype(np.float32)
+    y = layer(x)
+    expected = x.astype(np.float64) @ w.astype(np.float64).T + layer.bias
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(expected))
+    np.testing.assert_array_equal(np.isinf(y), np.isinf(expected))
+    assert np.all(np.isnan(y[:, 3])) and not np.any(np.isnan(np.delete(y, [3, 66], axis=1)))
