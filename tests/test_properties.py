@@ -4,6 +4,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fastlinear as fl
+from fastlinear import _core
 
 from conftest import assert_close
 
@@ -38,3 +39,25 @@ def test_native_rows_are_batch_invariant(m, k, n, dtype, seed):
     np.testing.assert_array_equal(layer(x[i]), full[i])
     j = int(rng.integers(i, m))
     np.testing.assert_array_equal(layer(x[i:j + 1]), full[i:j + 1])
+
+
+@settings(max_examples=80, deadline=None)
+@given(m=st.integers(1, 120), k=st.integers(1, 700), n=st.integers(1, 140),
+       dtype=st.sampled_from([np.float32, np.float64]),
+       isa=st.sampled_from(_core.supported_isas()), threads=st.integers(1, 4),
+       step=st.integers(1, 2), seed=st.integers(0, 2**32 - 1))
+def test_native_on_every_isa_and_thread_count(m, k, n, dtype, isa, threads, step, seed):
+    before = _core.isa_name(), fl.get_num_threads()
+    try:
+        _core.set_isa(isa)
+        fl.set_num_threads(threads)
+        rng = np.random.default_rng(seed)
+        layer = fl.Linear(k, n, dtype=dtype, rng=rng, backend="native")
+        x = rng.standard_normal((m, k * step)).astype(dtype)[:, ::step]
+        y = layer(x)
+        assert_close(y, x, layer.weight, layer.bias)
+        fl.set_num_threads(1)
+        np.testing.assert_array_equal(layer(x[-1]), y[-1])
+    finally:
+        _core.set_isa(before[0])
+        fl.set_num_threads(before[1])
