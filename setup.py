@@ -27,8 +27,8 @@ C_SOURCES = [
 ]
 # -ffp-contract=off: the compiler must not fuse a*b+c into an FMA behind our back, or a
 # vectorised loop and its scalar tail could round differently (see DESIGN.md, Numerics).
-# No -march=native and no -ffast-math: a wheel built here must run on any x86-64 and keep
-# NaN and Inf semantics.
+# No tuning for the build machine's CPU and no fast-math: a wheel built here must run on
+# any x86-64 (kernels for newer ISAs carry target attributes) and keep NaN and Inf.
 C_FLAGS = ["-O3", "-ffp-contract=off"]
 SANITIZE_FLAGS = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
                   "-fno-omit-frame-pointer", "-g"]

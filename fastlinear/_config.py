@@ -1,4 +1,5 @@
 """Process-wide settings: thread count, backend choice, and what this build can do."""
+import os
 import sys
 
 import numpy as np
@@ -64,7 +65,6 @@ def show_config():
 
 def _apply_isa_override():
     """FASTLINEAR_ISA=ref|... forces the native kernel's ISA for this process."""
-    import os
     name = os.environ.get("FASTLINEAR_ISA", "")
     if name:
         _core.set_isa(name)

@@ -16,7 +16,7 @@ def linear(x, weight, bias=None, *, out=None, backend="auto"):
     to it. The native backend packs the weight on every call: for repeated calls with
     the same weight, fastlinear.Linear packs it once.
     """
-    backend = _config.resolve_backend(_config.check_backend(backend))
+    backend = _config.resolve_backend(backend)
     w = as_array(weight, "weight")
     if w.ndim != 2:
         raise ValueError(f"weight must be 2-D (out_features, in_features), got shape {w.shape}")

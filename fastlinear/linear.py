@@ -145,32 +145,32 @@ class Linear:
     def from_torch(cls, module, *, dtype=None, backend="auto"):
         """A Linear with the weights of a torch.nn.Linear. dtype: the module's when it
         is float32 or float64, else float32, unless given."""
-        for attr in ("in_features", "out_features", "weight"):
-            if not hasattr(module, attr):
-                raise TypeError(f"expected a torch.nn.Linear, got {type(module).__name__}")
+        if not all(hasattr(module, a) for a in ("in_features", "out_features", "weight")):
+            raise TypeError(f"expected a torch.nn.Linear, got {type(module).__name__}")
         if dtype is None:
             dtype = np.float64 if str(module.weight.dtype) == "torch.float64" else np.float32
+        return cls._from_parameters(module.weight, module.bias, dtype, backend)
+
+    @classmethod
+    def _from_parameters(cls, weight, bias, dtype, backend):
+        """A layer shaped by `weight` (out_features, in_features), holding copies."""
+        weight = as_array(weight, "weight")
+        if weight.ndim != 2:
+            raise ValueError("weight must be 2-D (out_features, in_features), "
+                             f"got shape {weight.shape}")
         layer = cls.__new__(cls)
-        layer._in = positive_int(module.in_features, "in_features")
-        layer._out = positive_int(module.out_features, "out_features")
+        layer._out = positive_int(weight.shape[0], "out_features")
+        layer._in = positive_int(weight.shape[1], "in_features")
         layer._dtype = layer_dtype(dtype)
         layer._backend = _config.check_backend(backend)
-        layer._set(module.weight, module.bias)
+        layer._set(weight, bias)
         return layer
 
     def __reduce__(self):
         # Weights only, not the packed copy: it is rebuilt on load for the CPU there.
-        return (_rebuild, (self._in, self._out, self._dtype.name, self._backend,
-                           self._params.weight, self._params.bias))
+        return (Linear._from_parameters, (self._params.weight, self._params.bias,
+                                          self._dtype.name, self._backend))
 
     def __repr__(self):
         return (f"Linear(in_features={self._in}, out_features={self._out}, "
                 f"bias={self._has_bias})")
-
-
-def _rebuild(in_features, out_features, dtype, backend, weight, bias):
-    layer = Linear.__new__(Linear)
-    layer._in, layer._out = in_features, out_features
-    layer._dtype, layer._backend = np.dtype(dtype), backend
-    layer._set(weight, bias)
-    return layer
