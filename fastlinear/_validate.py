@@ -50,6 +50,14 @@ def as_array(value, name):
     return arr
 
 
+def as_weight(value):
+    """A weight as a real ndarray shaped (out_features, in_features)."""
+    w = as_array(value, "weight")
+    if w.ndim != 2:
+        raise ValueError(f"weight must be 2-D (out_features, in_features), got shape {w.shape}")
+    return w
+
+
 def as_rows(x, dtype, in_features, fortran_ok=False):
     """(x2, batch_shape): x (*, in_features) as an (M, in_features) array of `dtype`
     that the kernel reads in place (see kernel_ready), and the leading shape."""

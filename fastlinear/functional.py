@@ -2,7 +2,7 @@
 import numpy as np
 
 from . import _blas, _config, _core
-from ._validate import as_array, as_rows, check_out, kernel_ready, parameter
+from ._validate import as_rows, as_weight, check_out, kernel_ready, parameter
 
 __all__ = ["linear"]
 
@@ -17,9 +17,7 @@ def linear(x, weight, bias=None, *, out=None, backend="auto"):
     the same weight, fastlinear.Linear packs it once.
     """
     backend = _config.resolve_backend(backend)
-    w = as_array(weight, "weight")
-    if w.ndim != 2:
-        raise ValueError(f"weight must be 2-D (out_features, in_features), got shape {w.shape}")
+    w = as_weight(weight)
     dtype = w.dtype if w.dtype in (np.float32, np.float64) else np.dtype(np.float64)
     n, k = w.shape
     if bias is not None:

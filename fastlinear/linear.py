@@ -3,7 +3,7 @@ import numpy as np
 
 from . import _config, _core
 from .functional import forward
-from ._validate import as_array, as_rows, layer_dtype, parameter, positive_int
+from ._validate import as_rows, as_weight, layer_dtype, parameter, positive_int
 
 __all__ = ["Linear"]
 
@@ -154,10 +154,7 @@ class Linear:
     @classmethod
     def _from_parameters(cls, weight, bias, dtype, backend):
         """A layer shaped by `weight` (out_features, in_features), holding copies."""
-        weight = as_array(weight, "weight")
-        if weight.ndim != 2:
-            raise ValueError("weight must be 2-D (out_features, in_features), "
-                             f"got shape {weight.shape}")
+        weight = as_weight(weight)
         layer = cls.__new__(cls)
         layer._out = positive_int(weight.shape[0], "out_features")
         layer._in = positive_int(weight.shape[1], "in_features")
