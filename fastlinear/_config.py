@@ -10,17 +10,37 @@ from . import _core
 BACKENDS = ("auto", "native", "blas")
 
 def set_num_threads(n):
-    """Sets how many threads the native kernel may use (the BLAS backend follows its own
-    library's setting; use threadpoolctl for it)."""
+    """Sets how many threads the native kernel uses from now on, in every thread of the
+    process (the BLAS backend follows its own library's setting: use threadpoolctl)."""
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= 2**31 - 1:
         raise ValueError(f"number of threads must be a positive integer, got {n!r}")
     _core.set_num_threads(int(n))
 
 
 def get_num_threads():
-    """Threads the native kernel may use: set_num_threads(), else OMP_NUM_THREADS, else
-    the CPUs this process may run on."""
+    """Threads the native kernel uses for a call from this thread: set_num_threads()'s
+    value; without one, OpenMP's (OMP_NUM_THREADS, a threadpoolctl limit, else the CPUs
+    in this process's affinity mask), at most the cgroup's CPU quota."""
     return _core.get_num_threads()
+
+
+def cgroup_cpu_quota(root="/sys/fs/cgroup"):
+    """CPUs the cgroup quota allows this process (rounded up), or None without a quota.
+    Reads cgroup v2's cpu.max, else v1's cpu.cfs_quota_us and cpu.cfs_period_us."""
+    def read(name):
+        try:
+            with open(os.path.join(root, name)) as f:
+                return f.read().split()
+        except OSError:
+            return None
+    fields = read("cpu.max")
+    if fields is None:
+        quota, period = read("cpu/cpu.cfs_quota_us"), read("cpu/cpu.cfs_period_us")
+        fields = quota + period if quota and period else None
+    if not fields or len(fields) < 2 or fields[0] == "max":
+        return None
+    quota, period = int(fields[0]), int(fields[1])
+    return max(1, -(-quota // period)) if quota > 0 and period > 0 else None
 
 
 def check_backend(backend):
@@ -71,3 +91,6 @@ def _apply_isa_override():
 
 
 _apply_isa_override()
+_quota = cgroup_cpu_quota()
+if _quota is not None:
+    _core.set_cpu_cap(_quota)

@@ -9,17 +9,33 @@ cimport numpy as cnp
 
 cnp.import_array()
 
-# Threads for the native kernel; fastlinear._config validates and sets it.
-cdef int _num_threads = max(1, fl_default_threads())
+# Threads for the native kernel: set by fastlinear.set_num_threads (0: not set), else
+# OpenMP's setting in the calling thread (OMP_NUM_THREADS, threadpoolctl, the affinity
+# mask) capped by the CPUs the process may use (fastlinear._config finds the cgroup
+# quota).
+cdef int _num_threads = 0
+cdef int _cpu_cap = 1 << 30
 
 
 def set_num_threads(int n):
+    """n > 0: use n threads from now on; 0: follow OpenMP's setting again."""
     global _num_threads
     _num_threads = n
 
 
+def set_cpu_cap(int n):
+    global _cpu_cap
+    _cpu_cap = n
+
+
+cdef inline int _threads() noexcept nogil:
+    if _num_threads > 0:
+        return _num_threads
+    return min(fl_default_threads(), _cpu_cap)
+
+
 def get_num_threads():
-    return _num_threads
+    return _threads()
 
 ctypedef fused real:
     float
@@ -71,7 +87,7 @@ cdef class PackedWeights:
         cdef int rc
         with nogil:
             rc = fl_forward(self._p, m, cnp.PyArray_DATA(arr), self.in_features,
-                            cnp.PyArray_DATA(out), self.out_features, _num_threads)
+                            cnp.PyArray_DATA(out), self.out_features, _threads())
         if rc == FL_ENOMEM:
             raise MemoryError(f"cannot allocate scratch for a batch of {m} rows")
         return out
@@ -96,9 +112,9 @@ def forward(PackedWeights packed, x, out):
     """out[:] = x @ W.T + b; x is (M, K), out is (M, N) C-contiguous."""
     cdef int rc
     if packed.dtype == np.float32:
-        rc = _forward[float](packed, x, out, _num_threads)
+        rc = _forward[float](packed, x, out, _threads())
     else:
-        rc = _forward[double](packed, x, out, _num_threads)
+        rc = _forward[double](packed, x, out, _threads())
     if rc == FL_ENOMEM:
         raise MemoryError(f"cannot allocate scratch for a batch of {x.shape[0]} rows")
 

@@ -47,7 +47,7 @@ def test_native_rows_are_batch_invariant(m, k, n, dtype, seed):
        isa=st.sampled_from(_core.supported_isas()), threads=st.integers(1, 4),
        step=st.integers(1, 2), seed=st.integers(0, 2**32 - 1))
 def test_native_on_every_isa_and_thread_count(m, k, n, dtype, isa, threads, step, seed):
-    before = _core.isa_name(), fl.get_num_threads()
+    before = _core.isa_name()
     try:
         _core.set_isa(isa)
         fl.set_num_threads(threads)
@@ -59,5 +59,5 @@ def test_native_on_every_isa_and_thread_count(m, k, n, dtype, isa, threads, step
         fl.set_num_threads(1)
         np.testing.assert_array_equal(layer(x[-1]), y[-1])
     finally:
-        _core.set_isa(before[0])
-        fl.set_num_threads(before[1])
+        _core.set_isa(before)
+        _core.set_num_threads(0)  # follow OpenMP's setting again
