@@ -141,6 +141,17 @@ class Linear:
                            f"unexpected keys {unexpected}")
         self._set(state_dict["weight"], state_dict.get("bias"))
 
+    def to_torch(self):
+        """A torch.nn.Linear (float32 or float64, like this layer) with these weights."""
+        try:
+            import torch
+        except ImportError:
+            raise ImportError("to_torch needs PyTorch: pip install torch") from None
+        dtype = torch.float64 if self._dtype == np.float64 else torch.float32
+        module = torch.nn.Linear(self._in, self._out, bias=self._has_bias, dtype=dtype)
+        module.load_state_dict({k: torch.from_numpy(v) for k, v in self.state_dict().items()})
+        return module
+
     @classmethod
     def from_torch(cls, module, *, dtype=None, backend="auto"):
         """A Linear with the weights of a torch.nn.Linear. dtype: the module's when it

@@ -1,0 +1,73 @@
+"""fastlinear.Sequential: a chain of Linear layers and activations, converted from a
+torch.nn.Sequential and run without torch."""
+from .activations import GELU, ReLU, Tanh
+from .linear import Linear
+
+__all__ = ["Sequential"]
+
+# torch module class name -> how to convert one instance
+_FROM_TORCH = {
+    "ReLU": lambda m, **_: ReLU(),
+    "Tanh": lambda m, **_: Tanh(),
+    "GELU": lambda m, **_: GELU(m.approximate),
+    "Linear": lambda m, **kw: Linear.from_torch(m, **kw),
+}
+
+
+class Sequential:
+    """Calls its modules in order: y = modules[-1](... modules[0](x))."""
+
+    def __init__(self, *modules):
+        for m in modules:
+            if not callable(m):
+                raise TypeError(f"a Sequential holds callables, got {type(m).__name__}")
+        self.modules = list(modules)
+
+    def __call__(self, x):
+        for m in self.modules:
+            x = m(x)
+        return x
+
+    forward = __call__
+
+    def __len__(self):
+        return len(self.modules)
+
+    def __getitem__(self, i):
+        return self.modules[i]
+
+    @classmethod
+    def from_torch(cls, module, *, dtype=None, backend="auto"):
+        """From a torch.nn.Sequential of Linear, ReLU, GELU and Tanh modules."""
+        converted = []
+        for i, m in enumerate(module):
+            kind = type(m).__name__
+            if kind not in _FROM_TORCH:
+                raise TypeError(f"cannot convert module {i} ({kind}); supported: "
+                                f"{', '.join(sorted(_FROM_TORCH))}")
+            converted.append(_FROM_TORCH[kind](m, dtype=dtype, backend=backend))
+        return cls(*converted)
+
+    def state_dict(self):
+        """torch-style keys: '<index>.weight', '<index>.bias' for each Linear."""
+        return {f"{i}.{key}": value for i, m in enumerate(self.modules)
+                if isinstance(m, Linear) for key, value in m.state_dict().items()}
+
+    def load_state_dict(self, state_dict):
+        """Loads '<index>.weight' / '<index>.bias' into each Linear; other keys, or
+        missing ones, raise KeyError."""
+        expected = set(self.state_dict())
+        if set(state_dict) != expected:
+            missing = sorted(expected - set(state_dict))
+            unexpected = sorted(set(state_dict) - expected)
+            raise KeyError(f"state_dict mismatch: missing keys {missing}, "
+                           f"unexpected keys {unexpected}")
+        for i, m in enumerate(self.modules):
+            if isinstance(m, Linear):
+                prefix = f"{i}."
+                m.load_state_dict({k[len(prefix):]: v for k, v in state_dict.items()
+                                   if k.startswith(prefix)})
+
+    def __repr__(self):
+        inner = "".join(f"  ({i}): {m!r}\n" for i, m in enumerate(self.modules))
+        return f"Sequential(\n{inner})"
