@@ -1,6 +1,6 @@
 /* Probes of this machine's two limits for a linear layer: the multiply-add rate of its
- * cores and the rate at which they read memory. Built by limits.py with -march=native
- * (a probe of this machine, not part of the library). */
+ * cores and the rate at which they read memory. Built by _limits.py for the CPU it runs
+ * on (a probe of this machine, not part of the library's build). */
 #include <stddef.h>
 #include <time.h>
 #ifdef _OPENMP

@@ -1,9 +1,10 @@
 """This machine's limits for a linear layer, measured: the multiply-add peak of its
 cores (GFLOP/s) and their read bandwidth (GB/s) for data of a given size (in the
-last-level cache or beyond it). The probe is C (limits.c), compiled here with the
-system compiler, -O3 -march=native -fopenmp, and loaded with ctypes.
+last-level cache or beyond it). The probe is C (_limits.c), compiled on first use with
+the system compiler for this machine's CPU, -O3 -fopenmp, and loaded with ctypes: a
+benchmark aid, not part of the library's build.
 
-    python benchmarks/limits.py --threads 2
+    python -m fastlinear._limits --threads 2
 """
 import argparse
 import ctypes
@@ -20,10 +21,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 @functools.lru_cache(maxsize=None)
 def _probe():
     """The compiled probe, or None where there is no working C compiler."""
-    lib = os.path.join(tempfile.gettempdir(), f"fastlinear-limits-{os.getuid()}.so")
+    lib = os.path.join(tempfile.mkdtemp(prefix="fastlinear-limits-"), "limits.so")
     cc = os.environ.get("CC", "cc")
     cmd = [cc, "-O3", "-march=native", "-fopenmp", "-shared", "-fPIC",
-           os.path.join(HERE, "limits.c"), "-o", lib]
+           os.path.join(HERE, "_limits.c"), "-o", lib]
     try:
         subprocess.run(cmd, check=True, capture_output=True)
     except (OSError, subprocess.CalledProcessError):

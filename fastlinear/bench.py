@@ -1,0 +1,283 @@
+"""fastlinear against numpy and PyTorch, in one process, at one thread count.
+
+Each contender computes y = x @ W.T + b for the same arrays. The contenders run
+interleaved, round after round, and each keeps its best time per call, so a noisy
+neighbour slows every contender alike rather than one of them. Before each contender's
+turn the process sleeps for --settle seconds: the thread pools of the others (OpenBLAS,
+OpenMP) spin for a while after their last call and would otherwise steal the cores.
+Ratios are fastlinear-native time / rival time: below 1 means fastlinear is faster.
+
+    python -m fastlinear.bench                       # the default shape table, 2 threads
+    python -m fastlinear.bench --threads 1 --dtype float64 --shapes 1x4096x4096,64x512x512
+    python -m fastlinear.bench --json results.json --plot results.png
+    python benchmarks/bench.py ...                   # the same, from the repository root
+
+Each shape is also set against this machine's limits (fastlinear._limits): the time the FMA peak
+allows for its arithmetic and the time the read bandwidth allows for its weights, at
+their size. The larger of the two is the shape's bound; "limit %" is that bound's share
+of fastlinear's time (100% = at the machine's limit).
+
+Unset OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE for this command if your environment sets
+them: they pin numpy's OpenBLAS to slower kernels.
+"""
+import argparse
+import json
+import platform
+import sys
+import time
+
+import numpy as np
+
+import fastlinear as fl
+from fastlinear import _limits as limits
+
+DEFAULT_SHAPES = ("1x100x50,140x100x50,1x768x3072,1x4096x4096,8x4096x4096,32x768x3072,"
+                  "128x768x3072,512x1024x1024,2048x2048x2048")
+
+
+SWEEP_M = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+
+
+class Progress:
+    """A one-line progress bar on stderr while a shape is measured (terminals only)."""
+
+    def __init__(self, total):
+        self.total, self.done = total, 0
+        self.live = sys.stderr.isatty()
+
+    def show(self, shape):
+        if self.live:
+            width = 30
+            filled = width * self.done // max(self.total, 1)
+            sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] "
+                             f"{self.done + 1}/{self.total} {'x'.join(map(str, shape))} ")
+            sys.stderr.flush()
+
+    def clear(self):
+        self.done += 1
+        if self.live:
+            sys.stderr.write("\r" + " " * 70 + "\r")
+            sys.stderr.flush()
+
+
+def parse_shapes(text):
+    shapes = []
+    for item in text.split(","):
+        try:
+            m, k, n = (int(v) for v in item.lower().split("x"))
+        except ValueError:
+            raise SystemExit(f"bad shape {item!r}: expected MxKxN, e.g. 32x768x3072")
+        shapes.append((m, k, n))
+    return shapes
+
+
+def contenders(x, w, b, dtype):
+    """name -> zero-argument callable computing x @ w.T + b."""
+    native = fl.Linear(w.shape[1], w.shape[0], dtype=dtype, backend="native")
+    native.load_state_dict({"weight": w, "bias": b})
+    blas = fl.Linear(w.shape[1], w.shape[0], dtype=dtype, backend="blas")
+    blas.load_state_dict({"weight": w, "bias": b})
+    runs = {
+        "fastlinear": lambda: native(x),
+        "fastlinear-blas": lambda: blas(x),
+        "numpy": lambda: x @ w.T + b,
+    }
+    try:
+        import torch
+    except ImportError:
+        return runs
+    tx, tw, tb = (torch.from_numpy(a) for a in (x, w, b))
+    linear = torch.nn.functional.linear
+
+    def run_torch():
+        with torch.inference_mode():
+            return linear(tx, tw, tb)
+    runs["torch"] = run_torch
+    return runs
+
+
+def calls_for(run, budget):
+    """How many calls of `run` take about `budget` seconds (at least one)."""
+    once = float("inf")
+    for _ in range(5):  # the fastest of a few, so a stray slow first call does not count
+        start = time.perf_counter()
+        run()
+        once = min(once, time.perf_counter() - start)
+    return max(1, int(budget / max(once, 1e-7)))
+
+
+def best_times(runs, rounds, budget, settle):
+    """name -> best seconds per call over `rounds` interleaved rounds."""
+    counts = {}
+    for name, run in runs.items():
+        time.sleep(settle)
+        counts[name] = calls_for(run, budget)
+    best = {name: float("inf") for name in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            n = counts[name]
+            time.sleep(settle)
+            run()  # wakes this contender's threads
+            start = time.perf_counter()
+            for _ in range(n):
+                run()
+            best[name] = min(best[name], (time.perf_counter() - start) / n)
+    return best
+
+
+def set_threads(threads):
+    """The same thread count for every library in this process."""
+    fl.set_num_threads(threads)
+    limits = None
+    try:
+        from threadpoolctl import threadpool_limits
+        limits = threadpool_limits(limits=threads)  # numpy's and scipy's OpenBLAS
+    except ImportError:
+        print("warning: threadpoolctl is not installed; numpy keeps its own thread "
+              "count", file=sys.stderr)
+    try:
+        import torch
+        torch.set_num_threads(threads)
+    except ImportError:
+        pass
+    return limits
+
+
+def check_agreement(runs, x, w, b):
+    """Every contender computes the same thing (within float32/64 rounding)."""
+    exact = x.astype(np.float64) @ w.astype(np.float64).T + b
+    scale = np.abs(x).astype(np.float64) @ np.abs(w).astype(np.float64).T + np.abs(b)
+    tol = 2 * (x.shape[1] + 2) * np.finfo(x.dtype).eps * scale
+    for name, run in runs.items():
+        y = np.asarray(run())
+        if not np.all(np.abs(y - exact) <= tol):
+            raise SystemExit(f"{name} disagrees with the float64 reference")
+
+
+def machine_bound(m, k, n, dtype, threads):
+    """(name, seconds) of the slower of the two limits for this shape, or None."""
+    peak = limits.fma_peak(dtype, threads)
+    weight_bytes = n * k * np.dtype(dtype).itemsize
+    bandwidth = limits.read_bandwidth(weight_bytes, threads)
+    if peak is None or bandwidth is None:
+        return None
+    return max(("FMA", 2.0 * m * k * n / peak / 1e9),
+               ("BW", weight_bytes / bandwidth / 1e9), key=lambda b: b[1])
+
+
+def measure(shape, dtype, threads, rounds, budget, settle, rng):
+    """One shape: best time per contender, derived rates and ratios."""
+    m, k, n = shape
+    x = rng.standard_normal((m, k)).astype(dtype)
+    w = (rng.standard_normal((n, k)) / np.sqrt(k)).astype(dtype)
+    b = rng.standard_normal(n).astype(dtype)
+    runs = contenders(x, w, b, dtype)
+    check_agreement(runs, x, w, b)
+    best = best_times(runs, rounds, budget, settle)
+    ours = best["fastlinear"]
+    row = {"m": m, "k": k, "n": n,
+           "us": {name: t * 1e6 for name, t in best.items()},
+           "gflops": {name: 2.0 * m * k * n / t / 1e9 for name, t in best.items()},
+           "weight_gbs": n * k * dtype.itemsize / ours / 1e9,
+           "ratio": {rival: ours / best[rival] for rival in best if rival != "fastlinear"}}
+    bound = machine_bound(m, k, n, dtype, threads)
+    if bound is not None:
+        row["bound"], row["limit_fraction"] = bound[0], bound[1] / ours
+    return row
+
+
+def print_row(row, names, header):
+    if header:
+        print(f"{'M x K x N':>16} " + " ".join(f"{name + ' us':>17}" for name in names)
+              + f" {'GFLOP/s':>8} {'GB/s':>6} {'limit %':>9} "
+              + " ".join(f"{'/' + rival:>16}" for rival in row["ratio"]))
+    limit = (f"{row['bound']} {100 * row['limit_fraction']:.0f}" if "bound" in row
+             else "n/a")
+    shape = f"{row['m']}x{row['k']}x{row['n']}"
+    print(f"{shape:>16} " + " ".join(f"{row['us'][name]:>17.2f}" for name in names)
+          + f" {row['gflops']['fastlinear']:>8.1f} {row['weight_gbs']:>6.1f} {limit:>9} "
+          + " ".join(f"{r:>16.2f}" for r in row["ratio"].values()), flush=True)
+
+
+def plot(rows, path, k, n, dtype, threads):
+    """GFLOP/s against M for one K x N, a line per contender."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot", file=sys.stderr)
+        return
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name in rows[0]["gflops"]:
+        ax.plot([r["m"] for r in rows], [r["gflops"][name] for r in rows], marker="o",
+                label=name)
+    peak = limits.fma_peak(dtype, threads)
+    if peak:
+        ax.axhline(peak, color="grey", linestyle="--", label="FMA peak (probe)")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch size M")
+    ax.set_ylabel("GFLOP/s")
+    ax.set_title(f"y = x @ W.T + b, K x N = {k} x {n}, {dtype}, {threads} threads")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"plot written to {path}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    parser.add_argument("--shapes", default=DEFAULT_SHAPES, help="comma-separated MxKxN")
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds per shape")
+    parser.add_argument("--budget", type=float, default=0.05,
+                        help="seconds per contender per round")
+    parser.add_argument("--settle", type=float, default=0.1,
+                        help="seconds of sleep before each contender's turn")
+    parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--plot", help="also sweep M for --plot-kn and save a PNG here")
+    parser.add_argument("--plot-kn", default="768x3072", help="K x N of the plot's sweep")
+    args = parser.parse_args(argv)
+
+    dtype = np.dtype(args.dtype)
+    limits_set = set_threads(args.threads)
+    rng = np.random.default_rng(0)
+    print(f"fastlinear {fl.__version__}, {args.dtype}, {args.threads} threads, native ISA "
+          f"{fl._core.isa_name()}, {platform.machine()}; FMA peak "
+          f"{limits.fma_peak(dtype, args.threads) or float('nan'):.0f} GFLOP/s (probe)")
+    shapes = parse_shapes(args.shapes)
+    sweep_kn = tuple(int(v) for v in args.plot_kn.split("x")) if args.plot else None
+    sweep_shapes = [(m, *sweep_kn) for m in SWEEP_M] if sweep_kn else []
+    progress = Progress(len(shapes) + len(sweep_shapes))
+    results = []
+    for shape in shapes:
+        progress.show(shape)
+        row = measure(shape, dtype, args.threads, args.rounds, args.budget, args.settle, rng)
+        progress.clear()
+        print_row(row, list(row["us"]), header=not results)
+        results.append(row)
+    sweep = []
+    if sweep_shapes:
+        print(f"sweep of M for K x N = {sweep_kn[0]} x {sweep_kn[1]}:")
+        for shape in sweep_shapes:
+            progress.show(shape)
+            row = measure(shape, dtype, args.threads, args.rounds, args.budget, args.settle,
+                          rng)
+            progress.clear()
+            print_row(row, list(row["us"]), header=not sweep)
+            sweep.append(row)
+        plot(sweep, args.plot, *sweep_kn, args.dtype, args.threads)
+    if args.json:
+        meta = {"fastlinear": fl._config.config_info(), "threads": args.threads,
+                "dtype": args.dtype, "machine": platform.machine(),
+                "fma_peak_gflops": limits.fma_peak(dtype, args.threads),
+                "blas": limits_set.get_original_num_threads() if limits_set else None}
+        with open(args.json, "w") as f:
+            json.dump({"meta": meta, "results": results, "sweep": sweep}, f, indent=1)
+    return results
+
+
+if __name__ == "__main__":
+    main()
