@@ -77,7 +77,7 @@ def test_to_torch_and_back():
         with torch.no_grad():
             y = module(torch.from_numpy(x)).numpy()
         assert_close(y, x, layer.weight, layer.bias)
-        back = fl.Linear.from_torch(module)
+        back = fl.Linear.from_torch(module, backend="native")
         np.testing.assert_array_equal(back(x), layer(x))
     assert fl.Linear(3, 2, bias=False).to_torch().bias is None
 
