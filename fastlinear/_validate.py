@@ -109,3 +109,11 @@ def check_out(out, shape, dtype):
     if not out.flags.writeable:
         raise ValueError("out is read-only")
     return out
+
+
+def check_keys(state_dict, expected):
+    """KeyError naming the missing and unexpected keys unless they are `expected`."""
+    keys, expected = set(state_dict), set(expected)
+    if keys != expected:
+        raise KeyError(f"state_dict mismatch: missing keys {sorted(expected - keys)}, "
+                       f"unexpected keys {sorted(keys - expected)}")

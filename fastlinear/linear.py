@@ -3,7 +3,8 @@ import numpy as np
 
 from . import _config, _core
 from .functional import forward
-from ._validate import as_rows, as_weight, layer_dtype, parameter, positive_int
+from ._validate import (as_rows, as_weight, check_keys, layer_dtype, parameter,
+                        positive_int)
 
 __all__ = ["Linear"]
 
@@ -133,12 +134,7 @@ class Linear:
     def load_state_dict(self, state_dict):
         """Loads 'weight' (and 'bias' when the layer has one) from numpy arrays or torch
         tensors; unknown or missing keys raise KeyError."""
-        expected = {"weight", "bias"} if self._has_bias else {"weight"}
-        keys = set(state_dict)
-        if keys != expected:
-            missing, unexpected = sorted(expected - keys), sorted(keys - expected)
-            raise KeyError(f"state_dict mismatch: missing keys {missing}, "
-                           f"unexpected keys {unexpected}")
+        check_keys(state_dict, ("weight", "bias") if self._has_bias else ("weight",))
         self._set(state_dict["weight"], state_dict.get("bias"))
 
     def to_torch(self):

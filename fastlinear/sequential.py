@@ -1,5 +1,6 @@
 """fastlinear.Sequential: a chain of Linear layers and activations, converted from a
 torch.nn.Sequential and run without torch."""
+from ._validate import check_keys
 from .activations import GELU, ReLU, Tanh
 from .linear import Linear
 
@@ -56,12 +57,7 @@ class Sequential:
     def load_state_dict(self, state_dict):
         """Loads '<index>.weight' / '<index>.bias' into each Linear; other keys, or
         missing ones, raise KeyError."""
-        expected = set(self.state_dict())
-        if set(state_dict) != expected:
-            missing = sorted(expected - set(state_dict))
-            unexpected = sorted(set(state_dict) - expected)
-            raise KeyError(f"state_dict mismatch: missing keys {missing}, "
-                           f"unexpected keys {unexpected}")
+        check_keys(state_dict, self.state_dict())
         for i, m in enumerate(self.modules):
             if isinstance(m, Linear):
                 prefix = f"{i}."
