@@ -57,7 +57,10 @@ class Sequential:
     def load_state_dict(self, state_dict):
         """Loads '<index>.weight' / '<index>.bias' into each Linear; other keys, or
         missing ones, raise KeyError."""
-        check_keys(state_dict, self.state_dict())
+        check_keys(state_dict, [f"{i}.{key}" for i, m in enumerate(self.modules)
+                                if isinstance(m, Linear)
+                                for key in (("weight", "bias") if m.bias is not None
+                                            else ("weight",))])
         for i, m in enumerate(self.modules):
             if isinstance(m, Linear):
                 prefix = f"{i}."
