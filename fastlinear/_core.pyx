@@ -64,9 +64,10 @@ cdef class PackedWeights:
 
     def forward_new(self, x):
         """x @ W.T + b in a new array, for the common case only: x an aligned
-        C-contiguous ndarray of this dtype in native byte order, shaped (K,) or (M, K). Returns None for
-        anything else; the caller then takes the general path. Skips every Python-level
-        step, for calls whose arithmetic takes less time than those steps."""
+        C-contiguous ndarray of this dtype in native byte order, shaped (K,) or (M, K).
+        Returns None for anything else; the caller then takes the general path. Skips
+        every Python-level step, for calls whose arithmetic takes less time than those
+        steps."""
         if not cnp.PyArray_CheckExact(x):
             return None
         cdef cnp.ndarray arr = <cnp.ndarray>x

@@ -47,16 +47,18 @@ class Linear:
             raise TypeError(f"bias must be True or False, got {bias!r}")
         self._dtype = layer_dtype(dtype)
         self._backend = _config.check_backend(backend)
-        self._has_bias = bool(bias)
-        self.reset_parameters(rng)
+        self._draw(rng, bool(bias))
 
     # -- parameters ---------------------------------------------------------------
     def reset_parameters(self, rng=None):
         """Draws weight and bias anew, uniform in +-1/sqrt(in_features) (torch's init)."""
+        self._draw(rng, self._has_bias)
+
+    def _draw(self, rng, with_bias):
         gen = np.random.default_rng(rng)
         bound = 1.0 / np.sqrt(self._in)
         weight = gen.uniform(-bound, bound, (self._out, self._in))
-        bias = gen.uniform(-bound, bound, self._out) if self._has_bias else None
+        bias = gen.uniform(-bound, bound, self._out) if with_bias else None
         self._set(weight, bias)
 
     def _set(self, weight, bias):
@@ -65,7 +67,14 @@ class Linear:
             bias = parameter(bias, (self._out,), self._dtype, "bias")
         pack = _config.resolve_backend(self._backend) == "native"
         self._params = _Params(weight, bias, pack)
-        self._has_bias = bias is not None
+
+    @property
+    def _has_bias(self):
+        return self._params.bias is not None
+
+    def _state_keys(self):
+        """The keys of state_dict(), in torch's order."""
+        return ("weight", "bias") if self._has_bias else ("weight",)
 
     @staticmethod
     def _view(arr):
@@ -134,7 +143,7 @@ class Linear:
     def load_state_dict(self, state_dict):
         """Loads 'weight' (and 'bias' when the layer has one) from numpy arrays or torch
         tensors; unknown or missing keys raise KeyError."""
-        check_keys(state_dict, ("weight", "bias") if self._has_bias else ("weight",))
+        check_keys(state_dict, self._state_keys())
         self._set(state_dict["weight"], state_dict.get("bias"))
 
     def to_torch(self):

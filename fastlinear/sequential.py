@@ -58,9 +58,7 @@ class Sequential:
         """Loads '<index>.weight' / '<index>.bias' into each Linear; other keys, or
         missing ones, raise KeyError."""
         check_keys(state_dict, [f"{i}.{key}" for i, m in enumerate(self.modules)
-                                if isinstance(m, Linear)
-                                for key in (("weight", "bias") if m.bias is not None
-                                            else ("weight",))])
+                                if isinstance(m, Linear) for key in m._state_keys()])
         for i, m in enumerate(self.modules):
             if isinstance(m, Linear):
                 prefix = f"{i}."
