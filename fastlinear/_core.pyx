@@ -62,36 +62,56 @@ cdef class PackedWeights:
     def __dealloc__(self):
         fl_free(self._p)
 
-    def forward_new(self, x):
-        """x @ W.T + b in a new array, for the common case only: x an aligned
-        C-contiguous ndarray of this dtype in native byte order, shaped (K,) or (M, K).
-        Returns None for anything else; the caller then takes the general path. Skips
-        every Python-level step, for calls whose arithmetic takes less time than those
-        steps."""
-        if not cnp.PyArray_CheckExact(x):
+    def forward_fast(self, x, out=None):
+        """x @ W.T + b in a new array or in `out`, for the common case only: x an
+        aligned C-contiguous ndarray of this dtype in native byte order, shaped (K,) or
+        (M, K); `out` None or a writeable ndarray of the same kind, shaped like the
+        result, apart from x in memory. Returns None for anything else; the caller then
+        takes the general path (which also explains what is wrong). Skips every
+        Python-level step, for calls whose arithmetic takes less time than those steps."""
+        if not cnp.PyArray_CheckExact(x) or not _plain(<cnp.ndarray>x, self._typenum):
             return None
         cdef cnp.ndarray arr = <cnp.ndarray>x
-        cdef int typenum = self._typenum
         cdef int nd = cnp.PyArray_NDIM(arr)
-        if (cnp.PyArray_TYPE(arr) != typenum or nd < 1 or nd > 2
-                or not cnp.PyArray_IS_C_CONTIGUOUS(arr) or not cnp.PyArray_ISALIGNED(arr)
-                or not cnp.PyArray_ISNOTSWAPPED(arr)):
-            return None
         cdef cnp.npy_intp *shape = cnp.PyArray_DIMS(arr)
         cdef cnp.npy_intp dims[2]
         if shape[nd - 1] != <cnp.npy_intp>self.in_features or shape[nd - 1] == 0:
             return None
         dims[0] = shape[0]
         dims[nd - 1] = self.out_features
-        cdef cnp.ndarray out = cnp.PyArray_EMPTY(nd, dims, typenum, 0)
+        cdef cnp.ndarray y
+        if out is None:
+            y = cnp.PyArray_EMPTY(nd, dims, self._typenum, 0)
+        else:
+            if not cnp.PyArray_CheckExact(out):
+                return None
+            y = <cnp.ndarray>out
+            if (not _plain(y, self._typenum) or not cnp.PyArray_ISWRITEABLE(y)
+                    or cnp.PyArray_NDIM(y) != nd or not cnp.PyArray_CompareLists(
+                        cnp.PyArray_DIMS(y), dims, nd) or _overlap(arr, y)):
+                return None
         cdef size_t m = shape[0] if nd == 2 else 1
         cdef int rc
         with nogil:
             rc = fl_forward(self._p, m, cnp.PyArray_DATA(arr), self.in_features,
-                            cnp.PyArray_DATA(out), self.out_features, _threads())
+                            cnp.PyArray_DATA(y), self.out_features, _threads())
         if rc == FL_ENOMEM:
             raise MemoryError(f"cannot allocate scratch for a batch of {m} rows")
-        return out
+        return y
+
+
+cdef inline bint _plain(cnp.ndarray a, int typenum) noexcept:
+    """1-D or 2-D, C-contiguous, aligned, native byte order, of this type."""
+    return (cnp.PyArray_TYPE(a) == typenum and 1 <= cnp.PyArray_NDIM(a) <= 2
+            and cnp.PyArray_IS_C_CONTIGUOUS(a) and cnp.PyArray_ISALIGNED(a)
+            and cnp.PyArray_ISNOTSWAPPED(a))
+
+
+cdef inline bint _overlap(cnp.ndarray a, cnp.ndarray b) noexcept:
+    """Whether two C-contiguous arrays share a byte."""
+    cdef char *pa = <char *>cnp.PyArray_DATA(a)
+    cdef char *pb = <char *>cnp.PyArray_DATA(b)
+    return pa < pb + cnp.PyArray_NBYTES(b) and pb < pa + cnp.PyArray_NBYTES(a)
 
 
 cdef fl_packed *_pack(const real[:, :] w, const real[:] b, fl_dtype dtype) noexcept:

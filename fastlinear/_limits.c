@@ -1,16 +1,19 @@
 /* Probes of this machine's two limits for a linear layer: the multiply-add rate of its
- * cores and the rate at which they read memory. Built by _limits.py for the CPU it runs
- * on (a probe of this machine, not part of the library's build). */
+ * cores and the rate at which they read memory. Built by _limits.py for one ISA path of the
+ * native kernel (a probe of this machine, not part of the library's build). */
 #include <stddef.h>
 #include <time.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
 
-#ifdef __AVX512F__
+/* The vector width of the ISA path probed (_limits.py passes its flags). */
+#if defined(__AVX512F__)
 enum { VBYTES = 64 };
-#else
+#elif defined(__AVX__)
 enum { VBYTES = 32 };
+#else
+enum { VBYTES = 16 };
 #endif
 typedef float vf __attribute__((vector_size(VBYTES)));
 typedef double vd __attribute__((vector_size(VBYTES)));

@@ -1,21 +1,26 @@
-"""fastlinear against numpy and PyTorch, in one process, at one thread count.
+"""fastlinear against numpy, PyTorch and ONNX Runtime, in one process, at one thread count.
 
-Each contender computes y = x @ W.T + b for the same arrays. The contenders run
+Each contender computes y = x @ W.T + b for the same arrays: fastlinear's Linear (default
+backend) returning a new array and writing into `out=`, numpy's `x @ W.T + b`, torch's
+`F.linear`, and ONNX Runtime running one Gemm node (transB=1, the bias as C) with
+`intra_op_num_threads` set to the same thread count. The contenders run
 interleaved, round after round, and each keeps its best time per call, so a noisy
 neighbour slows every contender alike rather than one of them. Before each contender's
 turn the process sleeps for --settle seconds: the thread pools of the others (OpenBLAS,
 OpenMP) spin for a while after their last call and would otherwise steal the cores.
-Ratios are fastlinear-native time / rival time: below 1 means fastlinear is faster.
+Ratios are fastlinear's time / the best rival's time (the fastest of numpy, torch and
+ONNX Runtime at that shape): below 1 means fastlinear is faster.
 
     python -m fastlinear.bench                       # the default shape table, 2 threads
     python -m fastlinear.bench --threads 1 --dtype float64 --shapes 1x4096x4096,64x512x512
-    python -m fastlinear.bench --json results.json --plot results.png
+    python -m fastlinear.bench --json results.json --plot results.png --wide
     python benchmarks/bench.py ...                   # the same, from the repository root
 
-Each shape is also set against this machine's limits (fastlinear._limits): the time the FMA peak
-allows for its arithmetic and the time the read bandwidth allows for its weights, at
-their size. The larger of the two is the shape's bound; "limit %" is that bound's share
-of fastlinear's time (100% = at the machine's limit).
+Each shape is also set against this machine's limits for the ISA path that runs
+(fastlinear._limits): the time the FMA peak allows for its arithmetic and the time the
+read bandwidth allows for its weights, at their size. The larger of the two is the
+shape's bound; "limit" is that bound's share of fastlinear's time (100% = at the
+machine's limit). --wide adds the BLAS backend, every ratio and the weights' GB/s.
 
 Unset OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE for this command if your environment sets
 them: they pin numpy's OpenBLAS to slower kernels.
@@ -71,29 +76,64 @@ def parse_shapes(text):
     return shapes
 
 
-def contenders(x, w, b, dtype):
-    """name -> zero-argument callable computing x @ w.T + b."""
-    native = fl.Linear(w.shape[1], w.shape[0], dtype=dtype, backend="native")
+RIVALS = ("numpy", "torch", "onnxruntime")
+
+
+def contenders(x, w, b, dtype, threads):
+    """name -> zero-argument callable computing x @ w.T + b. Rivals whose package is not
+    installed are left out."""
+    native = fl.Linear(w.shape[1], w.shape[0], dtype=dtype)
     native.load_state_dict({"weight": w, "bias": b})
     blas = fl.Linear(w.shape[1], w.shape[0], dtype=dtype, backend="blas")
     blas.load_state_dict({"weight": w, "bias": b})
+    out = np.empty((x.shape[0], w.shape[0]), dtype)
     runs = {
         "fastlinear": lambda: native(x),
+        "fastlinear out=": lambda: native(x, out=out),
         "fastlinear-blas": lambda: blas(x),
         "numpy": lambda: x @ w.T + b,
     }
     try:
         import torch
     except ImportError:
-        return runs
-    tx, tw, tb = (torch.from_numpy(a) for a in (x, w, b))
-    linear = torch.nn.functional.linear
+        pass
+    else:
+        tx, tw, tb = (torch.from_numpy(a) for a in (x, w, b))
+        linear = torch.nn.functional.linear
 
-    def run_torch():
-        with torch.inference_mode():
-            return linear(tx, tw, tb)
-    runs["torch"] = run_torch
+        def run_torch():
+            with torch.inference_mode():
+                return linear(tx, tw, tb)
+        runs["torch"] = run_torch
+    session = onnx_gemm(w, b, threads)
+    if session is not None:
+        runs["onnxruntime"] = lambda: session.run(None, {"x": x})[0]
     return runs
+
+
+def onnx_gemm(w, b, threads):
+    """An ONNX Runtime session computing x @ w.T + b with one Gemm node, or None without
+    onnx and onnxruntime."""
+    try:
+        import onnx
+        import onnxruntime as ort
+        from onnx import helper, numpy_helper
+    except ImportError:
+        return None
+    elem = helper.np_dtype_to_tensor_dtype(w.dtype)
+    node = helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=1)
+    graph = helper.make_graph(
+        [node], "linear",
+        [helper.make_tensor_value_info("x", elem, ["m", w.shape[1]])],
+        [helper.make_tensor_value_info("y", elem, ["m", w.shape[0]])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return ort.InferenceSession(model.SerializeToString(), options,
+                                providers=["CPUExecutionProvider"])
 
 
 def calls_for(run, budget):
@@ -171,32 +211,85 @@ def measure(shape, dtype, threads, rounds, budget, settle, rng):
     x = rng.standard_normal((m, k)).astype(dtype)
     w = (rng.standard_normal((n, k)) / np.sqrt(k)).astype(dtype)
     b = rng.standard_normal(n).astype(dtype)
-    runs = contenders(x, w, b, dtype)
+    runs = contenders(x, w, b, dtype, threads)
     check_agreement(runs, x, w, b)
     best = best_times(runs, rounds, budget, settle)
     ours = best["fastlinear"]
+    rival = min((name for name in RIVALS if name in best), key=best.get)
     row = {"m": m, "k": k, "n": n,
            "us": {name: t * 1e6 for name, t in best.items()},
            "gflops": {name: 2.0 * m * k * n / t / 1e9 for name, t in best.items()},
            "weight_gbs": n * k * dtype.itemsize / ours / 1e9,
-           "ratio": {rival: ours / best[rival] for rival in best if rival != "fastlinear"}}
+           "best_rival": rival,
+           "ratio_best": ours / best[rival],
+           "ratio_best_out": best["fastlinear out="] / best[rival],
+           "ratio": {name: ours / best[name] for name in best if name != "fastlinear"}}
     bound = machine_bound(m, k, n, dtype, threads)
     if bound is not None:
         row["bound"], row["limit_fraction"] = bound[0], bound[1] / ours
     return row
 
 
-def print_row(row, names, header):
+# The table's columns: (title, width, cell of a row). The default fits 100 columns.
+def _us(row, name):
+    t = row["us"].get(name)
+    return "-" if t is None else f"{t:.2f}" if t < 10 else f"{t:.1f}" if t < 1e4 else f"{t:.0f}"
+
+
+def _limit(row):
+    return f"{row['bound']} {100 * row['limit_fraction']:.0f}%" if "bound" in row else "n/a"
+
+
+COLUMNS = [
+    ("M x K x N", 14, lambda r: f"{r['m']}x{r['k']}x{r['n']}"),
+    ("fastlinear", 10, lambda r: _us(r, "fastlinear")),
+    ("out=", 9, lambda r: _us(r, "fastlinear out=")),
+    ("numpy", 9, lambda r: _us(r, "numpy")),
+    ("torch", 9, lambda r: _us(r, "torch")),
+    ("onnxrt", 9, lambda r: _us(r, "onnxruntime")),
+    ("/best", 6, lambda r: f"{r['ratio_best']:.2f}"),
+    ("out=/best", 9, lambda r: f"{r['ratio_best_out']:.2f}"),
+    ("GFLOP/s", 8, lambda r: f"{r['gflops']['fastlinear']:.1f}"),
+    ("limit", 8, _limit),
+]
+WIDE_COLUMNS = [
+    ("blas", 9, lambda r: _us(r, "fastlinear-blas")),
+    ("GB/s", 6, lambda r: f"{r['weight_gbs']:.1f}"),
+    *[(f"/{name[:6]}", 7, lambda r, name=name: f"{r['ratio'][name]:.2f}"
+       if name in r["ratio"] else "-") for name in RIVALS],
+]
+
+
+def print_row(row, header, wide=False):
+    columns = COLUMNS + (WIDE_COLUMNS if wide else [])
     if header:
-        print(f"{'M x K x N':>16} " + " ".join(f"{name + ' us':>17}" for name in names)
-              + f" {'GFLOP/s':>8} {'GB/s':>6} {'limit %':>9} "
-              + " ".join(f"{'/' + rival:>16}" for rival in row["ratio"]))
-    limit = (f"{row['bound']} {100 * row['limit_fraction']:.0f}" if "bound" in row
-             else "n/a")
-    shape = f"{row['m']}x{row['k']}x{row['n']}"
-    print(f"{shape:>16} " + " ".join(f"{row['us'][name]:>17.2f}" for name in names)
-          + f" {row['gflops']['fastlinear']:>8.1f} {row['weight_gbs']:>6.1f} {limit:>9} "
-          + " ".join(f"{r:>16.2f}" for r in row["ratio"].values()), flush=True)
+        print(" ".join(f"{title:>{width}}" for title, width, _ in columns))
+    print(" ".join(f"{cell(row):>{width}}" for _, width, cell in columns), flush=True)
+
+
+def cpu_model():
+    """The CPU's model name, as the OS reports it."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def describe(dtype, threads):
+    """Two lines naming what is measured: versions, ISA path, CPU, the path's limits."""
+    isa = fl._core.isa_name()
+    peak = limits.fma_peak(dtype, threads)
+    bw = [limits.read_bandwidth(mib << 20, threads) for mib in (16, 256)]
+    first = (f"fastlinear {fl.__version__}, {np.dtype(dtype).name}, {threads} threads, "
+             f"ISA path {isa}, {cpu_model()}")
+    if peak is None or None in bw:
+        return first + "\n(no C compiler: machine limits not probed)"
+    return first + (f"\n{isa} limits: FMA peak {peak:.0f} GFLOP/s, read bandwidth "
+                    f"{bw[0]:.0f} GB/s (16 MiB), {bw[1]:.0f} GB/s (256 MiB)")
 
 
 def plot(rows, path, k, n, dtype, threads):
@@ -214,11 +307,13 @@ def plot(rows, path, k, n, dtype, threads):
                 label=name)
     peak = limits.fma_peak(dtype, threads)
     if peak:
-        ax.axhline(peak, color="grey", linestyle="--", label="FMA peak (probe)")
+        ax.axhline(peak, color="grey", linestyle="--",
+                   label=f"FMA peak of {fl._core.isa_name()} (probe)")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("batch size M")
     ax.set_ylabel("GFLOP/s")
-    ax.set_title(f"y = x @ W.T + b, K x N = {k} x {n}, {dtype}, {threads} threads")
+    ax.set_title(f"y = x @ W.T + b, K x N = {k} x {n}, {dtype}, {threads} threads\n"
+                 f"ISA path {fl._core.isa_name()}, {cpu_model()}", fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -227,8 +322,12 @@ def plot(rows, path, k, n, dtype, threads):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--threads", type=int, default=2)
+    parser = argparse.ArgumentParser(
+        prog="python -m fastlinear.bench", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2,
+                        help="threads for every library (fastlinear, numpy's OpenBLAS, "
+                             "torch, ONNX Runtime)")
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     parser.add_argument("--shapes", default=DEFAULT_SHAPES, help="comma-separated MxKxN")
     parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds per shape")
@@ -236,6 +335,9 @@ def main(argv=None):
                         help="seconds per contender per round")
     parser.add_argument("--settle", type=float, default=0.1,
                         help="seconds of sleep before each contender's turn")
+    parser.add_argument("--wide", action="store_true",
+                        help="more columns: the BLAS backend, the weights' GB/s, the ratio "
+                             "to each rival")
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--plot", help="also sweep M for --plot-kn and save a PNG here")
     parser.add_argument("--plot-kn", default="768x3072", help="K x N of the plot's sweep")
@@ -244,9 +346,7 @@ def main(argv=None):
     dtype = np.dtype(args.dtype)
     limits_set = set_threads(args.threads)
     rng = np.random.default_rng(0)
-    print(f"fastlinear {fl.__version__}, {args.dtype}, {args.threads} threads, native ISA "
-          f"{fl._core.isa_name()}, {platform.machine()}; FMA peak "
-          f"{limits.fma_peak(dtype, args.threads) or float('nan'):.0f} GFLOP/s (probe)")
+    print(describe(dtype, args.threads))
     shapes = parse_shapes(args.shapes)
     sweep_kn = tuple(int(v) for v in args.plot_kn.split("x")) if args.plot else None
     sweep_shapes = [(m, *sweep_kn) for m in SWEEP_M] if sweep_kn else []
@@ -256,7 +356,7 @@ def main(argv=None):
         progress.show(shape)
         row = measure(shape, dtype, args.threads, args.rounds, args.budget, args.settle, rng)
         progress.clear()
-        print_row(row, list(row["us"]), header=not results)
+        print_row(row, header=not results, wide=args.wide)
         results.append(row)
     sweep = []
     if sweep_shapes:
@@ -266,13 +366,16 @@ def main(argv=None):
             row = measure(shape, dtype, args.threads, args.rounds, args.budget, args.settle,
                           rng)
             progress.clear()
-            print_row(row, list(row["us"]), header=not sweep)
+            print_row(row, header=not sweep, wide=args.wide)
             sweep.append(row)
         plot(sweep, args.plot, *sweep_kn, args.dtype, args.threads)
     if args.json:
         meta = {"fastlinear": fl._config.config_info(), "threads": args.threads,
-                "dtype": args.dtype, "machine": platform.machine(),
+                "dtype": args.dtype, "machine": platform.machine(), "cpu": cpu_model(),
+                "isa": fl._core.isa_name(),
                 "fma_peak_gflops": limits.fma_peak(dtype, args.threads),
+                "read_gbs": {f"{mib} MiB": limits.read_bandwidth(mib << 20, args.threads)
+                             for mib in (1, 16, 64, 256)},
                 "blas": limits_set.get_original_num_threads() if limits_set else None}
         with open(args.json, "w") as f:
             json.dump({"meta": meta, "results": results, "sweep": sweep}, f, indent=1)

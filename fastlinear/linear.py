@@ -121,8 +121,8 @@ class Linear:
         returns (*, out_features), or fills `out` (C-contiguous, that shape and the
         layer's dtype) and returns it."""
         params = self._params
-        if out is None and params.packed is not None:
-            y = params.packed.forward_new(x)  # the common case, without Python overhead
+        if params.packed is not None:
+            y = params.packed.forward_fast(x, out)  # the common case, without Python steps
             if y is not None:
                 return y
         native = _config.resolve_backend(self._backend) == "native"

@@ -35,21 +35,15 @@
 #define FL_REF_F64_MC 64    /* 256 KiB of x in L2 */
 #define FL_REF_F64_NC 2048  /* 8 MiB of weights in L3 */
 
-/* AVX2 + FMA (kernels/avx2.c): 16 ymm registers. 6 rows x 2 ymm = 12 accumulators,
- * 2 for the weight row, 1 for the broadcast; 12 FMA chains cover 4 cycles of latency
- * at 2 FMAs per cycle (with one spare cycle of slack). 8 loads per 12 FMAs is too many
- * for L2, so KC keeps the 256 x 16 floats (16 KiB) weight slice in L1. */
-#define FL_AVX2_F32_MR 6
-#define FL_AVX2_F32_NR 16
+/* AVX2 + FMA (kernels/avx2.c): 16 ymm registers. */
+#define FL_AVX2_MR 3
+#define FL_AVX2_NV 4
 #define FL_AVX2_F32_KC 256
-#define FL_AVX2_F32_MC 144     /* 144 KiB of packed x in L2 */
-#define FL_AVX2_F32_NC 4096    /* 4 MiB of weights in L3 */
-
-#define FL_AVX2_F64_MR 6
-#define FL_AVX2_F64_NR 8
-#define FL_AVX2_F64_KC 256     /* 16 KiB of weights + 12 KiB of x in L1 */
-#define FL_AVX2_F64_MC 72      /* 144 KiB of packed x in L2 */
-#define FL_AVX2_F64_NC 2048    /* 4 MiB of weights in L3 */
+#define FL_AVX2_F32_MC 144
+#define FL_AVX2_F32_NC 4096
+#define FL_AVX2_F64_KC 128
+#define FL_AVX2_F64_MC 72
+#define FL_AVX2_F64_NC 2048
 
 /* AVX-512 (kernels/avx512.c): 32 zmm registers. 6 rows x 4 zmm = 24 accumulators,
  * 4 for the weight row, 1 for the broadcast x value. Four zmm per row, not two: a

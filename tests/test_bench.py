@@ -1,10 +1,11 @@
 """The benchmark runs end to end on tiny shapes: table, JSON, plot. (It measures
 nothing here; timings belong to the benchmark itself.)"""
 import json
+import tempfile
 
 import pytest
 
-from fastlinear import bench
+from fastlinear import _core, _limits as limits, bench
 
 
 def test_benchmark_writes_table_json_and_plot(tmp_path, capsys):
@@ -20,12 +21,19 @@ def test_benchmark_writes_table_json_and_plot(tmp_path, capsys):
         has_plot = False
     bench.main(argv)
     text = capsys.readouterr().out
-    assert "3x20x9" in text and "/numpy" in text
+    assert "3x20x9" in text and "/best" in text and "out=" in text
+    assert f"ISA path {_core.isa_name()}" in text
+    assert max(len(line) for line in text.splitlines()) <= 100, text
     data = json.loads(out.read_text())
+    assert data["meta"]["isa"] == _core.isa_name()
     assert [(r["m"], r["k"], r["n"]) for r in data["results"]] == [(1, 16, 8), (3, 20, 9)]
     for row in data["results"]:
-        assert set(row["us"]) >= {"fastlinear", "fastlinear-blas", "numpy"}
+        assert set(row["us"]) >= {"fastlinear", "fastlinear out=", "fastlinear-blas", "numpy"}
         assert all(t > 0 for t in row["us"].values())
+        rival = row["best_rival"]
+        assert rival in bench.RIVALS and row["us"][rival] == min(
+            row["us"][name] for name in bench.RIVALS if name in row["us"])
+        assert row["ratio_best"] == pytest.approx(row["us"]["fastlinear"] / row["us"][rival])
     if has_plot:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert len(data["sweep"]) == len(bench.SWEEP_M)
@@ -34,3 +42,23 @@ def test_benchmark_writes_table_json_and_plot(tmp_path, capsys):
 def test_bad_shape_is_refused():
     with pytest.raises(SystemExit, match="bad shape"):
         bench.parse_shapes("1x2")
+
+
+def test_wide_table_has_every_ratio(capsys):
+    bench.main(["--shapes", "2x8x4", "--rounds", "1", "--budget", "0.001", "--settle", "0",
+                "--threads", "1", "--wide"])
+    header = capsys.readouterr().out.splitlines()[2]
+    assert "blas" in header and "/numpy" in header and "GB/s" in header
+
+
+def test_probe_leaves_no_folder_behind(tmp_path, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    limits._probe.cache_clear()
+    try:
+        if limits._probe(_core.isa_name()) is None:
+            pytest.skip("no C compiler with OpenMP")
+        assert limits.fma_peak("float32", 1) > 0
+    finally:
+        limits._probe.cache_clear()
+    assert list(tmp_path.iterdir()) == []

@@ -1,151 +1,163 @@
 /* AVX2 + FMA micro-kernels (kernel.h contract) for x86-64 CPUs without AVX-512 (Haswell
- * and later, Zen 1-3). One FMA per k and element, masked loads and stores at the right
- * edge, so a column rounds the same in a full or an edge tile. */
+ * and later, Zen 1-3, and CPUs or VMs that hide AVX-512). One FMA per k and element.
+ *
+ * One tile body serves float32 and float64: every vector is held as __m256 and
+ * reinterpreted (free) for double arithmetic, so both dtypes share the tile of MR rows x
+ * NV ymm (NR = NV * lanes). Per k step it keeps MR*NV accumulators, the MR broadcast x
+ * values and one weight vector live: 12 + 3 + 1 = 16 ymm, all there are. The row and
+ * vector loops are unrolled (pragmas) so that the accumulators can live in registers;
+ * tests/test_disassembly.py checks that they do. Edge columns are handled outside the k
+ * loop: full vectors load and store plainly (masked stores are microcoded on AMD), the
+ * one partial vector with a mask, vectors wholly past n not at all. */
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #include "../kernel.h"
 #include "../blocking.h"
 
 #define AVX2 __attribute__((target("avx2,fma")))
+#define INLINE static inline __attribute__((always_inline)) AVX2
 
-enum {
-    MR32 = FL_AVX2_F32_MR, NV32 = FL_AVX2_F32_NR / 8, /* ymm per tile row */
-    MR64 = FL_AVX2_F64_MR, NV64 = FL_AVX2_F64_NR / 4,
-};
-_Static_assert(FL_AVX2_F32_NR % 8 == 0 && FL_AVX2_F64_NR % 4 == 0, "whole ymm rows");
+enum { MR = FL_AVX2_MR, NV = FL_AVX2_NV, VBYTES = 32, PF_BYTES = 16384 };
+_Static_assert(MR * NV + MR + 1 <= 16, "accumulators, broadcasts and a weight vector in 16 ymm");
 
-/* Lanes [lo, lo + lanes) that lie below n, as an all-ones mask per 32-bit lane. */
-static inline __attribute__((always_inline)) AVX2 __m256i edge_mask32(size_t n, size_t lo)
+INLINE __m256 vload(fl_dtype dt, const char *p)
 {
-    const long long left = (long long)n - (long long)lo;
-    const int count = left <= 0 ? 0 : left >= 8 ? 8 : (int)left;
-    return _mm256_cmpgt_epi32(_mm256_set1_epi32(count), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    (void)dt;
+    return _mm256_loadu_ps((const float *)p);
 }
 
-/* The same per 64-bit lane (4 lanes). */
-static inline __attribute__((always_inline)) AVX2 __m256i edge_mask64(size_t n, size_t lo)
+INLINE void vstore(fl_dtype dt, char *p, __m256 v)
 {
-    const long long left = (long long)n - (long long)lo;
-    const long long count = left <= 0 ? 0 : left >= 4 ? 4 : left;
-    return _mm256_cmpgt_epi64(_mm256_set1_epi64x(count), _mm256_setr_epi64x(0, 1, 2, 3));
+    (void)dt;
+    _mm256_storeu_ps((float *)p, v);
 }
 
-/* `m` and the x strides are compile-time constants at every call site below. */
-static inline __attribute__((always_inline)) AVX2 void
-tile_f32(const size_t m, size_t kc, const float *a, const ptrdiff_t a_rs,
-         const ptrdiff_t a_cs, const float *w, float *y, size_t ldy, size_t n, int first,
-         const float *bias)
+INLINE __m256 vbroadcast(fl_dtype dt, const char *p)
 {
-    __m256i mask[NV32];
-    for (size_t v = 0; v < NV32; v++)
-        mask[v] = edge_mask32(n, 8 * v);
-    __m256 acc[MR32][NV32];
+    return dt == FL_F32 ? _mm256_broadcast_ss((const float *)p)
+                        : _mm256_castpd_ps(_mm256_broadcast_sd((const double *)p));
+}
+
+/* a * b + c, one rounding. */
+INLINE __m256 vfma(fl_dtype dt, __m256 a, __m256 b, __m256 c)
+{
+    return dt == FL_F32 ? _mm256_fmadd_ps(a, b, c)
+                        : _mm256_castpd_ps(_mm256_fmadd_pd(_mm256_castps_pd(a),
+                                                           _mm256_castps_pd(b),
+                                                           _mm256_castps_pd(c)));
+}
+
+INLINE __m256 vadd(fl_dtype dt, __m256 a, __m256 b)
+{
+    return dt == FL_F32 ? _mm256_add_ps(a, b)
+                        : _mm256_castpd_ps(_mm256_add_pd(_mm256_castps_pd(a),
+                                                         _mm256_castps_pd(b)));
+}
+
+/* The first `bytes` (< VBYTES, a multiple of 4) of a vector, as a mask of 32-bit lanes;
+ * its top bits serve as a mask of 64-bit lanes too. */
+INLINE __m256i head_mask(size_t bytes)
+{
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(bytes / 4)),
+                              _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+/* `m` and the x strides are compile-time constants at every call site below, so the
+ * loops over rows and vectors unroll completely. */
+INLINE void tile(const fl_dtype dt, const size_t m, size_t kc, const char *a,
+                 const ptrdiff_t a_rs, const ptrdiff_t a_cs, const char *w, char *y,
+                 size_t ldy, size_t n, int first, const char *bias)
+{
+    const size_t size = dt == FL_F32 ? 4 : 8, nr_bytes = NV * VBYTES;
+    const size_t full = n * size / VBYTES, tail = n * size % VBYTES; /* vectors, bytes */
+    const ptrdiff_t rs = a_rs * (ptrdiff_t)size, cs = a_cs * (ptrdiff_t)size;
+    ldy *= size;
+    __m256 acc[MR][NV];
+#pragma GCC unroll 8
     for (size_t i = 0; i < m; i++)
-        for (size_t v = 0; v < NV32; v++)
-            acc[i][v] = first ? _mm256_setzero_ps()
-                              : _mm256_maskload_ps(y + i * ldy + 8 * v, mask[v]);
+#pragma GCC unroll 8
+        for (size_t v = 0; v < NV; v++) {
+            char *yv = y + i * ldy + v * VBYTES;
+            acc[i][v] = first                 ? _mm256_setzero_ps()
+                        : v < full            ? vload(dt, yv)
+                        : v == full && tail   ? _mm256_maskload_ps((const float *)yv,
+                                                                   head_mask(tail))
+                                              : _mm256_setzero_ps();
+        }
     for (size_t k = 0; k < kc; k++) {
-        __m256 wk[NV32];
-        for (size_t v = 0; v < NV32; v++)
-            wk[v] = _mm256_load_ps(w + k * FL_AVX2_F32_NR + 8 * v);
-        for (size_t i = 0; i < m; i++) {
-            const __m256 ai = _mm256_broadcast_ss(&a[(ptrdiff_t)i * a_rs + (ptrdiff_t)k * a_cs]);
-            for (size_t v = 0; v < NV32; v++)
-                acc[i][v] = _mm256_fmadd_ps(ai, wk[v], acc[i][v]);
+        const char *ak = a + (ptrdiff_t)k * cs, *wk = w + k * nr_bytes;
+#pragma GCC unroll 8
+        for (size_t l = 0; l < nr_bytes; l += 64)
+            _mm_prefetch(wk + PF_BYTES + l, _MM_HINT_T0);
+        __m256 ai[MR];
+#pragma GCC unroll 8
+        for (size_t i = 0; i < m; i++)
+            ai[i] = vbroadcast(dt, ak + (ptrdiff_t)i * rs);
+#pragma GCC unroll 8
+        for (size_t v = 0; v < NV; v++) {
+            const __m256 wv = vload(dt, wk + v * VBYTES);
+#pragma GCC unroll 8
+            for (size_t i = 0; i < m; i++)
+                acc[i][v] = vfma(dt, ai[i], wv, acc[i][v]);
         }
     }
     if (bias)
-        for (size_t v = 0; v < NV32; v++) {
-            const __m256 bv = _mm256_load_ps(bias + 8 * v);
+#pragma GCC unroll 8
+        for (size_t v = 0; v < NV; v++) {
+            const __m256 bv = vload(dt, bias + v * VBYTES);
+#pragma GCC unroll 8
             for (size_t i = 0; i < m; i++)
-                acc[i][v] = _mm256_add_ps(acc[i][v], bv);
+                acc[i][v] = vadd(dt, acc[i][v], bv);
         }
+#pragma GCC unroll 8
     for (size_t i = 0; i < m; i++)
-        for (size_t v = 0; v < NV32; v++)
-            _mm256_maskstore_ps(y + i * ldy + 8 * v, mask[v], acc[i][v]);
+#pragma GCC unroll 8
+        for (size_t v = 0; v < NV; v++) {
+            char *yv = y + i * ldy + v * VBYTES;
+            if (v < full)
+                vstore(dt, yv, acc[i][v]);
+            else if (v == full && tail)
+                _mm256_maskstore_ps((float *)yv, head_mask(tail), acc[i][v]);
+        }
 }
 
-static inline __attribute__((always_inline)) AVX2 void
-tile_f64(const size_t m, size_t kc, const double *a, const ptrdiff_t a_rs,
-         const ptrdiff_t a_cs, const double *w, double *y, size_t ldy, size_t n, int first,
-         const double *bias)
-{
-    __m256i mask[NV64];
-    for (size_t v = 0; v < NV64; v++)
-        mask[v] = edge_mask64(n, 4 * v);
-    __m256d acc[MR64][NV64];
-    for (size_t i = 0; i < m; i++)
-        for (size_t v = 0; v < NV64; v++)
-            acc[i][v] = first ? _mm256_setzero_pd()
-                              : _mm256_maskload_pd(y + i * ldy + 4 * v, mask[v]);
-    for (size_t k = 0; k < kc; k++) {
-        __m256d wk[NV64];
-        for (size_t v = 0; v < NV64; v++)
-            wk[v] = _mm256_load_pd(w + k * FL_AVX2_F64_NR + 4 * v);
-        for (size_t i = 0; i < m; i++) {
-            const __m256d ai = _mm256_broadcast_sd(&a[(ptrdiff_t)i * a_rs + (ptrdiff_t)k * a_cs]);
-            for (size_t v = 0; v < NV64; v++)
-                acc[i][v] = _mm256_fmadd_pd(ai, wk[v], acc[i][v]);
-        }
-    }
-    if (bias)
-        for (size_t v = 0; v < NV64; v++) {
-            const __m256d bv = _mm256_load_pd(bias + 4 * v);
-            for (size_t i = 0; i < m; i++)
-                acc[i][v] = _mm256_add_pd(acc[i][v], bv);
-        }
-    for (size_t i = 0; i < m; i++)
-        for (size_t v = 0; v < NV64; v++)
-            _mm256_maskstore_pd(y + i * ldy + 4 * v, mask[v], acc[i][v]);
-}
-
-/* One instance per tile height the driver asks for (kernel.h: MR, 4, 2, 1); the x
- * strides are constants in each of the two calls of ukernel_*, so each x layout gets its
- * own instances. */
-static inline __attribute__((always_inline)) AVX2 void
-rows_f32(size_t m, size_t kc, const float *a, const ptrdiff_t a_rs, const ptrdiff_t a_cs,
-         const float *w, float *y, size_t ldy, size_t n, int first, const float *bias)
+/* One instance per tile height the driver asks for (kernel.h: MR, then powers of two
+ * below it); the x strides are constants in each of the two calls of ukernel, so each
+ * x layout gets its own instances. */
+INLINE void rows(const fl_dtype dt, size_t m, size_t kc, const char *a, const ptrdiff_t a_rs,
+                 const ptrdiff_t a_cs, const char *w, char *y, size_t ldy, size_t n,
+                 int first, const char *bias)
 {
     switch (m) {
-    case MR32: tile_f32(MR32, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
-    case 4: tile_f32(4, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
-    case 2: tile_f32(2, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
-    default: tile_f32(1, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
+    case MR: tile(dt, MR, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
+    case 2: tile(dt, 2, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
+    default: tile(dt, 1, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
     }
 }
+_Static_assert(MR == 3, "one case per tile height above");
 
-static inline __attribute__((always_inline)) AVX2 void
-rows_f64(size_t m, size_t kc, const double *a, const ptrdiff_t a_rs, const ptrdiff_t a_cs,
-         const double *w, double *y, size_t ldy, size_t n, int first, const double *bias)
-{
-    switch (m) {
-    case MR64: tile_f64(MR64, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
-    case 4: tile_f64(4, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
-    case 2: tile_f64(2, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
-    default: tile_f64(1, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
-    }
-}
-
-_Static_assert(MR32 > 4 && MR32 < 8 && MR64 > 4 && MR64 < 8, "one case per tile height above");
-
-static AVX2 void ukernel_f32(size_t kc, const void *a, ptrdiff_t a_rs, ptrdiff_t a_cs,
-                             const void *w, void *y, size_t ldy, size_t m, size_t n,
-                             int first, const void *bias)
+INLINE void ukernel(const fl_dtype dt, size_t kc, const void *a, ptrdiff_t a_rs,
+                    ptrdiff_t a_cs, const void *w, void *y, size_t ldy, size_t m, size_t n,
+                    int first, const void *bias)
 {
     if (a_cs == 1)  /* x in place */
-        rows_f32(m, kc, a, a_rs, 1, w, y, ldy, n, first, bias);
+        rows(dt, m, kc, a, a_rs, 1, w, y, ldy, n, first, bias);
     else            /* packed x: a_rs == 1, a_cs == MR */
-        rows_f32(m, kc, a, 1, MR32, w, y, ldy, n, first, bias);
+        rows(dt, m, kc, a, 1, MR, w, y, ldy, n, first, bias);
 }
 
-static AVX2 void ukernel_f64(size_t kc, const void *a, ptrdiff_t a_rs, ptrdiff_t a_cs,
-                             const void *w, void *y, size_t ldy, size_t m, size_t n,
-                             int first, const void *bias)
+static AVX2 void avx2_f32(size_t kc, const void *a, ptrdiff_t a_rs, ptrdiff_t a_cs,
+                          const void *w, void *y, size_t ldy, size_t m, size_t n,
+                          int first, const void *bias)
 {
-    if (a_cs == 1)  /* x in place */
-        rows_f64(m, kc, a, a_rs, 1, w, y, ldy, n, first, bias);
-    else            /* packed x: a_rs == 1, a_cs == MR */
-        rows_f64(m, kc, a, 1, MR64, w, y, ldy, n, first, bias);
+    ukernel(FL_F32, kc, a, a_rs, a_cs, w, y, ldy, m, n, first, bias);
+}
+
+static AVX2 void avx2_f64(size_t kc, const void *a, ptrdiff_t a_rs, ptrdiff_t a_cs,
+                          const void *w, void *y, size_t ldy, size_t m, size_t n,
+                          int first, const void *bias)
+{
+    ukernel(FL_F64, kc, a, a_rs, a_cs, w, y, ldy, m, n, first, bias);
 }
 
 static int cpu_has_avx2(void)
@@ -156,9 +168,7 @@ static int cpu_has_avx2(void)
 
 const fl_isa fl_isa_avx2 = {
     "avx2", cpu_has_avx2,
-    {{ukernel_f32, FL_AVX2_F32_MR, FL_AVX2_F32_NR, FL_AVX2_F32_KC, FL_AVX2_F32_MC,
-      FL_AVX2_F32_NC},
-     {ukernel_f64, FL_AVX2_F64_MR, FL_AVX2_F64_NR, FL_AVX2_F64_KC, FL_AVX2_F64_MC,
-      FL_AVX2_F64_NC}},
+    {{avx2_f32, MR, NV * 8, FL_AVX2_F32_KC, FL_AVX2_F32_MC, FL_AVX2_F32_NC},
+     {avx2_f64, MR, NV * 4, FL_AVX2_F64_KC, FL_AVX2_F64_MC, FL_AVX2_F64_NC}},
 };
 #endif
