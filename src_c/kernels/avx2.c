@@ -16,6 +16,14 @@
 
 #define AVX2 __attribute__((target("avx2,fma")))
 #define INLINE static inline __attribute__((always_inline)) AVX2
+/* Unrolls a loop of a constant trip count (at most 8) completely. GCC needs telling;
+ * clang does it unasked, and its pragma would unroll the loop before inlining makes the
+ * trip count constant (by a runtime factor, with the accumulators left in memory). */
+#ifdef __clang__
+#define UNROLL
+#else
+#define UNROLL _Pragma("GCC unroll 8")
+#endif
 
 enum { MR = FL_AVX2_MR, NV = FL_AVX2_NV, VBYTES = 32, PF_BYTES = 16384 };
 _Static_assert(MR * NV + MR + 1 <= 16, "accumulators, broadcasts and a weight vector in 16 ymm");
@@ -73,9 +81,9 @@ INLINE void tile(const fl_dtype dt, const size_t m, size_t kc, const char *a,
     const ptrdiff_t rs = a_rs * (ptrdiff_t)size, cs = a_cs * (ptrdiff_t)size;
     ldy *= size;
     __m256 acc[MR][NV];
-#pragma GCC unroll 8
+UNROLL
     for (size_t i = 0; i < m; i++)
-#pragma GCC unroll 8
+UNROLL
         for (size_t v = 0; v < NV; v++) {
             char *yv = y + i * ldy + v * VBYTES;
             acc[i][v] = first                 ? _mm256_setzero_ps()
@@ -86,32 +94,32 @@ INLINE void tile(const fl_dtype dt, const size_t m, size_t kc, const char *a,
         }
     for (size_t k = 0; k < kc; k++) {
         const char *ak = a + (ptrdiff_t)k * cs, *wk = w + k * nr_bytes;
-#pragma GCC unroll 8
+UNROLL
         for (size_t l = 0; l < nr_bytes; l += 64)
             _mm_prefetch(wk + PF_BYTES + l, _MM_HINT_T0);
         __m256 ai[MR];
-#pragma GCC unroll 8
+UNROLL
         for (size_t i = 0; i < m; i++)
             ai[i] = vbroadcast(dt, ak + (ptrdiff_t)i * rs);
-#pragma GCC unroll 8
+UNROLL
         for (size_t v = 0; v < NV; v++) {
             const __m256 wv = vload(dt, wk + v * VBYTES);
-#pragma GCC unroll 8
+UNROLL
             for (size_t i = 0; i < m; i++)
                 acc[i][v] = vfma(dt, ai[i], wv, acc[i][v]);
         }
     }
     if (bias)
-#pragma GCC unroll 8
+UNROLL
         for (size_t v = 0; v < NV; v++) {
             const __m256 bv = vload(dt, bias + v * VBYTES);
-#pragma GCC unroll 8
+UNROLL
             for (size_t i = 0; i < m; i++)
                 acc[i][v] = vadd(dt, acc[i][v], bv);
         }
-#pragma GCC unroll 8
+UNROLL
     for (size_t i = 0; i < m; i++)
-#pragma GCC unroll 8
+UNROLL
         for (size_t v = 0; v < NV; v++) {
             char *yv = y + i * ldy + v * VBYTES;
             if (v < full)

@@ -115,7 +115,7 @@ rows_f64(size_t m, size_t kc, const double *a, const ptrdiff_t a_rs, const ptrdi
 }
 _Static_assert(MR32 > 4 && MR32 < 8 && MR64 > 4 && MR64 < 8, "one case per tile height above");
 
-static AVX512 void ukernel_f32(size_t kc, const void *a, ptrdiff_t a_rs, ptrdiff_t a_cs,
+static AVX512 void avx512_f32(size_t kc, const void *a, ptrdiff_t a_rs, ptrdiff_t a_cs,
                                const void *w, void *y, size_t ldy, size_t m, size_t n,
                                int first, const void *bias)
 {
@@ -125,7 +125,7 @@ static AVX512 void ukernel_f32(size_t kc, const void *a, ptrdiff_t a_rs, ptrdiff
         rows_f32(m, kc, a, 1, MR32, w, y, ldy, n, first, bias);
 }
 
-static AVX512 void ukernel_f64(size_t kc, const void *a, ptrdiff_t a_rs, ptrdiff_t a_cs,
+static AVX512 void avx512_f64(size_t kc, const void *a, ptrdiff_t a_rs, ptrdiff_t a_cs,
                                const void *w, void *y, size_t ldy, size_t m, size_t n,
                                int first, const void *bias)
 {
@@ -143,9 +143,9 @@ static int cpu_has_avx512(void)
 
 const fl_isa fl_isa_avx512 = {
     "avx512", cpu_has_avx512,
-    {{ukernel_f32, FL_AVX512_F32_MR, FL_AVX512_F32_NR, FL_AVX512_F32_KC, FL_AVX512_F32_MC,
+    {{avx512_f32, FL_AVX512_F32_MR, FL_AVX512_F32_NR, FL_AVX512_F32_KC, FL_AVX512_F32_MC,
       FL_AVX512_F32_NC},
-     {ukernel_f64, FL_AVX512_F64_MR, FL_AVX512_F64_NR, FL_AVX512_F64_KC, FL_AVX512_F64_MC,
+     {avx512_f64, FL_AVX512_F64_MR, FL_AVX512_F64_NR, FL_AVX512_F64_KC, FL_AVX512_F64_MC,
       FL_AVX512_F64_NC}},
 };
 #endif
