@@ -59,9 +59,7 @@ def blocks(insns):
             succ[start].add(targets[addr])
         if last and idx + 1 < len(insns) and not (op.startswith("jmp") or op.startswith("ret")):
             succ[start].add(insns[idx + 1][0])
-    for s in succ.values():
-        s &= body.keys()
-    return body, succ
+    return body, {b: ss & body.keys() for b, ss in succ.items()}
 
 
 def loops(insns):
@@ -110,7 +108,7 @@ def disassembly():
     return functions(_core.__file__)
 
 
-def test_innermost_fma_loops_never_touch_the_stack(disassembly):
+def test_fma_loops_never_touch_the_stack(disassembly):
     spills = {}
     for name, insns in disassembly.items():
         frame = any(op == "mov" and args == "%rsp,%rbp" for _, op, args in insns[:8])
