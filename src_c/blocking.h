@@ -56,14 +56,12 @@
  * GFLOP/s at KC = 128 and 214 at 1024; 6 x 64 tiles give 204 at KC = 256 and 215 at
  * 512, and 1 x 768 x 3072 runs at 180 GB/s instead of 110-170 (of ~190 from L3).
  * MC keeps the MC x KC block of packed x (288 KiB) in L2 beside the weight slice. */
-#define FL_AVX512_F32_MR 6
-#define FL_AVX512_F32_NR 64
+#define FL_AVX512_MR 6
+#define FL_AVX512_NV 4      /* zmm per tile row: NR = 64 floats, 32 doubles */
 #define FL_AVX512_F32_KC 512
 #define FL_AVX512_F32_MC 144
 #define FL_AVX512_F32_NC 8192  /* 16 MiB of weights in L3 */
 
-#define FL_AVX512_F64_MR 6
-#define FL_AVX512_F64_NR 32
 #define FL_AVX512_F64_KC 512   /* as float32: the same bytes per weight row */
 #define FL_AVX512_F64_MC 72    /* 288 KiB of packed x in L2 */
 #define FL_AVX512_F64_NC 4096  /* 16 MiB of weights in L3 */

@@ -41,8 +41,8 @@ typedef struct {
 static size_t min_sz(size_t a, size_t b) { return a < b ? a : b; }
 
 /* Rows [row, row + m) (m <= MR) of weight panel q for k in [pc, pc + kc), the bias after
- * the last k block. Rows are independent, so fewer than MR rows run as tiles of 4, 2, 1
- * rows (the heights kernels instantiate) with the same bits. */
+ * the last k block. Rows are independent, so fewer than MR rows run as tiles whose heights
+ * are powers of two (the heights kernels instantiate, kernel.h) with the same bits. */
 static void run_tile(const fl_job *jb, size_t q, size_t pc, size_t kc, const char *a,
                      ptrdiff_t a_rs, ptrdiff_t a_cs, size_t row, size_t m)
 {

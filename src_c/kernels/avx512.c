@@ -1,138 +1,173 @@
-/* AVX-512F micro-kernels (kernel.h contract). One FMA per k and element, masked loads
- * and stores at the right edge, so a column rounds the same in a full or an edge tile. */
+/* AVX-512F micro-kernels (kernel.h contract). One FMA per k and element.
+ *
+ * As in avx2.c, one tile body serves float32 and float64 (vectors held as __m512 and
+ * reinterpreted for doubles): MR rows x NV zmm, NR = NV * lanes. Per k step it keeps
+ * MR*NV accumulators, the NV weight vectors and one broadcast x value live: 24 + 4 + 1 of
+ * the 32 zmm. Edge columns: full vectors load and store plainly, the one partial vector
+ * through a mask register, vectors wholly past n not at all. */
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #include "../kernel.h"
 #include "../blocking.h"
 
 #define AVX512 __attribute__((target("avx512f,fma")))
+#define INLINE static inline __attribute__((always_inline)) AVX512
+/* Unrolls a loop of a constant trip count (at most 8) completely; see avx2.c. */
+#ifdef __clang__
+#define UNROLL
+#else
+#define UNROLL _Pragma("GCC unroll 8")
+#endif
 
-enum {
-    MR32 = FL_AVX512_F32_MR, NV32 = FL_AVX512_F32_NR / 16, /* zmm per tile row */
-    MR64 = FL_AVX512_F64_MR, NV64 = FL_AVX512_F64_NR / 8,
-};
-_Static_assert(FL_AVX512_F32_NR % 16 == 0 && FL_AVX512_F64_NR % 8 == 0, "whole zmm rows");
+enum { MR = FL_AVX512_MR, NV = FL_AVX512_NV, VBYTES = 64 };
+_Static_assert(MR * NV + NV + 1 <= 32, "accumulators, weight vectors and a broadcast in 32 zmm");
 
-/* `m` and the x strides are compile-time constants at every call site below, so rows
- * unroll, accumulators stay in registers and x addresses fold into the loads. */
-static inline __attribute__((always_inline)) AVX512 void
-tile_f32(const size_t m, size_t kc, const float *a, const ptrdiff_t a_rs,
-         const ptrdiff_t a_cs, const float *w, float *y, size_t ldy, size_t n, int first,
-         const float *bias)
+INLINE __m512 vload(fl_dtype dt, const char *p)
 {
-    __mmask16 mask[NV32];
-    for (size_t v = 0; v < NV32; v++) {
-        const size_t lo = 16 * v;
-        mask[v] = n >= lo + 16 ? 0xFFFF : n <= lo ? 0 : (__mmask16)((1u << (n - lo)) - 1);
-    }
-    __m512 acc[MR32][NV32];
+    (void)dt;
+    return _mm512_loadu_ps((const float *)p);
+}
+
+INLINE void vstore(fl_dtype dt, char *p, __m512 v)
+{
+    (void)dt;
+    _mm512_storeu_ps((float *)p, v);
+}
+
+/* The first `bytes` (< VBYTES) of a vector at p; the rest zero, not read. */
+INLINE __m512 vload_head(fl_dtype dt, const char *p, size_t bytes)
+{
+    return dt == FL_F32
+        ? _mm512_maskz_loadu_ps((__mmask16)((1u << bytes / 4) - 1), (const float *)p)
+        : _mm512_castpd_ps(_mm512_maskz_loadu_pd((__mmask8)((1u << bytes / 8) - 1),
+                                                 (const double *)p));
+}
+
+/* Stores the first `bytes` (< VBYTES) of v at p, nothing past them. */
+INLINE void vstore_head(fl_dtype dt, char *p, size_t bytes, __m512 v)
+{
+    if (dt == FL_F32)
+        _mm512_mask_storeu_ps((float *)p, (__mmask16)((1u << bytes / 4) - 1), v);
+    else
+        _mm512_mask_storeu_pd((double *)p, (__mmask8)((1u << bytes / 8) - 1),
+                              _mm512_castps_pd(v));
+}
+
+INLINE __m512 vbroadcast(fl_dtype dt, const char *p)
+{
+    return dt == FL_F32 ? _mm512_set1_ps(*(const float *)p)
+                        : _mm512_castpd_ps(_mm512_set1_pd(*(const double *)p));
+}
+
+/* a * b + c, one rounding. */
+INLINE __m512 vfma(fl_dtype dt, __m512 a, __m512 b, __m512 c)
+{
+    return dt == FL_F32 ? _mm512_fmadd_ps(a, b, c)
+                        : _mm512_castpd_ps(_mm512_fmadd_pd(_mm512_castps_pd(a),
+                                                           _mm512_castps_pd(b),
+                                                           _mm512_castps_pd(c)));
+}
+
+INLINE __m512 vadd(fl_dtype dt, __m512 a, __m512 b)
+{
+    return dt == FL_F32 ? _mm512_add_ps(a, b)
+                        : _mm512_castpd_ps(_mm512_add_pd(_mm512_castps_pd(a),
+                                                         _mm512_castps_pd(b)));
+}
+
+/* `m` and the x strides are compile-time constants at every call site below, so the
+ * loops over rows and vectors unroll completely and x addresses fold into the loads. */
+INLINE void tile(const fl_dtype dt, const size_t m, size_t kc, const char *a,
+                 const ptrdiff_t a_rs, const ptrdiff_t a_cs, const char *w, char *y,
+                 size_t ldy, size_t n, int first, const char *bias)
+{
+    const size_t size = dt == FL_F32 ? 4 : 8, nr_bytes = NV * VBYTES;
+    const size_t full = n * size / VBYTES, tail = n * size % VBYTES; /* vectors, bytes */
+    const ptrdiff_t rs = a_rs * (ptrdiff_t)size, cs = a_cs * (ptrdiff_t)size;
+    ldy *= size;
+    __m512 acc[MR][NV];
+UNROLL
     for (size_t i = 0; i < m; i++)
-        for (size_t v = 0; v < NV32; v++)
-            acc[i][v] = first ? _mm512_setzero_ps()
-                              : _mm512_maskz_loadu_ps(mask[v], y + i * ldy + 16 * v);
+UNROLL
+        for (size_t v = 0; v < NV; v++) {
+            const char *yv = y + i * ldy + v * VBYTES;
+            acc[i][v] = first                ? _mm512_setzero_ps()
+                        : v < full           ? vload(dt, yv)
+                        : v == full && tail  ? vload_head(dt, yv, tail)
+                                             : _mm512_setzero_ps();
+        }
     for (size_t k = 0; k < kc; k++) {
-        __m512 wk[NV32];
-        for (size_t v = 0; v < NV32; v++)
-            wk[v] = _mm512_load_ps(w + k * FL_AVX512_F32_NR + 16 * v);
+        const char *ak = a + (ptrdiff_t)k * cs, *wk = w + k * nr_bytes;
+        __m512 wv[NV];
+UNROLL
+        for (size_t v = 0; v < NV; v++)
+            wv[v] = vload(dt, wk + v * VBYTES);
+UNROLL
         for (size_t i = 0; i < m; i++) {
-            const __m512 ai = _mm512_set1_ps(a[(ptrdiff_t)i * a_rs + (ptrdiff_t)k * a_cs]);
-            for (size_t v = 0; v < NV32; v++)
-                acc[i][v] = _mm512_fmadd_ps(ai, wk[v], acc[i][v]);
+            const __m512 ai = vbroadcast(dt, ak + (ptrdiff_t)i * rs);
+UNROLL
+            for (size_t v = 0; v < NV; v++)
+                acc[i][v] = vfma(dt, ai, wv[v], acc[i][v]);
         }
     }
     if (bias)
-        for (size_t v = 0; v < NV32; v++) {
-            const __m512 bv = _mm512_load_ps(bias + 16 * v);
+UNROLL
+        for (size_t v = 0; v < NV; v++) {
+            const __m512 bv = vload(dt, bias + v * VBYTES);
+UNROLL
             for (size_t i = 0; i < m; i++)
-                acc[i][v] = _mm512_add_ps(acc[i][v], bv);
+                acc[i][v] = vadd(dt, acc[i][v], bv);
         }
+UNROLL
     for (size_t i = 0; i < m; i++)
-        for (size_t v = 0; v < NV32; v++)
-            _mm512_mask_storeu_ps(y + i * ldy + 16 * v, mask[v], acc[i][v]);
+UNROLL
+        for (size_t v = 0; v < NV; v++) {
+            char *yv = y + i * ldy + v * VBYTES;
+            if (v < full)
+                vstore(dt, yv, acc[i][v]);
+            else if (v == full && tail)
+                vstore_head(dt, yv, tail, acc[i][v]);
+        }
 }
 
-static inline __attribute__((always_inline)) AVX512 void
-tile_f64(const size_t m, size_t kc, const double *a, const ptrdiff_t a_rs,
-         const ptrdiff_t a_cs, const double *w, double *y, size_t ldy, size_t n, int first,
-         const double *bias)
-{
-    __mmask8 mask[NV64];
-    for (size_t v = 0; v < NV64; v++) {
-        const size_t lo = 8 * v;
-        mask[v] = n >= lo + 8 ? 0xFF : n <= lo ? 0 : (__mmask8)((1u << (n - lo)) - 1);
-    }
-    __m512d acc[MR64][NV64];
-    for (size_t i = 0; i < m; i++)
-        for (size_t v = 0; v < NV64; v++)
-            acc[i][v] = first ? _mm512_setzero_pd()
-                              : _mm512_maskz_loadu_pd(mask[v], y + i * ldy + 8 * v);
-    for (size_t k = 0; k < kc; k++) {
-        __m512d wk[NV64];
-        for (size_t v = 0; v < NV64; v++)
-            wk[v] = _mm512_load_pd(w + k * FL_AVX512_F64_NR + 8 * v);
-        for (size_t i = 0; i < m; i++) {
-            const __m512d ai = _mm512_set1_pd(a[(ptrdiff_t)i * a_rs + (ptrdiff_t)k * a_cs]);
-            for (size_t v = 0; v < NV64; v++)
-                acc[i][v] = _mm512_fmadd_pd(ai, wk[v], acc[i][v]);
-        }
-    }
-    if (bias)
-        for (size_t v = 0; v < NV64; v++) {
-            const __m512d bv = _mm512_load_pd(bias + 8 * v);
-            for (size_t i = 0; i < m; i++)
-                acc[i][v] = _mm512_add_pd(acc[i][v], bv);
-        }
-    for (size_t i = 0; i < m; i++)
-        for (size_t v = 0; v < NV64; v++)
-            _mm512_mask_storeu_pd(y + i * ldy + 8 * v, mask[v], acc[i][v]);
-}
-
-/* One instance per tile height the driver asks for (kernel.h: MR, 4, 2, 1); the x
- * strides are constants in each of the two calls of ukernel_*, so each x layout gets its
- * own instances. */
-static inline __attribute__((always_inline)) AVX512 void
-rows_f32(size_t m, size_t kc, const float *a, const ptrdiff_t a_rs, const ptrdiff_t a_cs,
-         const float *w, float *y, size_t ldy, size_t n, int first, const float *bias)
+/* One instance per tile height the driver asks for (kernel.h: MR, then powers of two
+ * below it); the x strides are constants in each of the two calls of ukernel, so each
+ * x layout gets its own instances. */
+INLINE void rows(const fl_dtype dt, size_t m, size_t kc, const char *a, const ptrdiff_t a_rs,
+                 const ptrdiff_t a_cs, const char *w, char *y, size_t ldy, size_t n,
+                 int first, const char *bias)
 {
     switch (m) {
-    case MR32: tile_f32(MR32, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
-    case 4: tile_f32(4, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
-    case 2: tile_f32(2, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
-    default: tile_f32(1, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
+    case MR: tile(dt, MR, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
+    case 4: tile(dt, 4, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
+    case 2: tile(dt, 2, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
+    default: tile(dt, 1, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
     }
 }
+_Static_assert(MR > 4 && MR < 8, "one case per tile height above");
 
-static inline __attribute__((always_inline)) AVX512 void
-rows_f64(size_t m, size_t kc, const double *a, const ptrdiff_t a_rs, const ptrdiff_t a_cs,
-         const double *w, double *y, size_t ldy, size_t n, int first, const double *bias)
-{
-    switch (m) {
-    case MR64: tile_f64(MR64, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
-    case 4: tile_f64(4, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
-    case 2: tile_f64(2, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
-    default: tile_f64(1, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
-    }
-}
-_Static_assert(MR32 > 4 && MR32 < 8 && MR64 > 4 && MR64 < 8, "one case per tile height above");
-
-static AVX512 void avx512_f32(size_t kc, const void *a, ptrdiff_t a_rs, ptrdiff_t a_cs,
-                               const void *w, void *y, size_t ldy, size_t m, size_t n,
-                               int first, const void *bias)
+INLINE void ukernel(const fl_dtype dt, size_t kc, const void *a, ptrdiff_t a_rs,
+                    ptrdiff_t a_cs, const void *w, void *y, size_t ldy, size_t m, size_t n,
+                    int first, const void *bias)
 {
     if (a_cs == 1)  /* x in place */
-        rows_f32(m, kc, a, a_rs, 1, w, y, ldy, n, first, bias);
+        rows(dt, m, kc, a, a_rs, 1, w, y, ldy, n, first, bias);
     else            /* packed x: a_rs == 1, a_cs == MR */
-        rows_f32(m, kc, a, 1, MR32, w, y, ldy, n, first, bias);
+        rows(dt, m, kc, a, 1, MR, w, y, ldy, n, first, bias);
+}
+
+static AVX512 void avx512_f32(size_t kc, const void *a, ptrdiff_t a_rs, ptrdiff_t a_cs,
+                              const void *w, void *y, size_t ldy, size_t m, size_t n,
+                              int first, const void *bias)
+{
+    ukernel(FL_F32, kc, a, a_rs, a_cs, w, y, ldy, m, n, first, bias);
 }
 
 static AVX512 void avx512_f64(size_t kc, const void *a, ptrdiff_t a_rs, ptrdiff_t a_cs,
-                               const void *w, void *y, size_t ldy, size_t m, size_t n,
-                               int first, const void *bias)
+                              const void *w, void *y, size_t ldy, size_t m, size_t n,
+                              int first, const void *bias)
 {
-    if (a_cs == 1)  /* x in place */
-        rows_f64(m, kc, a, a_rs, 1, w, y, ldy, n, first, bias);
-    else            /* packed x: a_rs == 1, a_cs == MR */
-        rows_f64(m, kc, a, 1, MR64, w, y, ldy, n, first, bias);
+    ukernel(FL_F64, kc, a, a_rs, a_cs, w, y, ldy, m, n, first, bias);
 }
 
 static int cpu_has_avx512(void)
@@ -143,9 +178,7 @@ static int cpu_has_avx512(void)
 
 const fl_isa fl_isa_avx512 = {
     "avx512", cpu_has_avx512,
-    {{avx512_f32, FL_AVX512_F32_MR, FL_AVX512_F32_NR, FL_AVX512_F32_KC, FL_AVX512_F32_MC,
-      FL_AVX512_F32_NC},
-     {avx512_f64, FL_AVX512_F64_MR, FL_AVX512_F64_NR, FL_AVX512_F64_KC, FL_AVX512_F64_MC,
-      FL_AVX512_F64_NC}},
+    {{avx512_f32, MR, NV * 16, FL_AVX512_F32_KC, FL_AVX512_F32_MC, FL_AVX512_F32_NC},
+     {avx512_f64, MR, NV * 8, FL_AVX512_F64_KC, FL_AVX512_F64_MC, FL_AVX512_F64_NC}},
 };
 #endif
