@@ -25,8 +25,11 @@ C_SOURCES = [
     "src_c/kernels/avx2.c",
     "src_c/kernels/avx512.c",
 ]
-# -ffp-contract=off: the compiler must not fuse a*b+c into an FMA behind our back, or a
-# vectorised loop and its scalar tail could round differently (see DESIGN.md, Numerics).
+# -ffp-contract=off: GCC's default for GNU C (-ffp-contract=fast) fuses a*b+c into an FMA
+# wherever it likes, so a vectorised loop and its scalar tail could round differently and
+# an output's bits would depend on which path computed it. With it off, the AVX kernels
+# get FMAs only where their intrinsics ask, and the portable kernel does a multiply then
+# an add on every compiler and CPU.
 # No tuning for the build machine's CPU and no fast-math: a wheel built here must run on
 # any x86-64 (kernels for newer ISAs carry target attributes) and keep NaN and Inf.
 C_FLAGS = ["-O3", "-ffp-contract=off"]

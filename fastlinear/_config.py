@@ -1,6 +1,7 @@
 """Process-wide settings: thread count, backend choice, and what this build can do."""
 import os
 import sys
+import warnings
 
 import numpy as np
 import scipy
@@ -11,9 +12,16 @@ BACKENDS = ("auto", "native", "blas")
 
 def set_num_threads(n):
     """Sets how many threads the native kernel uses from now on, in every thread of the
-    process (the BLAS backend follows its own library's setting: use threadpoolctl)."""
+    process (the BLAS backend follows its own library's setting: use threadpoolctl).
+    More threads than the process has CPUs are kept, as torch does, with a RuntimeWarning."""
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= 2**31 - 1:
         raise ValueError(f"number of threads must be a positive integer, got {n!r}")
+    cpus = available_cpus()
+    if n > cpus:  # kept, as torch does: the caller may know better
+        warnings.warn(f"set_num_threads({n}): this process has {cpus} CPU"
+                      f"{'s' if cpus > 1 else ''} (affinity mask and cgroup quota); "
+                      f"threads beyond that share them and usually run slower",
+                      RuntimeWarning, stacklevel=2)
     _core.set_num_threads(int(n))
 
 
@@ -22,6 +30,17 @@ def get_num_threads():
     value; without one, OpenMP's (OMP_NUM_THREADS, a threadpoolctl limit, else the CPUs
     in this process's affinity mask), at most the cgroup's CPU quota."""
     return _core.get_num_threads()
+
+
+def available_cpus():
+    """CPUs this process may run on: its affinity mask (all CPUs where the platform has
+    none), at most the cgroup's CPU quota."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cpus = os.cpu_count() or 1
+    quota = cgroup_cpu_quota()
+    return cpus if quota is None else min(cpus, quota)
 
 
 def cgroup_cpu_quota(root="/sys/fs/cgroup"):

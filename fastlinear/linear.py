@@ -113,7 +113,14 @@ class Linear:
 
     @property
     def backend(self):
+        """As given: "auto", "native" or "blas"."""
         return self._backend
+
+    @property
+    def resolved_backend(self):
+        """The backend a call runs now: "native" or "blas" ("auto" resolved for this
+        CPU's native kernel, see fastlinear.show_config())."""
+        return _config.resolve_backend(self._backend)
 
     # -- forward ------------------------------------------------------------------
     def forward(self, x, out=None):
@@ -185,5 +192,8 @@ class Linear:
                                           self._dtype.name, self._backend))
 
     def __repr__(self):
+        backend = repr(self._backend)
+        if self._backend == "auto":
+            backend += f" ({self.resolved_backend})"
         return (f"Linear(in_features={self._in}, out_features={self._out}, "
-                f"bias={self._has_bias})")
+                f"bias={self._has_bias}, backend={backend})")

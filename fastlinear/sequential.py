@@ -1,5 +1,7 @@
 """fastlinear.Sequential: a chain of Linear layers and activations, converted from a
 torch.nn.Sequential and run without torch."""
+import sys
+
 from ._validate import check_keys
 from .activations import GELU, ReLU, Tanh
 from .linear import Linear
@@ -14,14 +16,30 @@ _FROM_TORCH = {
     "Linear": lambda m, **kw: Linear.from_torch(m, **kw),
 }
 
+_MODULES = (Linear, ReLU, GELU, Tanh)
+
+
+def _check_module(i, m):
+    """TypeError unless m is one of fastlinear's modules, so that a wrong one fails when
+    the Sequential is built rather than at its first call."""
+    if isinstance(m, _MODULES):
+        return
+    kind = type(m).__qualname__
+    if type(m).__module__ != "builtins":
+        kind = f"{type(m).__module__}.{kind}"
+    torch = sys.modules.get("torch")
+    hint = ("; fl.Sequential.from_torch(torch.nn.Sequential(...)) converts torch modules"
+            if torch is not None and isinstance(m, torch.nn.Module) else "")
+    raise TypeError(f"a Sequential holds fastlinear modules "
+                    f"({', '.join(c.__name__ for c in _MODULES)}); module {i} is {kind}{hint}")
+
 
 class Sequential:
     """Calls its modules in order: y = modules[-1](... modules[0](x))."""
 
     def __init__(self, *modules):
-        for m in modules:
-            if not callable(m):
-                raise TypeError(f"a Sequential holds callables, got {type(m).__name__}")
+        for i, m in enumerate(modules):
+            _check_module(i, m)
         self.modules = list(modules)
 
     def __call__(self, x):

@@ -1,6 +1,12 @@
 """The Python API: construction, parameters, settings, errors with clear messages."""
+import importlib.machinery
+import os
 import pickle
 import re
+import shutil
+import subprocess
+import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -13,10 +19,18 @@ from conftest import assert_close, random_layer
 
 def test_repr_and_attributes():
     layer = fl.Linear(100, 50)
-    assert repr(layer) == "Linear(in_features=100, out_features=50, bias=True)"
-    assert repr(fl.Linear(3, 2, bias=False)) == "Linear(in_features=3, out_features=2, bias=False)"
+    auto = fl._config.resolve_backend("auto")
+    assert repr(layer) == ("Linear(in_features=100, out_features=50, bias=True, "
+                           f"backend='auto' ({auto}))")
+    assert (repr(fl.Linear(3, 2, bias=False, backend="blas"))
+            == "Linear(in_features=3, out_features=2, bias=False, backend='blas')")
     assert (layer.in_features, layer.out_features) == (100, 50)
     assert layer.dtype == np.float32 and layer.backend == "auto"
+    assert layer.resolved_backend == auto
+    for backend in ("native", "blas"):
+        assert fl.Linear(3, 2, backend=backend).resolved_backend == backend
+    with pytest.raises(AttributeError):
+        layer.resolved_backend = "blas"
     assert layer.weight.shape == (50, 100) and layer.bias.shape == (50,)
     assert fl.Linear(3, 2, bias=False).bias is None
     assert fl.Linear(3, 2, dtype=np.float64).weight.dtype == np.float64
@@ -92,12 +106,32 @@ def test_pickle_round_trip(backend):
 
 def test_threads_setting(threads):
     assert fl.get_num_threads() >= 1
-    fl.set_num_threads(3)
-    assert fl.get_num_threads() == 3
+    fl.set_num_threads(1)
+    assert fl.get_num_threads() == 1
     for bad in (0, -1, 1.5, "2", True, None):
         with pytest.raises(ValueError, match="positive integer"):
             fl.set_num_threads(bad)
-    assert fl.get_num_threads() == 3
+    assert fl.get_num_threads() == 1
+
+
+def test_more_threads_than_cpus_warn_and_are_kept(threads):
+    cpus = fl._config.available_cpus()
+    assert 1 <= cpus <= (os.cpu_count() or cpus)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fl.set_num_threads(cpus)
+    assert fl.get_num_threads() == cpus
+    with pytest.warns(RuntimeWarning, match=rf"set_num_threads\({cpus + 1}\): this process "
+                                            rf"has {cpus} CPU"):
+        fl.set_num_threads(cpus + 1)
+    assert fl.get_num_threads() == cpus + 1
+
+
+def test_available_cpus_follow_the_cgroup_quota(monkeypatch):
+    monkeypatch.setattr(fl._config, "cgroup_cpu_quota", lambda: 1)
+    assert fl._config.available_cpus() == 1
+    monkeypatch.setattr(fl._config, "cgroup_cpu_quota", lambda: None)
+    assert fl._config.available_cpus() == len(os.sched_getaffinity(0))
 
 
 def test_show_config(capsys):
@@ -213,15 +247,40 @@ def test_inputs_are_never_modified():
 
 
 def _run_with_isa(value):
-    import os
-    import subprocess
-    import sys
     # The same fastlinear as this process, installed or built in place.
     env = {**os.environ, "FASTLINEAR_ISA": value,
            "PYTHONPATH": os.path.dirname(os.path.dirname(fl.__file__))}
     code = "import fastlinear, fastlinear._core as c; print(c.isa_name())"
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                           text=True, cwd=os.path.dirname(__file__))
+
+
+@pytest.mark.parametrize("built", [False, True])
+def test_import_from_an_unbuilt_source_folder_says_why(tmp_path, built):
+    """`python -c "import fastlinear"` in a checkout without a build finds the source
+    folder before the installed package: the error names it and says what to do."""
+    folder = tmp_path / "fastlinear"
+    folder.mkdir()
+    for name in os.listdir(os.path.dirname(fl.__file__)):
+        if name.endswith(".py"):
+            shutil.copy(os.path.join(os.path.dirname(fl.__file__), name), folder)
+    if built:  # an extension that is there but does not load keeps its own error
+        (folder / ("_core" + importlib.machinery.EXTENSION_SUFFIXES[0])).write_bytes(b"junk")
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(fl.__file__))}
+    run = subprocess.run([sys.executable, "-c", "import fastlinear"], env=env, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("ImportError: "), run.stderr
+    if built:
+        assert "source folder" not in run.stderr
+        return
+    assert f"imported from the source folder {os.path.realpath(folder)} " in last
+    for words in ("compiled extension _core is not built", "Run Python from another folder",
+                  "pip install -e .", "python setup.py build_ext --inplace"):
+        assert words in last, last
+    assert "No module named 'fastlinear._core'" in run.stderr  # chained, not lost
+    assert "direct cause of the following exception" in run.stderr
 
 
 @pytest.mark.parametrize("name", _core.supported_isas())
@@ -241,6 +300,7 @@ def test_auto_backend_rule(isa):
     layer = fl.Linear(4, 3, backend="auto")
     expected = "blas" if isa == "ref" else "native"
     assert fl._config.resolve_backend("auto") == expected
+    assert layer.resolved_backend == expected and f"backend='auto' ({expected})" in repr(layer)
     x = np.ones((2, 4), np.float32)
     if expected == "native":  # bitwise the native kernel's answer
         np.testing.assert_array_equal(layer(x), fl.functional.linear(

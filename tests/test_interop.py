@@ -1,5 +1,6 @@
 """PyTorch and file interop: to_torch, .npz and .safetensors, Sequential from torch."""
 import os
+import re
 import subprocess
 import sys
 
@@ -108,6 +109,27 @@ print("ok")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env=env, cwd=str(tmp_path), timeout=120)
     assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr
+
+
+def test_sequential_takes_only_fastlinear_modules():
+    x = np.random.default_rng(0).standard_normal((5, 3))
+    model = fl.Sequential(fl.Linear(3, 4, rng=0), fl.ReLU(), fl.GELU(), fl.GELU("tanh"),
+                          fl.Tanh(), fl.Linear(4, 2, rng=1))
+    assert model(x).shape == (5, 2)
+    for bad, kind in ((np.tanh, "numpy.ufunc"), (lambda y: y, "function"), (3, "int"),
+                      (model, "fastlinear.sequential.Sequential")):
+        with pytest.raises(TypeError, match=rf"fastlinear modules \(Linear, ReLU, GELU, "
+                                            rf"Tanh\); module 1 is {re.escape(kind)}$"):
+            fl.Sequential(fl.Linear(3, 4), bad)
+
+
+def test_sequential_rejects_torch_modules_and_points_to_from_torch():
+    torch = pytest.importorskip("torch")
+    with pytest.raises(TypeError, match=r"module 1 is torch\.nn\.modules\.activation\.ReLU"
+                                        r"; fl\.Sequential\.from_torch\("):
+        fl.Sequential(fl.Linear(3, 4), torch.nn.ReLU())
+    with pytest.raises(TypeError, match=r"module 0 is torch.*from_torch"):
+        fl.Sequential(torch.nn.Linear(3, 4))
 
 
 def test_sequential_state_dict_keys():

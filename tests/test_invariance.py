@@ -52,6 +52,7 @@ def _narrow_case(dtype):
 
 @pytest.mark.parametrize("case", [_big_case, _narrow_case])
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.filterwarnings("ignore:set_num_threads")  # more threads than CPUs, on purpose
 def test_thread_count_does_not_change_bits(isa, dtype, case, threads):
     layer, x = case(dtype)
     fl.set_num_threads(1)

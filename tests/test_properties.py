@@ -1,5 +1,6 @@
 """Property tests over shapes, strides, dtypes and backends against the float64 reference."""
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -42,6 +43,7 @@ def test_native_rows_are_batch_invariant(m, k, n, dtype, seed):
 
 
 @settings(max_examples=80, deadline=None)
+@pytest.mark.filterwarnings("ignore:set_num_threads")  # more threads than CPUs, on purpose
 @given(m=st.integers(1, 120), k=st.integers(1, 700), n=st.integers(1, 140),
        dtype=st.sampled_from([np.float32, np.float64]),
        isa=st.sampled_from(_core.supported_isas()), threads=st.integers(1, 4),
