@@ -62,7 +62,7 @@
 #define FL_AVX512_F32_MC 144
 #define FL_AVX512_F32_NC 8192  /* 16 MiB of weights in L3 */
 
-#define FL_AVX512_F64_KC 512   /* as float32: the same bytes per weight row */
+#define FL_AVX512_F64_KC 512
 #define FL_AVX512_F64_MC 72    /* 288 KiB of packed x in L2 */
 #define FL_AVX512_F64_NC 4096  /* 16 MiB of weights in L3 */
 
