@@ -35,15 +35,35 @@
 #define FL_REF_F64_MC 64    /* 256 KiB of x in L2 */
 #define FL_REF_F64_NC 2048  /* 8 MiB of weights in L3 */
 
-/* AVX2 + FMA (kernels/avx2.c): 16 ymm registers. */
+/* AVX2 + FMA (kernels/avx2.c): 16 ymm registers, one tile body for both dtypes. 3 rows x
+ * 4 ymm = 12 accumulators, 3 broadcast x values, 1 weight vector: all 16. Not the classic
+ * 6 x 2 ymm: a single row (M = 1, weights streamed from memory) then has only 2 FMA
+ * chains, which at 4 cycles of FMA latency cap the stream near 88 GB/s on 2 Zen 4 cores;
+ * 3 x 4 gives it 4 chains (8 at M = 2) and 12 for M >= 3, with 7 loads per 12 FMAs.
+ * Measured with FASTLINEAR_ISA=avx2 on a 2-core AMD EPYC (Zen 5, KVM) whose 256-bit FMA
+ * peak is 271 GFLOP/s float32 (fastlinear._limits --isa avx2), 2 threads:
+ * 32x768x3072 250, 128x768x3072 246, 512x1024x1024 250, 2048^3 248 GFLOP/s (91-92%);
+ * 6 x 16 tiles with GCC's accumulators spilled ran 108-124. KC 128/256/512 for float32:
+ * within noise at 2048^3 (240/248/249) and 128x768x3072 (252/246/242); 256 keeps the
+ * 32 KiB weight slice in L1 (48 KiB on Zen 5; on 32 KiB L1s it streams from L2, which 7
+ * loads per 12 FMAs allow). float64: KC 128 gave 117 GFLOP/s at 2048^3 against 107 at
+ * 256, of a 136 peak. */
 #define FL_AVX2_MR 3
-#define FL_AVX2_NV 4
+#define FL_AVX2_NV 4           /* ymm per tile row: NR = 32 floats, 16 doubles */
 #define FL_AVX2_F32_KC 256
-#define FL_AVX2_F32_MC 144
-#define FL_AVX2_F32_NC 4096
-#define FL_AVX2_F64_KC 128
-#define FL_AVX2_F64_MC 72
-#define FL_AVX2_F64_NC 2048
+#define FL_AVX2_F32_MC 144     /* 144 KiB of packed x in L2 */
+#define FL_AVX2_F32_NC 4096    /* 4 MiB of weights in L3 */
+#define FL_AVX2_F64_KC 128     /* 16 KiB of weights in L1 */
+#define FL_AVX2_F64_MC 72      /* 72 KiB of packed x in L2 */
+#define FL_AVX2_F64_NC 2048    /* 2 MiB of weights in L3 */
+
+/* Both x86 kernels prefetch the weights this far ahead of the k step they compute: one
+ * 16 KiB slice ahead, so that while a row block re-reads the slice in cache (M > MR), or
+ * while a single row streams it, the next one is already on its way from memory. Measured
+ * (avx2, 2 threads, float32): 8x4096x4096 1883 -> 1239 us, 1x4096x4096 898 -> 486 us
+ * (4 KiB ahead: 1471 and 609; 32 KiB: 1386 and 937); avx512: 8x4096x4096 1020 -> 718 us,
+ * 1x768x3072 54.6 -> 41.9 us. */
+#define FL_PREFETCH_BYTES 16384
 
 /* AVX-512 (kernels/avx512.c): 32 zmm registers. 6 rows x 4 zmm = 24 accumulators,
  * 4 for the weight row, 1 for the broadcast x value. Four zmm per row, not two: a

@@ -25,7 +25,7 @@
 #define UNROLL _Pragma("GCC unroll 8")
 #endif
 
-enum { MR = FL_AVX2_MR, NV = FL_AVX2_NV, VBYTES = 32, PF_BYTES = 16384 };
+enum { MR = FL_AVX2_MR, NV = FL_AVX2_NV, VBYTES = 32 };
 _Static_assert(MR * NV + MR + 1 <= 16, "accumulators, broadcasts and a weight vector in 16 ymm");
 
 INLINE __m256 vload(fl_dtype dt, const char *p)
@@ -96,7 +96,7 @@ UNROLL
         const char *ak = a + (ptrdiff_t)k * cs, *wk = w + k * nr_bytes;
 UNROLL
         for (size_t l = 0; l < nr_bytes; l += 64)
-            _mm_prefetch(wk + PF_BYTES + l, _MM_HINT_T0);
+            _mm_prefetch(wk + FL_PREFETCH_BYTES + l, _MM_HINT_T0);
         __m256 ai[MR];
 UNROLL
         for (size_t i = 0; i < m; i++)

@@ -19,7 +19,7 @@
 #define UNROLL _Pragma("GCC unroll 8")
 #endif
 
-enum { MR = FL_AVX512_MR, NV = FL_AVX512_NV, VBYTES = 64, PF_BYTES = 16384 };
+enum { MR = FL_AVX512_MR, NV = FL_AVX512_NV, VBYTES = 64 };
 _Static_assert(MR * NV + NV + 1 <= 32, "accumulators, weight vectors and a broadcast in 32 zmm");
 
 INLINE __m512 vload(fl_dtype dt, const char *p)
@@ -100,7 +100,7 @@ UNROLL
         const char *ak = a + (ptrdiff_t)k * cs, *wk = w + k * nr_bytes;
 UNROLL
         for (size_t l = 0; l < nr_bytes; l += 64)
-            _mm_prefetch(wk + PF_BYTES + l, _MM_HINT_T0);
+            _mm_prefetch(wk + FL_PREFETCH_BYTES + l, _MM_HINT_T0);
         __m512 wv[NV];
 UNROLL
         for (size_t v = 0; v < NV; v++)
