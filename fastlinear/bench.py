@@ -205,8 +205,9 @@ def machine_bound(m, k, n, dtype, threads):
                ("BW", weight_bytes / bandwidth / 1e9), key=lambda b: b[1])
 
 
-def measure(shape, dtype, threads, rounds, budget, settle, rng):
-    """One shape: best time per contender, derived rates and ratios."""
+def measure(shape, dtype, threads, bound, rounds, budget, settle, rng):
+    """One shape: best time per contender, derived rates and ratios; `bound` is
+    machine_bound's for the shape."""
     m, k, n = shape
     x = rng.standard_normal((m, k)).astype(dtype)
     w = (rng.standard_normal((n, k)) / np.sqrt(k)).astype(dtype)
@@ -224,7 +225,6 @@ def measure(shape, dtype, threads, rounds, budget, settle, rng):
            "ratio_best": ours / best[rival],
            "ratio_best_out": best["fastlinear out="] / best[rival],
            "ratio": {name: ours / best[name] for name in best if name != "fastlinear"}}
-    bound = machine_bound(m, k, n, dtype, threads)
     if bound is not None:
         row["bound"], row["limit_fraction"] = bound[0], bound[1] / ours
     return row
@@ -350,11 +350,15 @@ def main(argv=None):
     shapes = parse_shapes(args.shapes)
     sweep_kn = tuple(int(v) for v in args.plot_kn.split("x")) if args.plot else None
     sweep_shapes = [(m, *sweep_kn) for m in SWEEP_M] if sweep_kn else []
+    # The probes run now, while no other library's threads spin on the cores.
+    bounds = {shape: machine_bound(*shape, dtype, args.threads)
+              for shape in shapes + sweep_shapes}
     progress = Progress(len(shapes) + len(sweep_shapes))
     results = []
     for shape in shapes:
         progress.show(shape)
-        row = measure(shape, dtype, args.threads, args.rounds, args.budget, args.settle, rng)
+        row = measure(shape, dtype, args.threads, bounds[shape], args.rounds, args.budget,
+                      args.settle, rng)
         progress.clear()
         print_row(row, header=not results, wide=args.wide)
         results.append(row)
@@ -363,8 +367,8 @@ def main(argv=None):
         print(f"sweep of M for K x N = {sweep_kn[0]} x {sweep_kn[1]}:")
         for shape in sweep_shapes:
             progress.show(shape)
-            row = measure(shape, dtype, args.threads, args.rounds, args.budget, args.settle,
-                          rng)
+            row = measure(shape, dtype, args.threads, bounds[shape], args.rounds, args.budget,
+                          args.settle, rng)
             progress.clear()
             print_row(row, header=not sweep, wide=args.wide)
             sweep.append(row)

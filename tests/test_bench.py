@@ -1,5 +1,6 @@
 """The benchmark runs end to end on tiny shapes: table, JSON, plot. (It measures
 nothing here; timings belong to the benchmark itself.)"""
+import importlib.util
 import json
 import tempfile
 
@@ -34,6 +35,8 @@ def test_benchmark_writes_table_json_and_plot(tmp_path, capsys):
         assert rival in bench.RIVALS and row["us"][rival] == min(
             row["us"][name] for name in bench.RIVALS if name in row["us"])
         assert row["ratio_best"] == pytest.approx(row["us"]["fastlinear"] / row["us"][rival])
+        if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx"):
+            assert "onnxruntime" in row["us"]  # it ran and agreed with the reference
     if has_plot:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert len(data["sweep"]) == len(bench.SWEEP_M)
