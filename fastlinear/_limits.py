@@ -65,12 +65,16 @@ def _fma_peak(itemsize, threads, isa):
     return max(probe.fma_gflops(itemsize, iters, threads, 0.999999) for _ in range(9))
 
 
-@functools.lru_cache(maxsize=None)
 def read_bandwidth(nbytes, threads, isa=None):
     """Best GB/s of `threads` threads reading the same `nbytes` over and over with loads
     of `isa`'s width (so data that fits a cache is read from there, larger data from
     memory)."""
-    probe = _probe(isa or current_isa())
+    return _read_bandwidth(nbytes, threads, isa or current_isa())
+
+
+@functools.lru_cache(maxsize=None)
+def _read_bandwidth(nbytes, threads, isa):
+    probe = _probe(isa)
     if probe is None:
         return None
     chunk = 64 * 8 * threads

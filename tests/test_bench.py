@@ -65,3 +65,11 @@ def test_probe_leaves_no_folder_behind(tmp_path, monkeypatch):
     finally:
         limits._probe.cache_clear()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_help_names_the_command_and_its_defaults(capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["--help"])
+    text = capsys.readouterr().out
+    assert "usage: python -m fastlinear.bench" in text
+    assert "--threads" in text and "(default: 2)" in text
