@@ -6,8 +6,9 @@ first use with the system compiler for the vector width of the ISA path that run
 -fopenmp, and loaded with ctypes: a benchmark aid, not part of the library's build.
 
 How it measures, so that it is stable from run to run: the FMA peak is the best of 9
-runs of 12 independent FMA chains per thread, 50 million steps (0.05-0.1 s) each; the bandwidth is the
-best of 5 passes of about 1 GB read each, after one pass that faults the pages in.
+runs of 12 independent FMA chains per thread, 50 million steps (0.05-0.1 s) each; the
+bandwidth is the best of 5 passes of about 1 GB read each, after one pass that faults
+the pages in.
 
     python -m fastlinear._limits --threads 2 [--isa avx2]
 """

@@ -77,6 +77,8 @@ def parse_shapes(text):
 
 
 RIVALS = ("numpy", "torch", "onnxruntime")
+# Sizes whose read bandwidth the header and the JSON report: in cache, and from memory.
+PROBED_MIB = (16, 256)
 
 
 def contenders(x, w, b, dtype, threads):
@@ -115,7 +117,6 @@ def onnx_gemm(w, b, threads):
     """An ONNX Runtime session computing x @ w.T + b with one Gemm node, or None without
     onnx and onnxruntime."""
     try:
-        import onnx
         import onnxruntime as ort
         from onnx import helper, numpy_helper
     except ImportError:
@@ -283,13 +284,13 @@ def describe(dtype, threads):
     """Two lines naming what is measured: versions, ISA path, CPU, the path's limits."""
     isa = fl._core.isa_name()
     peak = limits.fma_peak(dtype, threads)
-    bw = [limits.read_bandwidth(mib << 20, threads) for mib in (16, 256)]
+    bw = [limits.read_bandwidth(mib << 20, threads) for mib in PROBED_MIB]
     first = (f"fastlinear {fl.__version__}, {np.dtype(dtype).name}, {threads} threads, "
              f"ISA path {isa}, {cpu_model()}")
     if peak is None or None in bw:
         return first + "\n(no C compiler: machine limits not probed)"
-    return first + (f"\n{isa} limits: FMA peak {peak:.0f} GFLOP/s, read bandwidth "
-                    f"{bw[0]:.0f} GB/s (16 MiB), {bw[1]:.0f} GB/s (256 MiB)")
+    reads = ", ".join(f"{gbs:.0f} GB/s ({mib} MiB)" for gbs, mib in zip(bw, PROBED_MIB))
+    return first + f"\n{isa} limits: FMA peak {peak:.0f} GFLOP/s, read bandwidth {reads}"
 
 
 def plot(rows, path, k, n, dtype, threads):
@@ -367,8 +368,8 @@ def main(argv=None):
         print(f"sweep of M for K x N = {sweep_kn[0]} x {sweep_kn[1]}:")
         for shape in sweep_shapes:
             progress.show(shape)
-            row = measure(shape, dtype, args.threads, bounds[shape], args.rounds, args.budget,
-                          args.settle, rng)
+            row = measure(shape, dtype, args.threads, bounds[shape], args.rounds,
+                          args.budget, args.settle, rng)
             progress.clear()
             print_row(row, header=not sweep, wide=args.wide)
             sweep.append(row)
@@ -379,7 +380,7 @@ def main(argv=None):
                 "isa": fl._core.isa_name(),
                 "fma_peak_gflops": limits.fma_peak(dtype, args.threads),
                 "read_gbs": {f"{mib} MiB": limits.read_bandwidth(mib << 20, args.threads)
-                             for mib in (1, 16, 64, 256)},
+                             for mib in PROBED_MIB},
                 "blas": limits_set.get_original_num_threads() if limits_set else None}
         with open(args.json, "w") as f:
             json.dump({"meta": meta, "results": results, "sweep": sweep}, f, indent=1)

@@ -55,6 +55,17 @@ struct fl_packed {
     void *bias;         /* panels * nr values or NULL */
 };
 
+/* For the kernels' tile bodies: unrolls a loop of a constant trip count (at most 8)
+ * completely, so that arrays indexed by its counter (the accumulators) can live in
+ * registers. GCC needs telling; clang does it unasked, and its pragma would unroll the
+ * loop before inlining makes the trip count constant (by a runtime factor, with the
+ * accumulators left in memory). */
+#ifdef __clang__
+#define FL_UNROLL
+#else
+#define FL_UNROLL _Pragma("GCC unroll 8")
+#endif
+
 /* Kernels, one file per ISA. */
 extern const fl_isa fl_isa_ref;
 #if defined(__x86_64__) || defined(__i386__)

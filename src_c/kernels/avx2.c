@@ -5,10 +5,10 @@
  * reinterpreted (free) for double arithmetic, so both dtypes share the tile of MR rows x
  * NV ymm (NR = NV * lanes). Per k step it keeps MR*NV accumulators, the MR broadcast x
  * values and one weight vector live: 12 + 3 + 1 = 16 ymm, all there are. The row and
- * vector loops are unrolled (pragmas) so that the accumulators can live in registers;
- * tests/test_disassembly.py checks that they do. Edge columns are handled outside the k
- * loop: full vectors load and store plainly (masked stores are microcoded on AMD), the
- * one partial vector with a mask, vectors wholly past n not at all. */
+ * vector loops are unrolled (FL_UNROLL, kernel.h) so that the accumulators can live in
+ * registers; tests/test_disassembly.py checks that they do. Edge columns are handled
+ * outside the k loop: full vectors load and store plainly (masked stores are microcoded
+ * on AMD), the one partial vector with a mask, vectors wholly past n not at all. */
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #include "../kernel.h"
@@ -16,14 +16,6 @@
 
 #define AVX2 __attribute__((target("avx2,fma")))
 #define INLINE static inline __attribute__((always_inline)) AVX2
-/* Unrolls a loop of a constant trip count (at most 8) completely. GCC needs telling;
- * clang does it unasked, and its pragma would unroll the loop before inlining makes the
- * trip count constant (by a runtime factor, with the accumulators left in memory). */
-#ifdef __clang__
-#define UNROLL
-#else
-#define UNROLL _Pragma("GCC unroll 8")
-#endif
 
 enum { MR = FL_AVX2_MR, NV = FL_AVX2_NV, VBYTES = 32 };
 _Static_assert(MR * NV + MR + 1 <= 16, "accumulators, broadcasts and a weight vector in 16 ymm");
@@ -81,9 +73,9 @@ INLINE void tile(const fl_dtype dt, const size_t m, size_t kc, const char *a,
     const ptrdiff_t rs = a_rs * (ptrdiff_t)size, cs = a_cs * (ptrdiff_t)size;
     ldy *= size;
     __m256 acc[MR][NV];
-UNROLL
+FL_UNROLL
     for (size_t i = 0; i < m; i++)
-UNROLL
+FL_UNROLL
         for (size_t v = 0; v < NV; v++) {
             char *yv = y + i * ldy + v * VBYTES;
             acc[i][v] = first                 ? _mm256_setzero_ps()
@@ -94,32 +86,32 @@ UNROLL
         }
     for (size_t k = 0; k < kc; k++) {
         const char *ak = a + (ptrdiff_t)k * cs, *wk = w + k * nr_bytes;
-UNROLL
+FL_UNROLL
         for (size_t l = 0; l < nr_bytes; l += 64)
             _mm_prefetch(wk + FL_PREFETCH_BYTES + l, _MM_HINT_T0);
         __m256 ai[MR];
-UNROLL
+FL_UNROLL
         for (size_t i = 0; i < m; i++)
             ai[i] = vbroadcast(dt, ak + (ptrdiff_t)i * rs);
-UNROLL
+FL_UNROLL
         for (size_t v = 0; v < NV; v++) {
             const __m256 wv = vload(dt, wk + v * VBYTES);
-UNROLL
+FL_UNROLL
             for (size_t i = 0; i < m; i++)
                 acc[i][v] = vfma(dt, ai[i], wv, acc[i][v]);
         }
     }
     if (bias)
-UNROLL
+FL_UNROLL
         for (size_t v = 0; v < NV; v++) {
             const __m256 bv = vload(dt, bias + v * VBYTES);
-UNROLL
+FL_UNROLL
             for (size_t i = 0; i < m; i++)
                 acc[i][v] = vadd(dt, acc[i][v], bv);
         }
-UNROLL
+FL_UNROLL
     for (size_t i = 0; i < m; i++)
-UNROLL
+FL_UNROLL
         for (size_t v = 0; v < NV; v++) {
             char *yv = y + i * ldy + v * VBYTES;
             if (v < full)

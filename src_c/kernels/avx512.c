@@ -12,12 +12,6 @@
 
 #define AVX512 __attribute__((target("avx512f,fma")))
 #define INLINE static inline __attribute__((always_inline)) AVX512
-/* Unrolls a loop of a constant trip count (at most 8) completely; see avx2.c. */
-#ifdef __clang__
-#define UNROLL
-#else
-#define UNROLL _Pragma("GCC unroll 8")
-#endif
 
 enum { MR = FL_AVX512_MR, NV = FL_AVX512_NV, VBYTES = 64 };
 _Static_assert(MR * NV + NV + 1 <= 32, "accumulators, weight vectors and a broadcast in 32 zmm");
@@ -86,9 +80,9 @@ INLINE void tile(const fl_dtype dt, const size_t m, size_t kc, const char *a,
     const ptrdiff_t rs = a_rs * (ptrdiff_t)size, cs = a_cs * (ptrdiff_t)size;
     ldy *= size;
     __m512 acc[MR][NV];
-UNROLL
+FL_UNROLL
     for (size_t i = 0; i < m; i++)
-UNROLL
+FL_UNROLL
         for (size_t v = 0; v < NV; v++) {
             const char *yv = y + i * ldy + v * VBYTES;
             acc[i][v] = first                ? _mm512_setzero_ps()
@@ -98,32 +92,32 @@ UNROLL
         }
     for (size_t k = 0; k < kc; k++) {
         const char *ak = a + (ptrdiff_t)k * cs, *wk = w + k * nr_bytes;
-UNROLL
+FL_UNROLL
         for (size_t l = 0; l < nr_bytes; l += 64)
             _mm_prefetch(wk + FL_PREFETCH_BYTES + l, _MM_HINT_T0);
         __m512 wv[NV];
-UNROLL
+FL_UNROLL
         for (size_t v = 0; v < NV; v++)
             wv[v] = vload(dt, wk + v * VBYTES);
-UNROLL
+FL_UNROLL
         for (size_t i = 0; i < m; i++) {
             const __m512 ai = vbroadcast(dt, ak + (ptrdiff_t)i * rs);
-UNROLL
+FL_UNROLL
             for (size_t v = 0; v < NV; v++)
                 acc[i][v] = vfma(dt, ai, wv[v], acc[i][v]);
         }
     }
     if (bias)
-UNROLL
+FL_UNROLL
         for (size_t v = 0; v < NV; v++) {
             const __m512 bv = vload(dt, bias + v * VBYTES);
-UNROLL
+FL_UNROLL
             for (size_t i = 0; i < m; i++)
                 acc[i][v] = vadd(dt, acc[i][v], bv);
         }
-UNROLL
+FL_UNROLL
     for (size_t i = 0; i < m; i++)
-UNROLL
+FL_UNROLL
         for (size_t v = 0; v < NV; v++) {
             char *yv = y + i * ldy + v * VBYTES;
             if (v < full)
