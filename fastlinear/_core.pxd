@@ -4,14 +4,22 @@ cdef extern from "fastlinear.h" nogil:
     ctypedef enum fl_dtype:
         FL_F32
         FL_F64
+        FL_BF16
+        FL_F16
+        FL_I8
+        FL_I4
     enum:
         FL_OK
         FL_ENOMEM
     ctypedef struct fl_packed:
         pass
-    fl_packed *fl_pack(fl_dtype dtype, size_t n, size_t k, const void *w, ptrdiff_t rs_w,
-                       ptrdiff_t cs_w, const void *b, ptrdiff_t bs) noexcept
+    fl_packed *fl_alloc(fl_dtype dtype, size_t n, size_t k, size_t group,
+                        int with_bias) noexcept
     void fl_free(fl_packed *p) noexcept
+    void fl_pack_rows(fl_packed *p, size_t j0, size_t rows, const void *w, ptrdiff_t rs_w,
+                      ptrdiff_t cs_w, const float *scale) noexcept
+    void fl_pack_bias(fl_packed *p, const void *b, ptrdiff_t bs) noexcept
+    void fl_unpack(const fl_packed *p, void *w, float *scale, void *b) noexcept
     int fl_forward(const fl_packed *p, size_t m, const void *x, size_t ldx, void *y,
                    size_t ldy, int nthreads) noexcept
     const char *fl_isa_name() noexcept
@@ -27,6 +35,7 @@ cdef extern from "fastlinear.h" nogil:
 cdef class PackedWeights:
     cdef fl_packed *_p
     cdef int _typenum
-    cdef readonly size_t in_features, out_features
+    cdef readonly size_t in_features, out_features, group
     cdef readonly object dtype
-    cdef readonly str isa
+    cdef readonly str isa, weight_dtype
+    cdef readonly bint has_bias

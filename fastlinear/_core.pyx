@@ -42,25 +42,91 @@ ctypedef fused real:
     double
 
 
-cdef class PackedWeights:
-    """W (N x K) and the optional bias, packed for the native kernel in use at creation."""
+# The stored types of weights: the C kernel's code and the numpy type of the rows
+# set_rows() takes and unpack() returns (bfloat16 and float16 as their raw bits; int4 as
+# two values per byte, ceil(K/2) bytes per row).
+_STORED = {
+    "float32": (FL_F32, np.float32), "float64": (FL_F64, np.float64),
+    "bfloat16": (FL_BF16, np.uint16), "float16": (FL_F16, np.uint16),
+    "int8": (FL_I8, np.int8), "int4": (FL_I4, np.uint8),
+}
 
-    def __cinit__(self, weight, bias):
-        self.dtype = weight.dtype
-        self.out_features, self.in_features = weight.shape
-        self._typenum = cnp.NPY_FLOAT32 if weight.dtype == np.float32 else cnp.NPY_FLOAT64
+
+cdef class PackedWeights:
+    """Weights (N x K) of one stored type and the optional bias, packed for the native
+    kernel in use at creation, filled a block of rows at a time by set_rows(). The
+    activations are float64 for float64 weights, float32 for every other type."""
+
+    def __cinit__(self, size_t out_features, size_t in_features, str weight_dtype,
+                  size_t group, bint has_bias):
+        cdef fl_dtype code = _STORED[weight_dtype][0]
+        self.out_features, self.in_features = out_features, in_features
+        self.weight_dtype = weight_dtype
+        self.group = group if code == FL_I4 else 0
+        self.has_bias = has_bias
+        self.dtype = np.dtype(np.float64 if code == FL_F64 else np.float32)
+        self._typenum = cnp.NPY_FLOAT64 if code == FL_F64 else cnp.NPY_FLOAT32
         self.isa = fl_isa_name().decode()
-        if weight.dtype == np.float32:
-            self._p = _pack[float](weight, bias, FL_F32)
-        else:
-            self._p = _pack[double](weight, bias, FL_F64)
+        with nogil:
+            self._p = fl_alloc(code, out_features, in_features, self.group, has_bias)
         if self._p == NULL:
-            raise MemoryError(
-                f"cannot allocate packed weights of shape {tuple(weight.shape)} "
-                f"and dtype {weight.dtype}")
+            raise MemoryError(f"cannot allocate packed weights of shape "
+                              f"({out_features}, {in_features}) and type {weight_dtype}")
 
     def __dealloc__(self):
         fl_free(self._p)
+
+    def _groups(self):
+        return (self.in_features + self.group - 1) // self.group if self.group else 1
+
+    def set_rows(self, size_t j0, w, scale):
+        """Packs rows [j0, j0 + len(w)): w C-contiguous of the stored type (see _STORED);
+        scale float32 C-contiguous (int8: (rows,), int4: (rows, groups)), else None."""
+        cdef size_t rows = w.shape[0]
+        cols = (self.in_features + 1) // 2 if self.weight_dtype == "int4" else self.in_features
+        if (not isinstance(w, np.ndarray) or w.dtype != _STORED[self.weight_dtype][1]
+                or not w.flags.c_contiguous
+                or w.ndim != 2 or w.shape[1] != cols or j0 + rows > self.out_features):
+            raise ValueError("set_rows: rows of the wrong type or shape")
+        cdef const float *sp = NULL
+        if self.weight_dtype in ("int8", "int4"):
+            shape = (rows,) if self.weight_dtype == "int8" else (rows, self._groups())
+            if (not isinstance(scale, np.ndarray) or scale.dtype != np.float32 or not scale.flags.c_contiguous
+                    or scale.shape != shape):
+                raise ValueError("set_rows: scales of the wrong type or shape")
+            sp = <const float *>cnp.PyArray_DATA(<cnp.ndarray>scale)
+        cdef const void *wp = cnp.PyArray_DATA(<cnp.ndarray>w)
+        cdef ptrdiff_t rs = cols
+        with nogil:
+            fl_pack_rows(self._p, j0, rows, wp, rs, 1, sp)
+
+    def set_bias(self, bias):
+        """Packs the bias: (N,) C-contiguous, of the activations' type."""
+        if (not self.has_bias or not isinstance(bias, np.ndarray) or bias.dtype != self.dtype
+                or not bias.flags.c_contiguous or bias.shape != (self.out_features,)):
+            raise ValueError("set_bias: no bias, or one of the wrong type or shape")
+        fl_pack_bias(self._p, cnp.PyArray_DATA(<cnp.ndarray>bias), 1)
+
+    def unpack(self):
+        """(weight, scale, bias) as new arrays in the layouts of set_rows(); scale None for
+        float types, bias None without one."""
+        n, k = self.out_features, self.in_features
+        cols = (k + 1) // 2 if self.weight_dtype == "int4" else k
+        cdef cnp.ndarray w = np.empty((n, cols), _STORED[self.weight_dtype][1])
+        cdef cnp.ndarray s = None, b = None
+        cdef float *sp = NULL
+        cdef void *bp = NULL
+        if self.weight_dtype in ("int8", "int4"):
+            s = np.empty((n,) if self.weight_dtype == "int8" else (n, self._groups()),
+                         np.float32)
+            sp = <float *>cnp.PyArray_DATA(s)
+        if self.has_bias:
+            b = np.empty(n, self.dtype)
+            bp = cnp.PyArray_DATA(b)
+        cdef void *wp = cnp.PyArray_DATA(w)
+        with nogil:
+            fl_unpack(self._p, wp, sp, bp)
+        return w, s, b
 
     def forward_fast(self, x, out=None):
         """x @ W.T + b in a new array or in `out`, for the common case only: x an
@@ -114,21 +180,6 @@ cdef inline bint _overlap(cnp.ndarray a, cnp.ndarray b) noexcept:
     return pa < pb + cnp.PyArray_NBYTES(b) and pb < pa + cnp.PyArray_NBYTES(a)
 
 
-cdef fl_packed *_pack(const real[:, :] w, const real[:] b, fl_dtype dtype) noexcept:
-    cdef size_t n = w.shape[0], k = w.shape[1]
-    cdef const void *wp = &w[0, 0] if n and k else NULL
-    cdef const void *bp = NULL
-    cdef ptrdiff_t bs = 0
-    if b is not None:
-        bs = b.strides[0] // sizeof(real)
-        bp = &b[0] if n else NULL
-        if bp == NULL:   # no columns: any non-NULL pointer marks "has bias"
-            bp = wp if wp != NULL else <const void *>&bs
-    with nogil:
-        return fl_pack(dtype, n, k, wp, w.strides[0] // <ptrdiff_t>sizeof(real),
-                       w.strides[1] // <ptrdiff_t>sizeof(real), bp, bs)
-
-
 def forward(PackedWeights packed, x, out):
     """out[:] = x @ W.T + b; x is (M, K), out is (M, N) C-contiguous."""
     cdef int rc
@@ -179,7 +230,7 @@ def set_isa(str name):
 def blocking(dtype):
     """The current ISA's block sizes for float32 or float64, as a dict."""
     cdef fl_blocking b
-    fl_get_blocking(FL_F32 if np.dtype(dtype) == np.float32 else FL_F64, &b)
+    fl_get_blocking(FL_F64 if np.dtype(dtype) == np.float64 else FL_F32, &b)
     return b
 
 

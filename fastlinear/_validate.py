@@ -2,6 +2,7 @@
 without copies where the layout allows. Inputs are never modified."""
 import operator
 
+import ml_dtypes
 import numpy as np
 
 DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -38,10 +39,14 @@ def as_array(value, name):
         value = value.detach().cpu()
         if value.is_complex():
             raise TypeError(f"{name} must be real, got a tensor of dtype {value.dtype}")
-        if str(value.dtype) not in ("torch.float32", "torch.float64"):
-            value = value.double()  # numpy has no bfloat16; float16 and ints are exact
-        value = value.numpy()
+        if str(value.dtype) == "torch.bfloat16":  # numpy's is ml_dtypes': same bits
+            import torch
+            value = value.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+        else:
+            value = value.numpy()
     arr = np.asarray(value)
+    if arr.dtype == ml_dtypes.bfloat16:
+        return arr
     kind = arr.dtype.kind
     if kind == "c":
         raise TypeError(f"{name} must be real, got complex dtype {arr.dtype}")

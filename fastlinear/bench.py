@@ -15,6 +15,13 @@ ONNX Runtime at that shape): below 1 means fastlinear is faster.
     python -m fastlinear.bench --threads 1 --dtype float64 --shapes 1x4096x4096,64x512x512
     python -m fastlinear.bench --json results.json --plot results.png --wide
     python benchmarks/bench.py ...                   # the same, from the repository root
+    python -m fastlinear.bench --weight-dtype int8   # compressed weights (or all of them)
+
+--weight-dtype bfloat16, float16, int8, int4 or all prints, instead of this table, one
+table per format: fastlinear with float32 weights and with weights in that format against
+the rivals that compress weights alike (torch bfloat16 and dynamic int8, ONNX Runtime
+dynamic int8 and MatMulNBits int4), with each one's error against the float64 product of
+the unquantized weights. fastlinear/bench_compressed.py says how each is built.
 
 Each shape is also set against this machine's limits for the ISA path that runs
 (fastlinear._limits): the time the FMA peak allows for its arithmetic and the time the
@@ -35,6 +42,7 @@ import numpy as np
 
 import fastlinear as fl
 from fastlinear import _limits as limits
+from fastlinear import bench_compressed as compressed
 
 DEFAULT_SHAPES = ("1x100x50,140x100x50,1x768x3072,1x4096x4096,8x4096x4096,32x768x3072,"
                   "128x768x3072,512x1024x1024,2048x2048x2048")
@@ -113,11 +121,22 @@ def contenders(x, w, b, dtype, threads):
     return runs
 
 
+def ort_session(model, threads):
+    """An ONNX Runtime CPU session of `model` (a ModelProto) on `threads` threads."""
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return ort.InferenceSession(model.SerializeToString(), options,
+                                providers=["CPUExecutionProvider"])
+
+
 def onnx_gemm(w, b, threads):
     """An ONNX Runtime session computing x @ w.T + b with one Gemm node, or None without
     onnx and onnxruntime."""
     try:
-        import onnxruntime as ort
+        import onnxruntime  # noqa: F401
         from onnx import helper, numpy_helper
     except ImportError:
         return None
@@ -129,12 +148,7 @@ def onnx_gemm(w, b, threads):
         [helper.make_tensor_value_info("y", elem, ["m", w.shape[0]])],
         [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    return ort.InferenceSession(model.SerializeToString(), options,
-                                providers=["CPUExecutionProvider"])
+    return ort_session(model, threads)
 
 
 def calls_for(run, budget):
@@ -330,7 +344,18 @@ def main(argv=None):
                         help="threads for every library (fastlinear, numpy's OpenBLAS, "
                              "torch, ONNX Runtime)")
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    parser.add_argument("--shapes", default=DEFAULT_SHAPES, help="comma-separated MxKxN")
+    parser.add_argument("--weight-dtype", default="float32",
+                        choices=["float32", *compressed.FORMATS, "all"],
+                        help="float32: the float32 table; bfloat16, float16, int8, int4 "
+                             "(all: each of them): a table per format, fastlinear against "
+                             "rivals that compress weights alike, with each one's error")
+    parser.add_argument("--group-size", type=int, choices=compressed.GROUP_SIZES,
+                        default=argparse.SUPPRESS,
+                        help="int4 weights: inputs per scale (default: "
+                             f"{compressed.DEFAULT_GROUP_SIZE}; ONNX Runtime's block too)")
+    parser.add_argument("--shapes", default=argparse.SUPPRESS,
+                        help=f"comma-separated MxKxN (default: {DEFAULT_SHAPES}; with a "
+                             f"compressed --weight-dtype: {compressed.DEFAULT_SHAPES})")
     parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds per shape")
     parser.add_argument("--budget", type=float, default=0.05,
                         help="seconds per contender per round")
@@ -343,12 +368,16 @@ def main(argv=None):
     parser.add_argument("--plot", help="also sweep M for --plot-kn and save a PNG here")
     parser.add_argument("--plot-kn", default="768x3072", help="K x N of the plot's sweep")
     args = parser.parse_args(argv)
+    if args.weight_dtype != "float32":
+        return main_compressed(parser, args)
+    if hasattr(args, "group_size"):
+        parser.error("--group-size is for --weight-dtype int4")
 
     dtype = np.dtype(args.dtype)
     limits_set = set_threads(args.threads)
     rng = np.random.default_rng(0)
     print(describe(dtype, args.threads))
-    shapes = parse_shapes(args.shapes)
+    shapes = parse_shapes(getattr(args, "shapes", DEFAULT_SHAPES))
     sweep_kn = tuple(int(v) for v in args.plot_kn.split("x")) if args.plot else None
     sweep_shapes = [(m, *sweep_kn) for m in SWEEP_M] if sweep_kn else []
     # The probes run now, while no other library's threads spin on the cores.
@@ -375,15 +404,47 @@ def main(argv=None):
             sweep.append(row)
         plot(sweep, args.plot, *sweep_kn, args.dtype, args.threads)
     if args.json:
-        meta = {"fastlinear": fl._config.config_info(), "threads": args.threads,
-                "dtype": args.dtype, "machine": platform.machine(), "cpu": cpu_model(),
-                "isa": fl._core.isa_name(),
-                "fma_peak_gflops": limits.fma_peak(dtype, args.threads),
-                "read_gbs": {f"{mib} MiB": limits.read_bandwidth(mib << 20, args.threads)
-                             for mib in PROBED_MIB},
-                "blas": limits_set.get_original_num_threads() if limits_set else None}
         with open(args.json, "w") as f:
-            json.dump({"meta": meta, "results": results, "sweep": sweep}, f, indent=1)
+            json.dump({"meta": run_meta(args, limits_set), "results": results,
+                       "sweep": sweep}, f, indent=1)
+    return results
+
+
+def run_meta(args, limits_set):
+    """The JSON's description of the run: versions, machine, threads, limits."""
+    dtype = np.dtype(args.dtype)
+    return {"fastlinear": fl._config.config_info(), "threads": args.threads,
+            "dtype": args.dtype, "weight_dtype": args.weight_dtype,
+            "machine": platform.machine(), "cpu": cpu_model(), "isa": fl._core.isa_name(),
+            "fma_peak_gflops": limits.fma_peak(dtype, args.threads),
+            "read_gbs": {f"{mib} MiB": limits.read_bandwidth(mib << 20, args.threads)
+                         for mib in PROBED_MIB},
+            "blas": limits_set.get_original_num_threads() if limits_set else None}
+
+
+def main_compressed(parser, args):
+    """--weight-dtype other than float32: a table per format (bench_compressed); returns
+    {format: rows}."""
+    if args.dtype != "float32":
+        parser.error("compressed weights run with float32 inputs: drop --dtype float64")
+    if args.plot:
+        parser.error("--plot sweeps the float32 table: drop --weight-dtype")
+    formats = compressed.FORMATS if args.weight_dtype == "all" else (args.weight_dtype,)
+    group_size = getattr(args, "group_size", None)
+    if group_size is not None and "int4" not in formats:
+        parser.error("--group-size is for --weight-dtype int4")
+    group_size = group_size or compressed.DEFAULT_GROUP_SIZE
+    limits_set = set_threads(args.threads)
+    print(describe(np.dtype(np.float32), args.threads))
+    shapes = parse_shapes(getattr(args, "shapes", compressed.DEFAULT_SHAPES))
+    progress = Progress(len(formats) * len(shapes))
+    results = compressed.run_tables(formats, shapes, group_size, args.threads, args.rounds,
+                                    args.budget, args.settle, progress)
+    if args.json:
+        meta = run_meta(args, limits_set)
+        meta["group_size"] = group_size
+        with open(args.json, "w") as f:
+            json.dump({"meta": meta, "compressed": results}, f, indent=1)
     return results
 
 

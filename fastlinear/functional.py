@@ -23,24 +23,31 @@ def linear(x, weight, bias=None, *, out=None, backend="auto"):
     if bias is not None:
         bias = parameter(bias, (n,), dtype, "bias")
     x2, batch = as_rows(x, dtype, k, fortran_ok=backend == "blas")
-    w = kernel_ready(w, dtype, fortran_ok=True)
-    packed = _core.PackedWeights(w, bias) if backend == "native" else None
-    return forward(x2, batch, w, bias, packed, out)
+    if backend == "native":
+        packed = _core.PackedWeights(n, k, dtype.name, 0, bias is not None)
+        packed.set_rows(0, np.ascontiguousarray(w, dtype), None)
+        if bias is not None:
+            packed.set_bias(bias)
+        return forward(x2, batch, None, None, packed, out)
+    return forward(x2, batch, kernel_ready(w, dtype, fortran_ok=True), bias, None, out)
 
 
 def forward(x2, batch, weight, bias, packed, out):
     """Shared by Linear and linear(): x2 (M, K) from as_rows; with `packed` the native
-    kernel runs, without it BLAS does on `weight`. Returns (*batch, N)."""
-    m, n = x2.shape[0], weight.shape[0]
+    kernel runs (weight and bias unused), without it BLAS does on `weight` and `bias`.
+    Returns (*batch, N)."""
+    m = x2.shape[0]
+    n, dtype = ((packed.out_features, packed.dtype) if packed is not None
+                else (weight.shape[0], weight.dtype))
     shape = (*batch, n)
     if out is None:
-        result = np.empty(shape, dtype=weight.dtype)
+        result = np.empty(shape, dtype=dtype)
     else:
-        result = check_out(out, shape, weight.dtype)
+        result = check_out(out, shape, dtype)
     y = result.reshape(m, n)
     # The kernels may not read an input while writing y: compute aside, then copy.
-    overlap = out is not None and (np.may_share_memory(y, x2) or np.may_share_memory(y, weight)
-                                   or (bias is not None and np.may_share_memory(y, bias)))
+    overlap = out is not None and any(a is not None and np.may_share_memory(y, a)
+                                      for a in (x2, weight, bias))
     target = np.empty_like(y) if overlap else y
     if packed is not None:
         _core.forward(packed, x2, target)

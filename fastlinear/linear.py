@@ -1,27 +1,23 @@
 """fastlinear.Linear: torch.nn.Linear's forward pass, without torch."""
 import numpy as np
 
-from . import _config, _core
+from . import _config, _core, _formats
 from .functional import forward
-from ._validate import (as_rows, as_weight, check_keys, layer_dtype, parameter,
+from ._validate import (as_array, as_rows, as_weight, check_keys, layer_dtype, parameter,
                         positive_int)
 
 __all__ = ["Linear"]
 
 
 class _Params:
-    """Weight, bias and their packed copy, swapped as one object so that a forward pass
-    running in another thread never mixes old and new weights."""
-    __slots__ = ("weight", "bias", "packed")
+    """The weights in one form, and the bias, swapped as one object so that a forward
+    pass running in another thread never mixes old and new weights. The native backend
+    keeps only the packed weights (`packed`), the BLAS backend only the plain float
+    array (`plain`): one copy either way; the bias (a few values) is kept plain too."""
+    __slots__ = ("packed", "plain", "bias")
 
-    def __init__(self, weight, bias, pack):
-        self.weight, self.bias = weight, bias
-        self.packed = _core.PackedWeights(weight, bias) if pack else None
-
-    def native(self):
-        if self.packed is None:  # a race here packs twice, harmlessly
-            self.packed = _core.PackedWeights(self.weight, self.bias)
-        return self.packed
+    def __init__(self, packed, plain, bias):
+        self.packed, self.plain, self.bias = packed, plain, bias
 
 
 class Linear:
@@ -31,23 +27,38 @@ class Linear:
     uniform in [-1/sqrt(in_features), 1/sqrt(in_features)], drawn from `rng` (None, an
     int seed or a numpy.random.Generator, as numpy.random.default_rng takes).
 
-    backend: "native" (our kernel: bitwise reproducible across batch sizes and thread
-    counts), "blas" (scipy's sgemm/dgemm) or "auto" (native where it has a tuned
-    micro-kernel for this CPU, else BLAS; see fastlinear.show_config()).
+    weight_dtype: how the weights are stored: the layer's dtype (the default), or, for
+    float32 layers, "bfloat16", "float16", "int8" (one scale per output row) or "int4"
+    (one scale per `group_size` = 32, 64 or 128 values along k); the activations stay
+    float32. fastlinear._formats states the rounding and the arithmetic.
 
-    `weight` and `bias` are read-only arrays; assign new arrays to replace them (they
-    are copied, cast to the layer's dtype and packed once).
+    backend: "native" (our kernel: bitwise reproducible across batch sizes and thread
+    counts), "blas" (scipy's sgemm/dgemm, float weights only) or "auto" (native where it
+    has a tuned micro-kernel for this CPU or the weights are compressed, else BLAS; see
+    fastlinear.show_config()).
+
+    `weight` and `bias` are read-only arrays (`weight` rebuilt from the stored form on
+    each access); assign new arrays to replace them (they are converted to the layer's
+    dtype and weight_dtype and packed once).
     """
 
     def __init__(self, in_features, out_features, bias=True, *, dtype=np.float32,
-                 rng=None, backend="auto"):
+                 weight_dtype=None, group_size=None, rng=None, backend="auto"):
         self._in = positive_int(in_features, "in_features")
         self._out = positive_int(out_features, "out_features")
         if not isinstance(bias, (bool, np.bool_)):
             raise TypeError(f"bias must be True or False, got {bias!r}")
-        self._dtype = layer_dtype(dtype)
-        self._backend = _config.check_backend(backend)
+        self._configure(dtype, weight_dtype, group_size, backend)
         self._draw(rng, bool(bias))
+
+    def _configure(self, dtype, weight_dtype, group_size, backend):
+        self._dtype = layer_dtype(dtype)
+        self._weight_dtype, self._group = _formats.check(weight_dtype, self._dtype,
+                                                         group_size)
+        self._backend = _config.check_backend(backend)
+        if self._backend == "blas" and self._weight_dtype in _formats.COMPRESSED:
+            raise ValueError(f"the BLAS backend runs float weights only; "
+                             f"{self._weight_dtype} weights need backend 'native' or 'auto'")
 
     # -- parameters ---------------------------------------------------------------
     def reset_parameters(self, rng=None):
@@ -57,16 +68,70 @@ class Linear:
     def _draw(self, rng, with_bias):
         gen = np.random.default_rng(rng)
         bound = 1.0 / np.sqrt(self._in)
-        weight = gen.uniform(-bound, bound, (self._out, self._in))
-        bias = gen.uniform(-bound, bound, self._out) if with_bias else None
-        self._set(weight, bias)
+        # Drawn a block of rows at a time as they are packed (the same numbers as one
+        # draw of the whole matrix), then the bias: no float64 copy of a large layer.
+        self._store(lambda j0, j1: gen.uniform(-bound, bound, (j1 - j0, self._in)),
+                    (lambda: gen.uniform(-bound, bound, self._out)) if with_bias else None)
 
     def _set(self, weight, bias):
-        weight = parameter(weight, (self._out, self._in), self._dtype, "weight")
-        if bias is not None:
-            bias = parameter(bias, (self._out,), self._dtype, "bias")
-        pack = _config.resolve_backend(self._backend) == "native"
-        self._params = _Params(weight, bias, pack)
+        """New float (or bfloat16/float16) weights, converted to the stored form."""
+        weight = as_weight(weight)
+        if weight.shape != (self._out, self._in):
+            raise ValueError(f"weight must have shape {(self._out, self._in)}, "
+                             f"got {weight.shape}")
+        self._store(lambda j0, j1: weight[j0:j1], bias)
+
+    def _store(self, rows, bias, scales=None):
+        """Packs the weights in blocks of rows, in order: rows(j0, j1) gives rows
+        [j0, j1) as floats, or, with `scales`, in the stored form (scales(j0, j1) their
+        scales). bias: None, an array, or a function giving it (called after the rows)."""
+        fmt, group = self._weight_dtype, self._group
+        stored_type = _formats.STORED[fmt]
+
+        def stored(j0, j1):
+            w = rows(j0, j1)
+            if scales is None and not (w.dtype == stored_type and fmt in _formats.COMPRESSED):
+                return _formats.encode(w, fmt, group)
+            if w.dtype.kind == "f" and not np.isfinite(w).all():
+                raise ValueError(f"weight has NaN or Inf values, which {fmt} weights "
+                                 f"cannot hold")
+            return w, None if scales is None else scales(j0, j1)
+
+        def final_bias():
+            b = bias() if callable(bias) else bias
+            return None if b is None else parameter(b, (self._out,), self._dtype, "bias")
+
+        if self.resolved_backend == "blas":  # float weights only
+            plain = np.array(stored(0, self._out)[0], self._dtype, order="C")
+            plain.flags.writeable = False
+            self._params = _Params(None, plain, final_bias())
+            return
+        packed = _core.PackedWeights(self._out, self._in, fmt, group, bias is not None)
+        step = _formats.block_rows(self._in)
+        for j0 in range(0, self._out, step):
+            j1 = min(j0 + step, self._out)
+            w, s = stored(j0, j1)
+            packed.set_rows(j0, _formats.kernel_rows(w, fmt),
+                            None if s is None else np.ascontiguousarray(s, np.float32))
+        b = final_bias()
+        if b is not None:
+            packed.set_bias(b)
+        self._params = _Params(packed, None, b)
+
+    def _packed(self):
+        """The packed weights, packing the plain ones first if the backend changed."""
+        params = self._params
+        if params.packed is None:
+            self._store(lambda j0, j1: params.plain[j0:j1], params.bias)
+        return self._params.packed
+
+    def _stored(self):
+        """(weight, scale) in the stored form: new arrays."""
+        params = self._params
+        if params.packed is None:
+            return params.plain.copy(), None
+        w, scale, _ = params.packed.unpack()
+        return _formats.from_kernel(w, self._weight_dtype), scale
 
     @property
     def _has_bias(self):
@@ -74,7 +139,10 @@ class Linear:
 
     def _state_keys(self):
         """The keys of state_dict(), in torch's order."""
-        return ("weight", "bias") if self._has_bias else ("weight",)
+        keys = ["weight"]
+        if self._weight_dtype in ("int8", "int4"):
+            keys.append("weight_scale")
+        return (*keys, "bias") if self._has_bias else tuple(keys)
 
     @staticmethod
     def _view(arr):
@@ -83,8 +151,16 @@ class Linear:
 
     @property
     def weight(self):
-        """(out_features, in_features), read-only."""
-        return self._view(self._params.weight)
+        """(out_features, in_features): the float values the layer computes with
+        (float32, or float64 for a float64 layer), read-only; rebuilt from the stored
+        form on each access."""
+        params = self._params
+        if params.packed is None:
+            return self._view(params.plain)
+        w, scale = self._stored()
+        values = _formats.decode(w, scale, self._weight_dtype, self._group, self._in)
+        values.flags.writeable = False
+        return self._view(values)
 
     @weight.setter
     def weight(self, value):
@@ -97,7 +173,9 @@ class Linear:
 
     @bias.setter
     def bias(self, value):
-        self._set(self._params.weight, value)
+        w, scale = self._stored()
+        self._store(lambda j0, j1: w[j0:j1], value,
+                    None if scale is None else (lambda j0, j1: scale[j0:j1]))
 
     @property
     def in_features(self):
@@ -112,6 +190,17 @@ class Linear:
         return self._dtype
 
     @property
+    def weight_dtype(self):
+        """How the weights are stored: "float32", "float64", "bfloat16", "float16",
+        "int8" or "int4"."""
+        return self._weight_dtype
+
+    @property
+    def group_size(self):
+        """int4: values along k per scale; None for other formats."""
+        return self._group or None
+
+    @property
     def backend(self):
         """As given: "auto", "native" or "blas"."""
         return self._backend
@@ -119,8 +208,21 @@ class Linear:
     @property
     def resolved_backend(self):
         """The backend a call runs now: "native" or "blas" ("auto" resolved for this
-        CPU's native kernel, see fastlinear.show_config())."""
+        CPU's native kernel, see fastlinear.show_config(); compressed weights always
+        run natively)."""
+        if self._weight_dtype in _formats.COMPRESSED:
+            return "native"
         return _config.resolve_backend(self._backend)
+
+    def quantize(self, weight_dtype, group_size=None):
+        """A new layer storing this one's weight values as `weight_dtype` (see the class
+        docstring); the bias is kept. This layer is left as it is."""
+        layer = Linear.__new__(Linear)
+        layer._in, layer._out = self._in, self._out
+        backend = "auto" if weight_dtype in _formats.COMPRESSED else self._backend
+        layer._configure(self._dtype, weight_dtype, group_size, backend)
+        layer._set(self.weight, self._params.bias)
+        return layer
 
     # -- forward ------------------------------------------------------------------
     def forward(self, x, out=None):
@@ -132,68 +234,120 @@ class Linear:
             y = params.packed.forward_fast(x, out)  # the common case, without Python steps
             if y is not None:
                 return y
-        native = _config.resolve_backend(self._backend) == "native"
+        native = self.resolved_backend == "native"
         x2, batch = as_rows(x, self._dtype, self._in, fortran_ok=not native)
-        packed = params.native() if native else None
-        return forward(x2, batch, params.weight, params.bias, packed, out)
+        if native:
+            return forward(x2, batch, None, None, self._packed(), out)
+        if params.plain is None:  # packed for the native backend until now
+            w = self._stored()[0]
+            self._store(lambda j0, j1: w[j0:j1], params.bias)
+            params = self._params
+        return forward(x2, batch, params.plain, params.bias, None, out)
 
     __call__ = forward
 
     # -- interop ------------------------------------------------------------------
     def state_dict(self):
-        """{'weight': ..., 'bias': ...} as writable copies (no 'bias' without one)."""
-        d = {"weight": self._params.weight.copy()}
+        """The stored form, as new arrays: 'weight' in the weight_dtype's numpy type
+        (float32, float64, ml_dtypes.bfloat16, float16, int8, or for int4 uint8 holding
+        two values per byte, the even k in the low nibble: (out, ceil(in/2))),
+        'weight_scale' for int8 ((out,) float32) and int4 ((out, ceil(in/group_size))
+        float32), and 'bias' when the layer has one."""
+        w, scale = self._stored()
+        d = {"weight": w}
+        if scale is not None:
+            d["weight_scale"] = scale
         if self._params.bias is not None:
             d["bias"] = self._params.bias.copy()
         return d
 
     def load_state_dict(self, state_dict):
-        """Loads 'weight' (and 'bias' when the layer has one) from numpy arrays or torch
-        tensors; unknown or missing keys raise KeyError."""
+        """Loads the keys of state_dict() from numpy arrays or torch tensors; unknown or
+        missing keys raise KeyError. Float formats take float weights (converted as when
+        assigned); int8 and int4 take exactly their stored form."""
         check_keys(state_dict, self._state_keys())
-        self._set(state_dict["weight"], state_dict.get("bias"))
+        self._load(state_dict)
+
+    def _load(self, state):
+        bias = state.get("bias")
+        if self._weight_dtype not in ("int8", "int4"):
+            self._set(state["weight"], bias)
+            return
+        w, scale = _formats.check_stored(as_array(state["weight"], "weight"),
+                                         as_array(state["weight_scale"], "weight_scale"),
+                                         self._weight_dtype, self._group, self._out, self._in)
+        self._store(lambda j0, j1: w[j0:j1], bias, lambda j0, j1: scale[j0:j1])
 
     def to_torch(self):
-        """A torch.nn.Linear (float32 or float64, like this layer) with these weights."""
+        """A torch.nn.Linear with this layer's weight values: float32 or float64 like the
+        layer, bfloat16 or float16 for those weights (exactly); int8 and int4 weights
+        become their float32 values."""
         try:
             import torch
         except ImportError:
             raise ImportError("to_torch needs PyTorch: pip install torch") from None
-        dtype = torch.float64 if self._dtype == np.float64 else torch.float32
+        dtype = {"float64": torch.float64, "bfloat16": torch.bfloat16,
+                 "float16": torch.float16}.get(self._weight_dtype, torch.float32)
         module = torch.nn.Linear(self._in, self._out, bias=self._has_bias, dtype=dtype)
-        module.load_state_dict({k: torch.from_numpy(v) for k, v in self.state_dict().items()})
+        with torch.no_grad():
+            module.weight.copy_(torch.from_numpy(np.array(self.weight)))
+            if self._has_bias:
+                module.bias.copy_(torch.from_numpy(self._params.bias.copy()))
         return module
 
     @classmethod
-    def from_torch(cls, module, *, dtype=None, backend="auto"):
-        """A Linear with the weights of a torch.nn.Linear. dtype: the module's when it
-        is float32 or float64, else float32, unless given."""
+    def from_torch(cls, module, *, dtype=None, weight_dtype=None, group_size=None,
+                   backend="auto"):
+        """A Linear with the weights of a torch.nn.Linear. dtype: float64 for a float64
+        module, else float32, unless given. weight_dtype: the module's bfloat16 or
+        float16 (kept as they are, without a float32 copy), else the layer's dtype,
+        unless given (then converted as _formats states)."""
         if not all(hasattr(module, a) for a in ("in_features", "out_features", "weight")):
             raise TypeError(f"expected a torch.nn.Linear, got {type(module).__name__}")
+        kind = str(module.weight.dtype).replace("torch.", "")
         if dtype is None:
-            dtype = np.float64 if str(module.weight.dtype) == "torch.float64" else np.float32
-        return cls._from_parameters(module.weight, module.bias, dtype, backend)
+            dtype = np.float64 if kind == "float64" else np.float32
+        if weight_dtype is None and kind in ("bfloat16", "float16") and \
+                np.dtype(dtype) == np.float32:
+            weight_dtype = kind
+        return cls._from_parameters(module.weight, module.bias, dtype, backend,
+                                    weight_dtype, group_size)
 
     @classmethod
-    def _from_parameters(cls, weight, bias, dtype, backend):
-        """A layer shaped by `weight` (out_features, in_features), holding copies."""
+    def _from_parameters(cls, weight, bias, dtype, backend, weight_dtype=None,
+                         group_size=None):
+        """A layer shaped by `weight` (out_features, in_features)."""
         weight = as_weight(weight)
         layer = cls.__new__(cls)
         layer._out = positive_int(weight.shape[0], "out_features")
         layer._in = positive_int(weight.shape[1], "in_features")
-        layer._dtype = layer_dtype(dtype)
-        layer._backend = _config.check_backend(backend)
+        layer._configure(dtype, weight_dtype, group_size, backend)
         layer._set(weight, bias)
         return layer
 
+    @classmethod
+    def _from_state(cls, in_features, out_features, dtype, weight_dtype, group_size,
+                    backend, state):
+        layer = cls.__new__(cls)
+        layer._in, layer._out = in_features, out_features
+        layer._configure(dtype, weight_dtype, group_size, backend)
+        layer._load(state)
+        return layer
+
     def __reduce__(self):
-        # Weights only, not the packed copy: it is rebuilt on load for the CPU there.
-        return (Linear._from_parameters, (self._params.weight, self._params.bias,
-                                          self._dtype.name, self._backend))
+        # The stored form, not the packed one: it is packed on load for the CPU there.
+        return (Linear._from_state, (self._in, self._out, self._dtype.name,
+                                     self._weight_dtype, self.group_size, self._backend,
+                                     self.state_dict()))
 
     def __repr__(self):
         backend = repr(self._backend)
         if self._backend == "auto":
             backend += f" ({self.resolved_backend})"
+        fmt = ""
+        if self._weight_dtype != self._dtype.name:
+            fmt = f", weight_dtype={self._weight_dtype!r}"
+            if self._group:
+                fmt += f", group_size={self._group}"
         return (f"Linear(in_features={self._in}, out_features={self._out}, "
-                f"bias={self._has_bias}, backend={backend})")
+                f"bias={self._has_bias}{fmt}, backend={backend})")

@@ -86,6 +86,12 @@
 #define FL_AVX512_F64_MC 72    /* 288 KiB of packed x in L2 */
 #define FL_AVX512_F64_NC 4096  /* 16 MiB of weights in L3 */
 
+/* int4 weights keep one scale per group of up to this many k rows; a group never
+ * straddles two k blocks, so every KC above is a multiple of it. */
+#define FL_I4_MAX_GROUP 128
+_Static_assert(FL_REF_F32_KC % FL_I4_MAX_GROUP == 0 && FL_AVX2_F32_KC % FL_I4_MAX_GROUP == 0
+               && FL_AVX512_F32_KC % FL_I4_MAX_GROUP == 0, "int4 groups within k blocks");
+
 #define FL_DIRECT_X_MAX_BYTES (256u * 1024u)
 
 /* Below this many multiply-adds a call runs on one thread: starting and joining an

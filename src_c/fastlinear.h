@@ -3,10 +3,12 @@
  * Operation:  y[i, j] = sum_k x[i, k] * W[j, k]  (+ b[j])      0 <= i < M, 0 <= j < N
  * i.e. y = x @ W.T + b, the forward pass of torch.nn.Linear.
  *
- * Types: float32 (FL_F32) or float64 (FL_F64); x, W, b and y share one type.
+ * Types: the weights are stored as float32 (FL_F32), float64 (FL_F64), bfloat16 (FL_BF16),
+ * float16 (FL_F16), int8 (FL_I8) or int4 (FL_I4); x, b and y are float64 for FL_F64 and
+ * float32 for every other format.
  *
  * Layouts (all strides in elements, not bytes):
- *   W  is read once by fl_pack() with arbitrary strides (rs_w, cs_w) and copied into
+ *   W  is read once by fl_pack_rows() with arbitrary strides (rs_w, cs_w) and copied into
  *      64-byte aligned panels of NR output columns, K rows each, zero-padded past N.
  *   x  is M x K, unit stride along k, row stride ldx >= 0 (0 broadcasts one row).
  *   y  is M x N, unit stride along j, row stride ldy >= N; it is only written, never
@@ -14,10 +16,18 @@
  *   x and y must not overlap.
  *
  * Numerics: every y[i, j] is one multiply-add chain over k in ascending order, started
- * from zero, followed by one addition of b[j]. The chain never splits (no partial sums,
- * no split of K across threads), so a row's result does not depend on M, on the row's
- * position in the batch or on the thread count. Different ISAs may round differently
- * (FMA vs separate multiply and add); one ISA always rounds the same way.
+ * from zero, of x[i, k] times the weight's float value w[j, k], followed by one addition
+ * of b[j]. The chain never splits (no partial sums, no split of K across threads), so a
+ * row's result does not depend on M, on the row's position in the batch or on the thread
+ * count. Different ISAs may round differently (FMA vs separate multiply and add); one ISA
+ * always rounds the same way. The float value of a stored weight, exact in float32:
+ *   FL_BF16, FL_F16  the weight itself, widened;
+ *   FL_I4            q * s, q in [-8, 7], s the scale of its group of `group` values
+ *                    along k (the last group of a row may be shorter); the caller stores
+ *                    scales with at most 21 significant bits, so the product is exact;
+ *   FL_I8            q in [-128, 127] itself: the chain runs over the integers, and the
+ *                    row's scale s[j] multiplies the sum once, before the bias:
+ *                    y = (sum_k x[i, k] * q[j, k]) * s[j] + b[j] (a multiply, then an add).
  *
  * Threads: fl_forward() may run an OpenMP team of up to `nthreads`; scratch memory is
  * per call, so concurrent calls from different threads on one fl_packed are safe.
@@ -32,31 +42,49 @@
 extern "C" {
 #endif
 
-typedef enum { FL_F32 = 0, FL_F64 = 1 } fl_dtype;
+/* The weights' storage type (the activations' type follows from it, above). */
+typedef enum { FL_F32, FL_F64, FL_BF16, FL_F16, FL_I8, FL_I4, FL_NDTYPES } fl_dtype;
 
 enum { FL_OK = 0, FL_ENOMEM = 1 };
 
 typedef struct fl_packed fl_packed;
 
-/* Packs W (N x K, strides rs_w/cs_w) and the optional bias b (stride bs) for the kernel
- * chosen by fl_isa_name(). Returns NULL when memory cannot be allocated. */
-fl_packed *fl_pack(fl_dtype dtype, size_t n, size_t k, const void *w, ptrdiff_t rs_w,
-                   ptrdiff_t cs_w, const void *b, ptrdiff_t bs);
+/* Allocates zeroed packed weights for an N x K matrix of the given type, for the kernel
+ * chosen by fl_isa_name(): int4 keeps one scale per `group` (32, 64 or 128) values along
+ * k (ignored for other types); with_bias adds room for a bias. NULL when memory cannot
+ * be allocated. */
+fl_packed *fl_alloc(fl_dtype dtype, size_t n, size_t k, size_t group, int with_bias);
 void fl_free(fl_packed *p);
+/* Packs rows [j0, j0 + rows) of W and their scales; callers may pack a large matrix a
+ * block of rows at a time. w holds those rows: float, double, or the raw 16 bits
+ * of bfloat16 and float16 (strides rs_w, cs_w in elements); int8 (strides in elements)
+ * with `scale` holding one scale per row; int4 as two values per byte, the even k in the
+ * low nibble, each row ceil(K/2) bytes at a row stride of rs_w bytes (cs_w ignored), with
+ * `scale` holding rows x ceil(K/group) scales, row-major. `scale` is ignored for the
+ * other types. */
+void fl_pack_rows(fl_packed *p, size_t j0, size_t rows, const void *w, ptrdiff_t rs_w,
+                  ptrdiff_t cs_w, const float *scale);
+/* Packs the bias b (N values of the activations' type, stride bs); only for weights
+ * allocated with one. */
+void fl_pack_bias(fl_packed *p, const void *b, ptrdiff_t bs);
+/* Writes the stored form back, in fl_pack_rows()'s layouts, contiguous: all of W into w
+ * (N x K elements; int4: N rows of ceil(K/2) bytes), the scales (int8, int4) into
+ * `scale`, the bias (when allocated with one) into b. */
+void fl_unpack(const fl_packed *p, void *w, float *scale, void *b);
 
 /* y = x @ W.T + b for M rows. Returns FL_OK or FL_ENOMEM (y untouched then). */
 int fl_forward(const fl_packed *p, size_t m, const void *x, size_t ldx, void *y,
                size_t ldy, int nthreads);
 
-/* Name of the micro-kernel ISA that fl_pack() uses now: the best one this CPU supports,
+/* Name of the micro-kernel ISA that fl_alloc() uses now: the best one this CPU supports,
  * picked on first use. Weights already packed keep the kernel they were packed for. */
 const char *fl_isa_name(void);
-/* Makes fl_pack() use the named ISA ("ref", ...). Returns 0, or -1 for an unknown name,
+/* Makes fl_alloc() use the named ISA ("ref", ...). Returns 0, or -1 for an unknown name,
  * -2 for an ISA this CPU (or this build) lacks. Not thread-safe: call it at start-up. */
 int fl_set_isa(const char *name);
 /* Name of the i-th ISA this CPU and build support, best last; NULL past the end. */
 const char *fl_supported_isa(int i);
-/* The block sizes fl_pack() would use now for `dtype` (for tests and diagnostics). */
+/* The block sizes fl_alloc() would use now for `dtype` (for tests and diagnostics). */
 typedef struct { size_t mr, nr, kc, mc, nc, direct_x_max_bytes; } fl_blocking;
 void fl_get_blocking(fl_dtype dtype, fl_blocking *out);
 /* 1 when built with OpenMP, else 0. */

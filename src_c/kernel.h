@@ -6,20 +6,33 @@
  * same bits since rows are independent) over one block of kc values of k:
  *
  *     acc[i][j] = (first ? 0 : y[i*ldy + j])
- *     for k in 0 .. kc-1 (ascending):  acc[i][j] += a[i*a_rs + k*a_cs] * w[k*NR + j]
+ *     for k in 0 .. kc-1 (ascending):  acc[i][j] += a[i*a_rs + k*a_cs] * W(k, j)
+ *     if scale != NULL:                acc[i][j] *= scale[j]
  *     if bias != NULL:                 acc[i][j] += bias[j]
  *     y[i*ldy + j] = acc[i][j]         for i < m, j < n only
  *
  *   a      rows of x: either x itself (a_rs = ldx, any value, a_cs = 1) or a packed
  *          micro-panel (a_rs = 1, a_cs = MR > 1); kernels may tell the two apart by a_cs.
  *          Only rows i < m are read.
- *   w      kc rows of one packed weight panel: NR contiguous values per k, 64-byte
- *          aligned, zero past column n. All NR columns may be read.
+ *   w      kc rows of k of one packed weight panel (fl_panel_offset gives where a block
+ *          starts), W(k, j) the float value of its weight (fastlinear.h), in the
+ *          panel layout of the weights' format:
+ *            float32, float64, bfloat16, float16, int8: NR values per k, contiguous;
+ *            int4: groups of `group` k rows (the first k of the block starts one), each
+ *            NR float32 scales, then `group` rows of NR/2 bytes; in a row, byte b holds
+ *            column b in its low nibble and column b + NR/2 in its high one, both as
+ *            two's complement. A group past K is zero.
+ *          Panels start 64-byte aligned; values past column n are zero. All NR columns
+ *          may be read.
+ *   group  int4 only: k rows per scale group (32, 64 or 128; KC is a multiple of it).
+ *   scale  NULL, or (int8, on the last k block only) NR float32 scales (zero past n).
  *   bias   NULL, or NR values (zero past n) added once, after the last k block.
  *   y      only rows i < m and columns j < n are touched; when `first` is set it is not
  *          read (it may hold NaN). kc may be 0 (then y = bias, or 0).
  * The multiply-add of one element always rounds the same way inside one kernel: whether a
- * column lies in a full or an edge tile, whatever m is.
+ * column lies in a full or an edge tile, whatever m is. A kernel for a compressed format
+ * widens each weight exactly to W(k, j) in registers; the float32 kernel run on the same
+ * block widened by fl_expand() computes the same bits.
  */
 #ifndef FL_KERNEL_H
 #define FL_KERNEL_H
@@ -28,12 +41,18 @@
 #include "fastlinear.h"
 
 typedef void fl_ukernel(size_t kc, const void *a, ptrdiff_t a_rs, ptrdiff_t a_cs,
-                        const void *w, void *y, size_t ldy, size_t m, size_t n,
-                        int first, const void *bias);
+                        const void *w, size_t group, void *y, size_t ldy, size_t m,
+                        size_t n, int first, const float *scale, const void *bias);
+
+/* Widens kc k rows of one packed panel of a compressed format (w as the micro-kernel
+ * gets it) into dst: kc x NR float32 values W(k, j), 64-byte aligned. */
+typedef void fl_widener(size_t kc, const void *w, size_t group, float *dst);
 
 /* One micro-kernel with the block sizes that suit it (reasons in blocking.h). */
 typedef struct {
-    fl_ukernel *run;
+    fl_ukernel *run;    /* NULL: the driver widens each block with fl_expand() and runs
+                           the float32 kernel (the portable path's compressed formats) */
+    fl_widener *widen;  /* compressed formats: what fl_expand() runs; NULL: portable C */
     size_t mr, nr;      /* register tile */
     size_t kc;          /* k block: a KC x NR weight slice stays in L1 */
     size_t mc;          /* row block: an MC x KC block of packed x stays in L2 */
@@ -43,17 +62,29 @@ typedef struct {
 typedef struct {
     const char *name;
     int (*cpu_has)(void);   /* 1 when this CPU can run it */
-    fl_kernel k[2];         /* indexed by fl_dtype */
+    fl_kernel k[FL_NDTYPES]; /* indexed by fl_dtype; compressed formats share float32's
+                                blocking, as they run on its kernel for large batches */
 } fl_isa;
 
 struct fl_packed {
-    const fl_kernel *kern;
+    const fl_isa *isa;
+    const fl_kernel *kern;  /* isa->k[dtype] */
     fl_dtype dtype;
     size_t n, k;
+    size_t group;       /* int4: k rows per scale group; else 0 */
     size_t panels;      /* ceil(n / nr) */
-    void *w;            /* panels * k * nr values, 64-byte aligned */
+    size_t panel_bytes; /* one panel of w, a multiple of 64 */
+    void *w;            /* panels * panel_bytes, 64-byte aligned */
+    float *scale;       /* int8: panels * nr scales; else NULL */
     void *bias;         /* panels * nr values or NULL */
 };
+
+/* Byte offset of k row `pc` (a multiple of KC) in a panel of p. */
+size_t fl_panel_offset(const fl_packed *p, size_t pc);
+/* Widens rows [pc, pc + kc) of weight panel `q` to float32 values W(k, j): dst gets
+ * kc x NR floats, 64-byte aligned: the kernel's widener, or portable C that defines
+ * every format's values. */
+void fl_expand(const fl_packed *p, size_t q, size_t pc, size_t kc, float *dst);
 
 /* For the kernels' tile bodies: unrolls a loop of a constant trip count (at most 8)
  * completely, so that arrays indexed by its counter (the accumulators) can live in
@@ -73,11 +104,12 @@ extern const fl_isa fl_isa_avx2;
 extern const fl_isa fl_isa_avx512;
 #endif
 
-/* The ISA fl_pack() uses now (dispatch.c). */
+/* The ISA fl_alloc() uses now (dispatch.c). */
 const fl_isa *fl_current_isa(void);
 
 /* 64-byte aligned, uninitialised; NULL on overflow or exhaustion; release with free(). */
 void *fl_aligned_alloc(size_t count, size_t size);
+/* Bytes of one x, y or bias value for weights of this type (4, or 8 for FL_F64). */
 size_t fl_dtype_size(fl_dtype dtype);
 
 /* Packs rows [0, m) x columns [0, kc) of x (row stride ldx) into micro-panels of MR rows:

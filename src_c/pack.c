@@ -1,4 +1,5 @@
-/* Packing: weights once per layer (fl_pack), blocks of x per call (fl_pack_x). */
+/* Packing: weights once per layer (fl_alloc, fl_pack_rows; fl_unpack gives them back),
+ * their float values for the float32 kernel (fl_expand), blocks of x per call (fl_pack_x). */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,71 +25,170 @@ static void *aligned_zalloc(size_t count, size_t size)
         memset(p, 0, count * size);
     return p;
 }
-
-/* dst[p*k*nr + kk*nr + j] = W[p*nr + j, kk], zero past n. Reads each weight row along k. */
-static void pack_w_f32(size_t n, size_t k, size_t nr, const float *w, ptrdiff_t rs,
-                       ptrdiff_t cs, float *dst)
+/* Bytes of one stored weight (int4: see fl_panel_offset). */
+static size_t weight_size(fl_dtype dt)
 {
-    for (size_t j = 0; j < n; j++) {
-        const float *row = w + (ptrdiff_t)j * rs;
-        float *panel = dst + (j / nr) * k * nr + j % nr;
-        for (size_t kk = 0; kk < k; kk++)
-            panel[kk * nr] = row[(ptrdiff_t)kk * cs];
-    }
-}
-
-static void pack_w_f64(size_t n, size_t k, size_t nr, const double *w, ptrdiff_t rs,
-                       ptrdiff_t cs, double *dst)
-{
-    for (size_t j = 0; j < n; j++) {
-        const double *row = w + (ptrdiff_t)j * rs;
-        double *panel = dst + (j / nr) * k * nr + j % nr;
-        for (size_t kk = 0; kk < k; kk++)
-            panel[kk * nr] = row[(ptrdiff_t)kk * cs];
+    switch (dt) {
+    case FL_F64: return 8;
+    case FL_F32: return 4;
+    case FL_BF16: case FL_F16: return 2;
+    default: return 1;
     }
 }
 
 size_t fl_dtype_size(fl_dtype dtype)
 {
-    return dtype == FL_F32 ? sizeof(float) : sizeof(double);
+    return dtype == FL_F64 ? sizeof(double) : sizeof(float);
 }
 
-fl_packed *fl_pack(fl_dtype dtype, size_t n, size_t k, const void *w, ptrdiff_t rs_w,
-                   ptrdiff_t cs_w, const void *b, ptrdiff_t bs)
+/* int4: one group of a panel is NR float scales, then `group` rows of NR/2 bytes. */
+static size_t group_bytes(size_t nr, size_t group)
 {
-    const fl_kernel *kern = &fl_current_isa()->k[dtype];
-    const size_t nr = kern->nr, size = fl_dtype_size(dtype);
+    return nr * sizeof(float) + group * nr / 2;
+}
+
+size_t fl_panel_offset(const fl_packed *p, size_t pc)
+{
+    const size_t nr = p->kern->nr;
+    return p->dtype == FL_I4 ? pc / p->group * group_bytes(nr, p->group)
+                             : pc * nr * weight_size(p->dtype);
+}
+
+/* Where column c (< nr) of an int4 row keeps its nibble: byte, and shift within it. */
+static size_t nibble_byte(size_t c, size_t nr) { return c < nr / 2 ? c : c - nr / 2; }
+static unsigned nibble_shift(size_t c, size_t nr) { return c < nr / 2 ? 0 : 4; }
+
+static unsigned char *i4_row(const fl_packed *p, unsigned char *panel, size_t kk)
+{
+    const size_t nr = p->kern->nr;
+    return panel + kk / p->group * group_bytes(nr, p->group) + nr * sizeof(float)
+           + kk % p->group * nr / 2;
+}
+
+static float *i4_scales(const fl_packed *p, unsigned char *panel, size_t g)
+{
+    return (float *)(panel + g * group_bytes(p->kern->nr, p->group));
+}
+
+/* Copies one value of `size` bytes (aligned for its type). */
+static void copy_value(size_t size, void *dst, const void *src)
+{
+    switch (size) {
+    case 8: *(uint64_t *)dst = *(const uint64_t *)src; break;
+    case 4: *(uint32_t *)dst = *(const uint32_t *)src; break;
+    case 2: *(uint16_t *)dst = *(const uint16_t *)src; break;
+    default: *(uint8_t *)dst = *(const uint8_t *)src; break;
+    }
+}
+
+/* Moves rows [j0, j0 + rows) of the weights (and their scales) between the panels and
+ * the caller's layout of fl_pack_rows(), w and scale pointing at row j0: into the panels
+ * when to_panel is set, else out of them (int4 bytes of w must then be zero: nibbles
+ * are or-ed in). */
+static void transfer(fl_packed *p, size_t j0, size_t rows, void *w, ptrdiff_t rs,
+                     ptrdiff_t cs, float *scale, int to_panel)
+{
+    const size_t nr = p->kern->nr, k = p->k, wsize = weight_size(p->dtype);
+    for (size_t r = 0; r < rows; r++) {
+        const size_t j = j0 + r, c = j % nr;
+        unsigned char *panel = (unsigned char *)p->w + j / nr * p->panel_bytes;
+        if (p->dtype == FL_I4) {
+            const size_t groups = (k + p->group - 1) / p->group;
+            const unsigned shift = nibble_shift(c, nr);
+            unsigned char *row = (unsigned char *)w + (ptrdiff_t)r * rs;
+            for (size_t g = 0; g < groups; g++) {
+                float *s = &i4_scales(p, panel, g)[c];
+                if (to_panel)
+                    *s = scale[r * groups + g];
+                else
+                    scale[r * groups + g] = *s;
+            }
+            for (size_t kk = 0; kk < k; kk++) {
+                unsigned char *packed = i4_row(p, panel, kk) + nibble_byte(c, nr);
+                unsigned char *plain = row + kk / 2;
+                const unsigned plain_shift = kk % 2 ? 4 : 0;
+                if (to_panel)
+                    *packed = (unsigned char)((*packed & ~(15u << shift))
+                                              | ((*plain >> plain_shift) & 15u) << shift);
+                else
+                    *plain |= (unsigned char)(((*packed >> shift) & 15u) << plain_shift);
+            }
+            continue;
+        }
+        char *row = (char *)w + (ptrdiff_t)r * rs * (ptrdiff_t)wsize;
+        unsigned char *col = panel + c * wsize;
+        for (size_t kk = 0; kk < k; kk++) {
+            char *plain = row + (ptrdiff_t)kk * cs * (ptrdiff_t)wsize;
+            if (to_panel)
+                copy_value(wsize, col + kk * nr * wsize, plain);
+            else
+                copy_value(wsize, plain, col + kk * nr * wsize);
+        }
+        if (p->dtype == FL_I8) {
+            if (to_panel)
+                p->scale[j] = scale[r];
+            else
+                scale[r] = p->scale[j];
+        }
+    }
+}
+
+fl_packed *fl_alloc(fl_dtype dtype, size_t n, size_t k, size_t group, int with_bias)
+{
+    const fl_isa *isa = fl_current_isa();
+    const fl_kernel *kern = &isa->k[dtype];
+    const size_t nr = kern->nr;
     fl_packed *p = calloc(1, sizeof *p);
     if (!p)
         return NULL;
+    p->isa = isa;
     p->kern = kern;
     p->dtype = dtype;
     p->n = n;
     p->k = k;
+    p->group = dtype == FL_I4 ? group : 0;
     p->panels = (n + nr - 1) / nr;
-    if (k != 0 && p->panels * nr > SIZE_MAX / k)
+    /* The panel's bytes, checked against overflow (then rounded up to a cache line). */
+    const size_t unit = dtype == FL_I4 ? group_bytes(nr, group) : nr * weight_size(dtype);
+    const size_t units = dtype == FL_I4 ? (k + group - 1) / group : k;
+    if (units > SIZE_MAX / 2 / unit)
         goto fail;
-    p->w = aligned_zalloc(p->panels * nr * k, size);
+    p->panel_bytes = (units * unit + 63) / 64 * 64;
+    p->w = aligned_zalloc(p->panels, p->panel_bytes);
     if (!p->w)
         goto fail;
-    if (b) {
-        p->bias = aligned_zalloc(p->panels * nr, size);
-        if (!p->bias)
-            goto fail;
-    }
-    if (dtype == FL_F32) {
-        pack_w_f32(n, k, nr, w, rs_w, cs_w, p->w);
-        for (size_t j = 0; b && j < n; j++)
-            ((float *)p->bias)[j] = ((const float *)b)[(ptrdiff_t)j * bs];
-    } else {
-        pack_w_f64(n, k, nr, w, rs_w, cs_w, p->w);
-        for (size_t j = 0; b && j < n; j++)
-            ((double *)p->bias)[j] = ((const double *)b)[(ptrdiff_t)j * bs];
-    }
+    if (dtype == FL_I8 && !(p->scale = aligned_zalloc(p->panels * nr, sizeof(float))))
+        goto fail;
+    if (with_bias && !(p->bias = aligned_zalloc(p->panels * nr, fl_dtype_size(dtype))))
+        goto fail;
     return p;
 fail:
     fl_free(p);
     return NULL;
+}
+
+void fl_pack_rows(fl_packed *p, size_t j0, size_t rows, const void *w, ptrdiff_t rs_w,
+                  ptrdiff_t cs_w, const float *scale)
+{
+    transfer(p, j0, rows, (void *)w, rs_w, cs_w, (float *)scale, 1);
+}
+
+void fl_pack_bias(fl_packed *p, const void *b, ptrdiff_t bs)
+{
+    const size_t size = fl_dtype_size(p->dtype);
+    for (size_t j = 0; j < p->n; j++)
+        copy_value(size, (char *)p->bias + j * size,
+                   (const char *)b + (ptrdiff_t)j * bs * (ptrdiff_t)size);
+}
+
+void fl_unpack(const fl_packed *p, void *w, float *scale, void *b)
+{
+    const size_t row = p->dtype == FL_I4 ? (p->k + 1) / 2 : p->k;
+    if (p->dtype == FL_I4)
+        memset(w, 0, p->n * row);
+    transfer((fl_packed *)p, 0, p->n, w, (ptrdiff_t)row, 1, scale, 0);
+    if (b && p->bias)
+        memcpy(b, p->bias, p->n * fl_dtype_size(p->dtype));
 }
 
 void fl_free(fl_packed *p)
@@ -96,8 +196,70 @@ void fl_free(fl_packed *p)
     if (!p)
         return;
     free(p->w);
+    free(p->scale);
     free(p->bias);
     free(p);
+}
+
+/* float16 bits -> float32, exactly: normal numbers re-biased, subnormals scaled (an
+ * integer below 2^10 times a power of two is exact), Inf and NaN kept. */
+static float f16_value(uint16_t h)
+{
+    const uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 31u, m = h & 1023u;
+    if (e == 0) {
+        const float v = (float)m * 0x1p-24f;
+        return sign ? -v : v;
+    }
+    const uint32_t bits = sign | (e == 31 ? 0x7f800000u : (e + 112) << 23) | m << 13;
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+static float bf16_value(uint16_t h)
+{
+    const uint32_t bits = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+void fl_expand(const fl_packed *p, size_t q, size_t pc, size_t kc, float *dst)
+{
+    const size_t nr = p->kern->nr, count = kc * nr;
+    unsigned char *panel = (unsigned char *)p->w + q * p->panel_bytes;
+    const void *src = panel + fl_panel_offset(p, pc);
+    if (p->kern->widen) {
+        p->kern->widen(kc, src, p->group, dst);
+        return;
+    }
+    switch (p->dtype) {
+    case FL_BF16:
+        for (size_t i = 0; i < count; i++)
+            dst[i] = bf16_value(((const uint16_t *)src)[i]);
+        break;
+    case FL_F16:
+        for (size_t i = 0; i < count; i++)
+            dst[i] = f16_value(((const uint16_t *)src)[i]);
+        break;
+    case FL_I8:
+        for (size_t i = 0; i < count; i++)
+            dst[i] = (float)((const int8_t *)src)[i];
+        break;
+    case FL_I4:
+        for (size_t kk = 0; kk < kc; kk++) {
+            const unsigned char *row = i4_row(p, panel, pc + kk);
+            const float *s = i4_scales(p, panel, (pc + kk) / p->group);
+            for (size_t c = 0; c < nr; c++) {
+                const int nib = (row[nibble_byte(c, nr)] >> nibble_shift(c, nr)) & 15;
+                dst[kk * nr + c] = (float)(nib - (nib & 8) * 2) * s[c];
+            }
+        }
+        break;
+    default:
+        memcpy(dst, src, count * sizeof(float));
+        break;
+    }
 }
 
 void fl_pack_x(fl_dtype dtype, size_t mr, size_t m, size_t kc, const void *x, size_t ldx,
@@ -106,7 +268,7 @@ void fl_pack_x(fl_dtype dtype, size_t mr, size_t m, size_t kc, const void *x, si
     /* Row by row, so x is read along k, contiguously. */
     for (size_t i = 0; i < m; i++) {
         const size_t off = (i / mr) * kc * mr + i % mr;
-        if (dtype == FL_F32) {
+        if (dtype != FL_F64) {
             const float *src = (const float *)x + i * ldx;
             float *d = (float *)dst + off;
             for (size_t k = 0; k < kc; k++)

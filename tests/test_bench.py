@@ -73,3 +73,55 @@ def test_help_names_the_command_and_its_defaults(capsys):
     text = capsys.readouterr().out
     assert "usage: python -m fastlinear.bench" in text
     assert "--threads" in text and "(default: 2)" in text
+
+
+def _installed(*modules):
+    return all(importlib.util.find_spec(m) for m in modules)
+
+
+@pytest.mark.parametrize("weight_dtype", ["int8", "int4", "bfloat16"])
+def test_compressed_weights_table(weight_dtype, tmp_path, capsys):
+    """Each format's table runs fastlinear float32 and every installed rival of the format,
+    with finite errors of the size its quantization gives; then fastlinear in the format,
+    once fl.Linear takes weight_dtype."""
+    out = tmp_path / "results.json"
+    bench.main(["--weight-dtype", weight_dtype, "--shapes", "2x64x48", "--rounds", "1",
+                "--budget", "0.001", "--settle", "0", "--threads", "1", "--json", str(out)])
+    text = capsys.readouterr().out
+    assert max(len(line) for line in text.splitlines()) <= 100, text
+    data = json.loads(out.read_text())
+    assert data["meta"]["weight_dtype"] == weight_dtype
+    (row,) = data["compressed"][weight_dtype]
+    assert (row["m"], row["k"], row["n"]) == (2, 64, 48)
+    expected = {"int8": {"torch int8": ("torch",), "onnxruntime int8": ("onnx", "onnxruntime")},
+                "int4": {"onnxruntime int4": ("onnx", "onnxruntime", "onnx_ir"),
+                         "onnxruntime int4 acc4": ("onnx", "onnxruntime", "onnx_ir")},
+                "bfloat16": {"torch bf16": ("torch",)}}[weight_dtype]
+    assert set(bench.compressed.rival_names(weight_dtype)) == set(expected)
+    rivals = [name for name, modules in expected.items() if _installed(*modules)]
+    # the quantization's relative error at K = 64: int4 ~ 1/16, int8 ~ 1/256, bf16 ~ 2^-8
+    limit = {"int8": 0.05, "int4": 0.25, "bfloat16": 0.02}[weight_dtype]
+    assert row["error"]["fastlinear float32"] < 1e-5
+    for name in rivals:
+        assert row["us"][name] > 0 and 0 < row["error"][name] < limit, name
+    header = text.splitlines()[-2]
+    assert "fl f32" in header and "/f32" in header and "/best" in header
+    for name in rivals:
+        assert bench.compressed.TITLES[name] in header
+    if rivals:
+        assert row["best_rival"] == min(rivals, key=row["us"].get)
+    missing = bench.compressed.fastlinear_api_missing()
+    if missing:
+        pytest.skip(f"fastlinear {weight_dtype} not measured: {missing}")
+    ours = f"fastlinear {weight_dtype}"
+    assert row["us"][ours] > 0 and 0 < row["error"][ours] < limit
+    assert row["ratio_float32"] == pytest.approx(row["us"][ours] / row["us"]["fastlinear float32"])
+    if rivals:
+        assert row["ratio_best"] == pytest.approx(row["us"][ours] / row["us"][row["best_rival"]])
+
+
+def test_compressed_options_are_checked():
+    with pytest.raises(SystemExit):
+        bench.main(["--weight-dtype", "int8", "--group-size", "64"])
+    with pytest.raises(SystemExit):
+        bench.main(["--weight-dtype", "int4", "--dtype", "float64"])

@@ -1,57 +1,94 @@
 /* AVX2 + FMA micro-kernels (kernel.h contract) for x86-64 CPUs without AVX-512 (Haswell
  * and later, Zen 1-3, and CPUs or VMs that hide AVX-512). One FMA per k and element.
  *
- * One tile body serves float32 and float64: every vector is held as __m256 and
- * reinterpreted (free) for double arithmetic, so both dtypes share the tile of MR rows x
+ * One tile body serves every weight format: vectors are held as __m256 and reinterpreted
+ * (free) for double arithmetic, and compressed weights are widened exactly to float32 in
+ * registers (bfloat16 by a shift, float16 by F16C, int8 and int4 by an integer
+ * conversion, int4 then times its group's scale, which is exact). The tile is MR rows x
  * NV ymm (NR = NV * lanes). Per k step it keeps MR*NV accumulators, the MR broadcast x
- * values and one weight vector live: 12 + 3 + 1 = 16 ymm, all there are. The row and
- * vector loops are unrolled (FL_UNROLL, kernel.h) so that the accumulators can live in
- * registers; tests/test_disassembly.py checks that they do. Edge columns are handled
- * outside the k loop: full vectors load and store plainly (masked stores are microcoded
- * on AMD), the one partial vector with a mask, vectors wholly past n not at all. */
+ * values and one weight vector live: 12 + 3 + 1 = 16 ymm, all there are; a weight is
+ * widened in the register it is used from. The row and vector loops are unrolled
+ * (FL_UNROLL, kernel.h) so that the accumulators can live in registers;
+ * tests/test_disassembly.py checks that they do. Edge columns are handled outside the k
+ * loop: full vectors load and store plainly (masked stores are microcoded on AMD), the
+ * one partial vector with a mask, vectors wholly past n not at all. */
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #include "../kernel.h"
 #include "../blocking.h"
 
-#define AVX2 __attribute__((target("avx2,fma")))
+#define AVX2 __attribute__((target("avx2,fma,f16c")))
 #define INLINE static inline __attribute__((always_inline)) AVX2
 
 enum { MR = FL_AVX2_MR, NV = FL_AVX2_NV, VBYTES = 32 };
 _Static_assert(MR * NV + MR + 1 <= 16, "accumulators, broadcasts and a weight vector in 16 ymm");
+_Static_assert(NV % 2 == 0, "int4 rows: the high nibbles fill the second half of the vectors");
 
-INLINE __m256 vload(fl_dtype dt, const char *p)
-{
-    (void)dt;
-    return _mm256_loadu_ps((const float *)p);
-}
+INLINE __m256 vload(const char *p) { return _mm256_loadu_ps((const float *)p); }
 
-INLINE void vstore(fl_dtype dt, char *p, __m256 v)
-{
-    (void)dt;
-    _mm256_storeu_ps((float *)p, v);
-}
+INLINE void vstore(char *p, __m256 v) { _mm256_storeu_ps((float *)p, v); }
 
 INLINE __m256 vbroadcast(fl_dtype dt, const char *p)
 {
-    return dt == FL_F32 ? _mm256_broadcast_ss((const float *)p)
-                        : _mm256_castpd_ps(_mm256_broadcast_sd((const double *)p));
+    return dt == FL_F64 ? _mm256_castpd_ps(_mm256_broadcast_sd((const double *)p))
+                        : _mm256_broadcast_ss((const float *)p);
 }
 
 /* a * b + c, one rounding. */
 INLINE __m256 vfma(fl_dtype dt, __m256 a, __m256 b, __m256 c)
 {
-    return dt == FL_F32 ? _mm256_fmadd_ps(a, b, c)
-                        : _mm256_castpd_ps(_mm256_fmadd_pd(_mm256_castps_pd(a),
+    return dt == FL_F64 ? _mm256_castpd_ps(_mm256_fmadd_pd(_mm256_castps_pd(a),
                                                            _mm256_castps_pd(b),
-                                                           _mm256_castps_pd(c)));
+                                                           _mm256_castps_pd(c)))
+                        : _mm256_fmadd_ps(a, b, c);
 }
 
 INLINE __m256 vadd(fl_dtype dt, __m256 a, __m256 b)
 {
-    return dt == FL_F32 ? _mm256_add_ps(a, b)
-                        : _mm256_castpd_ps(_mm256_add_pd(_mm256_castps_pd(a),
-                                                         _mm256_castps_pd(b)));
+    return dt == FL_F64 ? _mm256_castpd_ps(_mm256_add_pd(_mm256_castps_pd(a),
+                                                         _mm256_castps_pd(b)))
+                        : _mm256_add_ps(a, b);
+}
+
+/* Bytes of one k row of a packed panel (int4: of its nibbles). */
+INLINE size_t row_bytes(fl_dtype dt)
+{
+    switch (dt) {
+    case FL_F32: case FL_F64: return NV * VBYTES;
+    case FL_BF16: case FL_F16: return NV * VBYTES / 2;
+    case FL_I8: return NV * VBYTES / 4;
+    default: return NV * VBYTES / 8;
+    }
+}
+
+/* Vector v of the weights W(k, .) in the k row at wk, widened exactly (kernel.h);
+ * sg: the scales of the row's int4 group. */
+INLINE __m256 weight(fl_dtype dt, const char *wk, size_t v, const char *sg)
+{
+    const __m128i *half = (const __m128i *)(wk + v * VBYTES / 2);
+    const __m128i *quarter = (const __m128i *)(wk + v * VBYTES / 4);
+    switch (dt) {
+    case FL_BF16:
+        return _mm256_castsi256_ps(_mm256_slli_epi32(
+            _mm256_cvtepu16_epi32(_mm_loadu_si128(half)), 16));
+    case FL_F16:
+        return _mm256_cvtph_ps(_mm_loadu_si128(half));
+    case FL_I8:
+        return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(quarter)));
+    case FL_I4: {
+        /* Vectors v and v + NV/2 share bytes: low nibbles, then high ones. Shifting the
+         * nibble to the top and back sign-extends it. The bytes are loaded anew for each
+         * (an opaque pointer): kept from v to v + NV/2, they would take a 17th ymm. */
+        const char *wb = wk + v % (NV / 2) * (VBYTES / 4);
+        __asm__ volatile("" : "+r"(wb));
+        const __m256i bytes = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)wb));
+        const __m256i q = _mm256_srai_epi32(
+            _mm256_slli_epi32(bytes, v < NV / 2 ? 28 : 24), 28);
+        return _mm256_mul_ps(_mm256_cvtepi32_ps(q), vload(sg + v * VBYTES));
+    }
+    default:
+        return vload(wk + v * VBYTES);
+    }
 }
 
 /* The first `bytes` (< VBYTES, a multiple of 4) of a vector, as a mask of 32-bit lanes;
@@ -62,15 +99,18 @@ INLINE __m256i head_mask(size_t bytes)
                               _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
-/* `m` and the x strides are compile-time constants at every call site below, so the
- * loops over rows and vectors unroll completely. */
+/* `dt`, `m` and the x strides are compile-time constants at every call site below, so
+ * the loops over rows and vectors unroll completely. */
 INLINE void tile(const fl_dtype dt, const size_t m, size_t kc, const char *a,
-                 const ptrdiff_t a_rs, const ptrdiff_t a_cs, const char *w, char *y,
-                 size_t ldy, size_t n, int first, const char *bias)
+                 const ptrdiff_t a_rs, const ptrdiff_t a_cs, const char *w, size_t group,
+                 char *y, size_t ldy, size_t n, int first, const char *scale,
+                 const char *bias)
 {
-    const size_t size = dt == FL_F32 ? 4 : 8, nr_bytes = NV * VBYTES;
+    const size_t size = dt == FL_F64 ? 8 : 4, rb = row_bytes(dt);
     const size_t full = n * size / VBYTES, tail = n * size % VBYTES; /* vectors, bytes */
     const ptrdiff_t rs = a_rs * (ptrdiff_t)size, cs = a_cs * (ptrdiff_t)size;
+    /* int4: k rows come in groups led by their scales; the others: one run of kc rows */
+    const size_t run = dt == FL_I4 ? group : kc, lead = dt == FL_I4 ? NV * VBYTES : 0;
     ldy *= size;
     __m256 acc[MR][NV];
 FL_UNROLL
@@ -79,32 +119,49 @@ FL_UNROLL
         for (size_t v = 0; v < NV; v++) {
             char *yv = y + i * ldy + v * VBYTES;
             acc[i][v] = first                 ? _mm256_setzero_ps()
-                        : v < full            ? vload(dt, yv)
+                        : v < full            ? vload(yv)
                         : v == full && tail   ? _mm256_maskload_ps((const float *)yv,
                                                                    head_mask(tail))
                                               : _mm256_setzero_ps();
         }
-    for (size_t k = 0; k < kc; k++) {
-        const char *ak = a + (ptrdiff_t)k * cs, *wk = w + k * nr_bytes;
+    for (size_t k0 = 0; k0 < kc; k0 += run) {
+        const char *sg = w, *wr = w + lead;
+        const size_t k1 = kc - k0 < run ? kc - k0 : run;
+        for (size_t k = 0; k < k1; k++) {
+            const char *ak = a + (ptrdiff_t)(k0 + k) * cs, *wk = wr + k * rb;
+            /* int4: an opaque step, so that the group's scales are read from L1 at each
+             * use: hoisted out of the loop, NV more registers would push out accumulators */
+            if (dt == FL_I4)
+                __asm__("" : "+r"(sg));
 FL_UNROLL
-        for (size_t l = 0; l < nr_bytes; l += 64)
-            _mm_prefetch(wk + FL_PREFETCH_BYTES + l, _MM_HINT_T0);
-        __m256 ai[MR];
-FL_UNROLL
-        for (size_t i = 0; i < m; i++)
-            ai[i] = vbroadcast(dt, ak + (ptrdiff_t)i * rs);
-FL_UNROLL
-        for (size_t v = 0; v < NV; v++) {
-            const __m256 wv = vload(dt, wk + v * VBYTES);
+            for (size_t l = 0; l < rb; l += 64)
+                _mm_prefetch(wk + FL_PREFETCH_BYTES + l, _MM_HINT_T0);
+            __m256 ai[MR];
 FL_UNROLL
             for (size_t i = 0; i < m; i++)
-                acc[i][v] = vfma(dt, ai[i], wv, acc[i][v]);
+                ai[i] = vbroadcast(dt, ak + (ptrdiff_t)i * rs);
+FL_UNROLL
+            for (size_t v = 0; v < NV; v++) {
+                const __m256 wv = weight(dt, wk, v, sg);
+FL_UNROLL
+                for (size_t i = 0; i < m; i++)
+                    acc[i][v] = vfma(dt, ai[i], wv, acc[i][v]);
+            }
         }
+        w = wr + run * rb;
     }
+    if (dt != FL_F64 && scale)
+FL_UNROLL
+        for (size_t v = 0; v < NV; v++) {
+            const __m256 sv = vload(scale + v * VBYTES);
+FL_UNROLL
+            for (size_t i = 0; i < m; i++)
+                acc[i][v] = _mm256_mul_ps(acc[i][v], sv);
+        }
     if (bias)
 FL_UNROLL
         for (size_t v = 0; v < NV; v++) {
-            const __m256 bv = vload(dt, bias + v * VBYTES);
+            const __m256 bv = vload(bias + v * VBYTES);
 FL_UNROLL
             for (size_t i = 0; i < m; i++)
                 acc[i][v] = vadd(dt, acc[i][v], bv);
@@ -115,60 +172,105 @@ FL_UNROLL
         for (size_t v = 0; v < NV; v++) {
             char *yv = y + i * ldy + v * VBYTES;
             if (v < full)
-                vstore(dt, yv, acc[i][v]);
+                vstore(yv, acc[i][v]);
             else if (v == full && tail)
                 _mm256_maskstore_ps((float *)yv, head_mask(tail), acc[i][v]);
         }
+}
+
+/* kc k rows of a packed panel widened into dst (kc x NR floats): the values tile()
+ * computes with, for the float32 kernel to reuse across many rows (kernel.h). */
+INLINE void widen(const fl_dtype dt, size_t kc, const char *w, size_t group, char *dst)
+{
+    const size_t rb = row_bytes(dt);
+    const size_t run = dt == FL_I4 ? group : kc, lead = dt == FL_I4 ? NV * VBYTES : 0;
+    for (size_t k0 = 0; k0 < kc; k0 += run) {
+        const char *sg = w, *wr = w + lead;
+        const size_t k1 = kc - k0 < run ? kc - k0 : run;
+        for (size_t k = 0; k < k1; k++, dst += NV * VBYTES) {
+            const char *wk = wr + k * rb;
+FL_UNROLL
+            for (size_t l = 0; l < rb; l += 64)
+                _mm_prefetch(wk + FL_PREFETCH_BYTES + l, _MM_HINT_T0);
+FL_UNROLL
+            for (size_t v = 0; v < NV; v++)
+                vstore(dst + v * VBYTES, weight(dt, wk, v, sg));
+        }
+        w = wr + run * rb;
+    }
 }
 
 /* One instance per tile height the driver asks for (kernel.h: MR, then powers of two
  * below it); the x strides are constants in each of the two calls of ukernel, so each
  * x layout gets its own instances. */
 INLINE void rows(const fl_dtype dt, size_t m, size_t kc, const char *a, const ptrdiff_t a_rs,
-                 const ptrdiff_t a_cs, const char *w, char *y, size_t ldy, size_t n,
-                 int first, const char *bias)
+                 const ptrdiff_t a_cs, const char *w, size_t group, char *y, size_t ldy,
+                 size_t n, int first, const char *scale, const char *bias)
 {
     switch (m) {
-    case MR: tile(dt, MR, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
-    case 2: tile(dt, 2, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
-    default: tile(dt, 1, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
+    case MR: tile(dt, MR, kc, a, a_rs, a_cs, w, group, y, ldy, n, first, scale, bias); break;
+    case 2: tile(dt, 2, kc, a, a_rs, a_cs, w, group, y, ldy, n, first, scale, bias); break;
+    default: tile(dt, 1, kc, a, a_rs, a_cs, w, group, y, ldy, n, first, scale, bias); break;
     }
 }
 _Static_assert(MR == 3, "one case per tile height above");
 
 INLINE void ukernel(const fl_dtype dt, size_t kc, const void *a, ptrdiff_t a_rs,
-                    ptrdiff_t a_cs, const void *w, void *y, size_t ldy, size_t m, size_t n,
-                    int first, const void *bias)
+                    ptrdiff_t a_cs, const void *w, size_t group, void *y, size_t ldy,
+                    size_t m, size_t n, int first, const float *scale, const void *bias)
 {
     if (a_cs == 1)  /* x in place */
-        rows(dt, m, kc, a, a_rs, 1, w, y, ldy, n, first, bias);
+        rows(dt, m, kc, a, a_rs, 1, w, group, y, ldy, n, first, (const char *)scale, bias);
     else            /* packed x: a_rs == 1, a_cs == MR */
-        rows(dt, m, kc, a, 1, MR, w, y, ldy, n, first, bias);
+        rows(dt, m, kc, a, 1, MR, w, group, y, ldy, n, first, (const char *)scale, bias);
 }
 
-static AVX2 void avx2_f32(size_t kc, const void *a, ptrdiff_t a_rs, ptrdiff_t a_cs,
-                          const void *w, void *y, size_t ldy, size_t m, size_t n,
-                          int first, const void *bias)
+/* The entry points, one per weight format. */
+#define ARGS size_t kc, const void *a, ptrdiff_t a_rs, ptrdiff_t a_cs, const void *w, \
+             size_t group, void *y, size_t ldy, size_t m, size_t n, int first,        \
+             const float *scale, const void *bias
+#define PASS kc, a, a_rs, a_cs, w, group, y, ldy, m, n, first, scale, bias
+static AVX2 void avx2_f32(ARGS) { ukernel(FL_F32, PASS); }
+static AVX2 void avx2_f64(ARGS) { ukernel(FL_F64, PASS); }
+static AVX2 void avx2_bf16(ARGS) { ukernel(FL_BF16, PASS); }
+static AVX2 void avx2_f16(ARGS) { ukernel(FL_F16, PASS); }
+static AVX2 void avx2_i8(ARGS) { ukernel(FL_I8, PASS); }
+static AVX2 void avx2_i4(ARGS) { ukernel(FL_I4, PASS); }
+#undef ARGS
+#undef PASS
+static AVX2 void avx2_widen_bf16(size_t kc, const void *w, size_t group, float *dst)
 {
-    ukernel(FL_F32, kc, a, a_rs, a_cs, w, y, ldy, m, n, first, bias);
+    widen(FL_BF16, kc, w, group, (char *)dst);
 }
-
-static AVX2 void avx2_f64(size_t kc, const void *a, ptrdiff_t a_rs, ptrdiff_t a_cs,
-                          const void *w, void *y, size_t ldy, size_t m, size_t n,
-                          int first, const void *bias)
+static AVX2 void avx2_widen_f16(size_t kc, const void *w, size_t group, float *dst)
 {
-    ukernel(FL_F64, kc, a, a_rs, a_cs, w, y, ldy, m, n, first, bias);
+    widen(FL_F16, kc, w, group, (char *)dst);
+}
+static AVX2 void avx2_widen_i8(size_t kc, const void *w, size_t group, float *dst)
+{
+    widen(FL_I8, kc, w, group, (char *)dst);
+}
+static AVX2 void avx2_widen_i4(size_t kc, const void *w, size_t group, float *dst)
+{
+    widen(FL_I4, kc, w, group, (char *)dst);
 }
 
 static int cpu_has_avx2(void)
 {
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")
+           && __builtin_cpu_supports("f16c");
 }
 
+#define F32_BLOCKS MR, NV * 8, FL_AVX2_F32_KC, FL_AVX2_F32_MC, FL_AVX2_F32_NC
 const fl_isa fl_isa_avx2 = {
     "avx2", cpu_has_avx2,
-    {{avx2_f32, MR, NV * 8, FL_AVX2_F32_KC, FL_AVX2_F32_MC, FL_AVX2_F32_NC},
-     {avx2_f64, MR, NV * 4, FL_AVX2_F64_KC, FL_AVX2_F64_MC, FL_AVX2_F64_NC}},
+    {[FL_F32] = {avx2_f32, NULL, F32_BLOCKS},
+     [FL_F64] = {avx2_f64, NULL, MR, NV * 4, FL_AVX2_F64_KC, FL_AVX2_F64_MC, FL_AVX2_F64_NC},
+     [FL_BF16] = {avx2_bf16, avx2_widen_bf16, F32_BLOCKS},
+     [FL_F16] = {avx2_f16, avx2_widen_f16, F32_BLOCKS},
+     [FL_I8] = {avx2_i8, avx2_widen_i8, F32_BLOCKS},
+     [FL_I4] = {avx2_i4, avx2_widen_i4, F32_BLOCKS}},
 };
+#undef F32_BLOCKS
 #endif

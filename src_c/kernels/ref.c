@@ -24,7 +24,8 @@ _Static_assert(MR32 == 4 && MR64 == 4, "one switch case per tile height below");
  * arithmetic of a column never depends on n. */
 static inline __attribute__((always_inline)) void
 tile_f32(const size_t m, size_t kc, const float *a, ptrdiff_t a_rs, ptrdiff_t a_cs,
-         const float *w, float *y, size_t ldy, size_t n, int first, const float *bias)
+         const float *w, float *y, size_t ldy, size_t n, int first, const float *scale,
+         const float *bias)
 {
     float edge[MR32][NV32 * 4] = {{0}};
     f32x4 acc[MR32][NV32];
@@ -42,6 +43,12 @@ tile_f32(const size_t m, size_t kc, const float *a, ptrdiff_t a_rs, ptrdiff_t a_
                 acc[i][v] += ai * wk[v];
         }
     }
+    if (scale) {  /* int8's scales, on the float32 kernel run over widened weights */
+        const f32x4_mem *sv = (const f32x4_mem *)scale;
+        for (size_t i = 0; i < m; i++)
+            for (size_t v = 0; v < NV32; v++)
+                acc[i][v] *= sv[v];
+    }
     if (bias) {
         const f32x4_mem *bv = (const f32x4_mem *)bias;
         for (size_t i = 0; i < m; i++)
@@ -56,13 +63,14 @@ tile_f32(const size_t m, size_t kc, const float *a, ptrdiff_t a_rs, ptrdiff_t a_
 }
 
 static void ukernel_f32(size_t kc, const void *a, ptrdiff_t a_rs, ptrdiff_t a_cs,
-                        const void *w, void *y, size_t ldy, size_t m, size_t n,
-                        int first, const void *bias)
+                        const void *w, size_t group, void *y, size_t ldy, size_t m,
+                        size_t n, int first, const float *scale, const void *bias)
 {
+    (void)group;  /* compressed weights come here widened (kernel.h) */
     switch (m) {  /* the tile heights of kernel.h */
-    case MR32: tile_f32(MR32, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
-    case 2: tile_f32(2, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
-    default: tile_f32(1, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
+    case MR32: tile_f32(MR32, kc, a, a_rs, a_cs, w, y, ldy, n, first, scale, bias); break;
+    case 2: tile_f32(2, kc, a, a_rs, a_cs, w, y, ldy, n, first, scale, bias); break;
+    default: tile_f32(1, kc, a, a_rs, a_cs, w, y, ldy, n, first, scale, bias); break;
     }
 }
 
@@ -100,9 +108,10 @@ tile_f64(const size_t m, size_t kc, const double *a, ptrdiff_t a_rs, ptrdiff_t a
 }
 
 static void ukernel_f64(size_t kc, const void *a, ptrdiff_t a_rs, ptrdiff_t a_cs,
-                        const void *w, void *y, size_t ldy, size_t m, size_t n,
-                        int first, const void *bias)
+                        const void *w, size_t group, void *y, size_t ldy, size_t m,
+                        size_t n, int first, const float *scale, const void *bias)
 {
+    (void)group, (void)scale;  /* no compressed float64 weights */
     switch (m) {  /* the tile heights of kernel.h */
     case MR64: tile_f64(MR64, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
     case 2: tile_f64(2, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
@@ -112,10 +121,17 @@ static void ukernel_f64(size_t kc, const void *a, ptrdiff_t a_rs, ptrdiff_t a_cs
 
 static int cpu_has_ref(void) { return 1; }
 
+/* Compressed formats have no kernel here: the driver widens their weights with
+ * fl_expand() and runs the float32 one. */
+#define F32_BLOCKS FL_REF_F32_MR, FL_REF_F32_NR, FL_REF_F32_KC, FL_REF_F32_MC, FL_REF_F32_NC
 const fl_isa fl_isa_ref = {
     "ref", cpu_has_ref,
-    {{ukernel_f32, FL_REF_F32_MR, FL_REF_F32_NR, FL_REF_F32_KC, FL_REF_F32_MC,
-      FL_REF_F32_NC},
-     {ukernel_f64, FL_REF_F64_MR, FL_REF_F64_NR, FL_REF_F64_KC, FL_REF_F64_MC,
-      FL_REF_F64_NC}},
+    {[FL_F32] = {ukernel_f32, NULL, F32_BLOCKS},
+     [FL_F64] = {ukernel_f64, NULL, FL_REF_F64_MR, FL_REF_F64_NR, FL_REF_F64_KC, FL_REF_F64_MC,
+                 FL_REF_F64_NC},
+     [FL_BF16] = {NULL, NULL, F32_BLOCKS},
+     [FL_F16] = {NULL, NULL, F32_BLOCKS},
+     [FL_I8] = {NULL, NULL, F32_BLOCKS},
+     [FL_I4] = {NULL, NULL, F32_BLOCKS}},
 };
+#undef F32_BLOCKS

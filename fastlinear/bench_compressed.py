@@ -1,0 +1,380 @@
+"""The benchmark's compressed-weight tables (`python -m fastlinear.bench --weight-dtype F`).
+
+For each shape, fastlinear with float32 weights and with weights in format F run
+interleaved, round after round (as in the float32 table), against the rivals that store
+weights in a like format:
+
+    bfloat16     torch F.linear on bfloat16 weight, bias and input
+    float16      the same, and torch F.linear on float16 weight, bias and input
+    int8         torch.ao.quantization.quantize_dynamic (qint8, torch's default qconfig:
+                 per tensor), and ONNX Runtime's quantize_dynamic (QInt8, per channel) of
+                 a MatMul + Add model: int8 weights, inputs quantized to uint8 per call
+    int4         ONNX Runtime MatMulNBits (4 bits, symmetric, block = --group-size) from
+                 its MatMulNBitsQuantizer: at the default accuracy level (float compute)
+                 and at accuracy_level=4 (inputs quantized to int8 per block)
+
+Every contender gets the same float32 x, N(0, 1), and the same float32 weight and bias,
+drawn as torch.nn.Linear draws them (uniform in +-1/sqrt(K)); each quantizes the weight
+its own way. The error of each is max|y - y64| / max|y64|, where y64 is the product of
+those unquantized float32 arrays in float64: it includes the quantization. Times are the
+best per call over the rounds; torch's bfloat16/float16 input is converted before timing.
+"""
+import contextlib
+import inspect
+import logging
+import os
+import sys
+import tempfile
+import warnings
+
+import numpy as np
+
+import fastlinear as fl
+
+FORMATS = ("bfloat16", "float16", "int8", "int4")
+DEFAULT_SHAPES = "1x4096x4096,8x4096x4096,128x768x3072"
+GROUP_SIZES = (32, 64, 128)
+DEFAULT_GROUP_SIZE = 32
+# Table titles of the contenders (8 characters at most): fl fastlinear, pt PyTorch,
+# ort ONNX Runtime.
+SHORT = {"bfloat16": "bf16", "float16": "f16", "int8": "i8", "int4": "i4"}
+TITLES = {"fastlinear float32": "fl f32",
+          **{f"fastlinear {f}": f"fl {s}" for f, s in SHORT.items()},
+          "torch bf16": "pt bf16", "torch f16": "pt f16", "torch int8": "pt i8",
+          "onnxruntime int8": "ort i8", "onnxruntime int4": "ort i4",
+          "onnxruntime int4 acc4": "ort i4a4"}
+LEGEND = {
+    "torch bf16": "torch F.linear, bfloat16 weight, bias and input",
+    "torch f16": "torch F.linear, float16 weight, bias and input",
+    "torch int8": "torch quantize_dynamic, qint8 weights (per tensor), inputs quantized per call",
+    "onnxruntime int8": "ONNX Runtime quantize_dynamic, int8 weights per channel, uint8 inputs",
+    "onnxruntime int4": "ONNX Runtime MatMulNBits, 4 bits symmetric, block {g}, float compute",
+    "onnxruntime int4 acc4": "the same at accuracy_level=4: inputs quantized to int8",
+}
+
+
+def rival_names(weight_dtype):
+    """The rivals a format's table sets against fastlinear, in table order."""
+    return {"bfloat16": ("torch bf16",),
+            "float16": ("torch bf16", "torch f16"),
+            "int8": ("torch int8", "onnxruntime int8"),
+            "int4": ("onnxruntime int4", "onnxruntime int4 acc4")}[weight_dtype]
+
+
+def fastlinear_api_missing():
+    """None when this fastlinear builds layers with compressed weights, else why not."""
+    try:
+        params = inspect.signature(fl.Linear).parameters
+    except (TypeError, ValueError):
+        params = {}
+    if "weight_dtype" not in params or not hasattr(fl.Linear, "quantize"):
+        return ("this fastlinear has no compressed weights yet (fl.Linear takes no "
+                "weight_dtype, has no quantize()): its columns stay empty")
+    return None
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silences the rivals' quantizers: torch's deprecation warnings, and ONNX Runtime's
+    log lines (its matmul_nbits_quantizer calls logging.basicConfig on import: the root
+    logger's handlers and level are put back afterwards)."""
+    root = logging.getLogger()
+    handlers, level, disabled = root.handlers[:], root.level, root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(disabled)
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
+# -- the rivals: each builder returns {name: (run, as_float64)} or {} when its package is
+# not installed (a note says so on stderr).
+
+def _torch_float(x, w, b, name, dtype_name):
+    import torch
+    dt = getattr(torch, dtype_name)
+    tx, tw, tb = (torch.from_numpy(a).to(dt) for a in (x, w, b))
+    linear = torch.nn.functional.linear
+
+    def run():
+        with torch.inference_mode():
+            return linear(tx, tw, tb)
+    return {name: (run, lambda y: y.double().numpy())}
+
+
+def _torch_int8(x, w, b):
+    import torch
+    module = torch.nn.Linear(w.shape[1], w.shape[0])
+    with torch.no_grad():
+        module.weight.copy_(torch.from_numpy(w))
+        module.bias.copy_(torch.from_numpy(b))
+    with _quiet():  # torch.ao.quantization warns that it is deprecated
+        model = torch.ao.quantization.quantize_dynamic(
+            torch.nn.Sequential(module), {torch.nn.Linear}, dtype=torch.qint8)
+    tx = torch.from_numpy(x)
+
+    def run():
+        with torch.inference_mode():
+            return model(tx)
+    return {"torch int8": (run, lambda y: y.double().numpy())}
+
+
+def matmul_add_model(w, b):
+    """A float32 ONNX model y = MatMul(x, w.T) + b (the form ONNX Runtime's quantizers
+    quantize; they leave Gemm alone)."""
+    from onnx import TensorProto, helper, numpy_helper
+    nodes = [helper.make_node("MatMul", ["x", "w_t"], ["xw"]),
+             helper.make_node("Add", ["xw", "b"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "linear",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["m", w.shape[1]])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["m", w.shape[0]])],
+        [numpy_helper.from_array(np.ascontiguousarray(w.T), "w_t"),
+         numpy_helper.from_array(b, "b")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def _check_ops(model, wanted, what):
+    ops = {node.op_type for node in model.graph.node}
+    if not ops & set(wanted):
+        raise RuntimeError(f"{what}: the quantized model has no {' or '.join(wanted)} node "
+                           f"(its nodes: {sorted(ops)})")
+
+
+def ort_int8_model(w, b):
+    """ONNX Runtime's dynamic quantization, int8 weights per output channel."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    with tempfile.TemporaryDirectory() as folder, _quiet():
+        path = os.path.join(folder, "linear.int8.onnx")
+        quantize_dynamic(matmul_add_model(w, b), path, per_channel=True,
+                         weight_type=QuantType.QInt8)
+        model = onnx.load(path)
+    _check_ops(model, ("MatMulInteger", "DynamicQuantizeMatMul"), "ONNX Runtime int8")
+    return model
+
+
+def ort_int4_model(w, b, block_size, accuracy_level=None):
+    """ONNX Runtime's 4-bit weight-only quantization (MatMulNBits), symmetric."""
+    with _quiet():
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+        quantizer = MatMulNBitsQuantizer(matmul_add_model(w, b), bits=4,
+                                         block_size=block_size, is_symmetric=True,
+                                         accuracy_level=accuracy_level)
+        quantizer.process()
+    model = quantizer.model.model
+    _check_ops(model, ("MatMulNBits",), "ONNX Runtime int4")
+    return model
+
+
+def _ort_runs(x, models, threads):
+    from .bench import ort_session
+    runs = {}
+    for name, model in models.items():
+        session = ort_session(model, threads)
+        runs[name] = ((lambda s=session: s.run(None, {"x": x})[0]),
+                      lambda y: np.asarray(y, np.float64))
+    return runs
+
+
+def rivals(weight_dtype, x, w, b, threads, group_size):
+    """name -> (run, as_float64) for the format's rivals that are installed."""
+    runs = {}
+    names = rival_names(weight_dtype)
+    if "torch bf16" in names or "torch int8" in names:
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            _note("torch is not installed: its columns stay empty")
+        else:
+            if "torch bf16" in names:
+                runs.update(_torch_float(x, w, b, "torch bf16", "bfloat16"))
+            if "torch f16" in names:
+                runs.update(_torch_float(x, w, b, "torch f16", "float16"))
+            if "torch int8" in names:
+                runs.update(_torch_int8(x, w, b))
+    ort_names = [n for n in names if n.startswith("onnxruntime")]
+    if ort_names:
+        try:
+            import onnx  # noqa: F401
+            import onnxruntime  # noqa: F401
+            if weight_dtype == "int4":
+                import onnx_ir  # noqa: F401  (the 4-bit quantizer's, undeclared by its wheel)
+        except ImportError as exc:
+            _note(f"{exc.name} is not installed: the ONNX Runtime columns stay empty")
+        else:
+            if weight_dtype == "int8":
+                models = {"onnxruntime int8": ort_int8_model(w, b)}
+            else:
+                models = {"onnxruntime int4": ort_int4_model(w, b, group_size),
+                          "onnxruntime int4 acc4": ort_int4_model(w, b, group_size, 4)}
+            runs.update(_ort_runs(x, models, threads))
+    return runs
+
+
+_noted = set()
+
+
+def _note(message):
+    """A note on stderr, once per process."""
+    if message not in _noted:
+        _noted.add(message)
+        sys.stdout.flush()
+        print(f"note: {message}", file=sys.stderr)
+
+
+# -- fastlinear ------------------------------------------------------------------------
+
+def fastlinear_runs(x, w, b, weight_dtype, group_size):
+    """name -> (run, as_float64) for fastlinear float32 and, where this build has it,
+    fastlinear in `weight_dtype`; and that layer (or None)."""
+    base = fl.Linear(w.shape[1], w.shape[0])
+    base.load_state_dict({"weight": w, "bias": b})
+    runs = {"fastlinear float32": ((lambda: base(x)), lambda y: np.asarray(y, np.float64))}
+    missing = fastlinear_api_missing()
+    if missing:
+        _note(missing)
+        return runs, None
+    name = f"fastlinear {weight_dtype}"
+    try:
+        layer = base.quantize(weight_dtype,
+                              group_size=group_size if weight_dtype == "int4" else None)
+    except Exception as exc:  # a format not built yet: the table shows the rest
+        _note(f"{name} is not available: {type(exc).__name__}: {exc}")
+        return runs, None
+    runs[name] = ((lambda: layer(x)), lambda y: np.asarray(y, np.float64))
+    return runs, layer
+
+
+def _check_own_weights(layer, y, x, name):
+    """The compressed layer computes x @ layer.weight.T + bias (the float32 values it
+    reports) within float32 rounding: the quantization is all of its error."""
+    weight = np.asarray(layer.weight, np.float64)
+    bias = np.zeros(weight.shape[0]) if layer.bias is None else np.asarray(layer.bias,
+                                                                           np.float64)
+    exact = x.astype(np.float64) @ weight.T + bias
+    scale = np.abs(x).astype(np.float64) @ np.abs(weight).T + np.abs(bias)
+    tol = 2 * (x.shape[1] + 2) * np.finfo(np.float32).eps * scale
+    if not np.all(np.abs(y - exact) <= tol):
+        raise SystemExit(f"{name} disagrees with its own layer.weight (float64 reference)")
+
+
+def rel_error(y, y64):
+    """max|y - y64| / max|y64| (inf or nan where y is not finite)."""
+    with np.errstate(invalid="ignore"):
+        return float(np.max(np.abs(y - y64)) / np.max(np.abs(y64)))
+
+
+def measure(shape, weight_dtype, threads, group_size, rounds, budget, settle, rng):
+    """One shape of one format's table: time and error per contender, and the ratios."""
+    from .bench import best_times
+    m, k, n = shape
+    bound = 1.0 / np.sqrt(k)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    w = rng.uniform(-bound, bound, (n, k)).astype(np.float32)
+    b = rng.uniform(-bound, bound, n).astype(np.float32)
+    y64 = x.astype(np.float64) @ w.astype(np.float64).T + b
+    contenders, layer = fastlinear_runs(x, w, b, weight_dtype, group_size)
+    contenders.update(rivals(weight_dtype, x, w, b, threads, group_size))
+    errors = {}
+    for name, (run, as_float64) in contenders.items():
+        y = as_float64(run())
+        errors[name] = rel_error(y, y64)
+        if name == f"fastlinear {weight_dtype}":
+            _check_own_weights(layer, y, x, name)
+    best = best_times({name: run for name, (run, _) in contenders.items()}, rounds, budget,
+                      settle)
+    us = {name: t * 1e6 for name, t in best.items()}
+    ours = us.get(f"fastlinear {weight_dtype}")
+    present = [name for name in rival_names(weight_dtype) if name in us]
+    rival = min(present, key=us.get) if present else None
+    row = {"m": m, "k": k, "n": n, "weight_dtype": weight_dtype,
+           "group_size": group_size if weight_dtype == "int4" else None,
+           "us": us, "error": errors, "best_rival": rival,
+           "ratio_float32": None if ours is None else ours / us["fastlinear float32"],
+           "ratio_best": None if ours is None or rival is None else ours / us[rival]}
+    return row
+
+
+# -- the table ---------------------------------------------------------------------------
+
+def _us(t):
+    return "-" if t is None else f"{t:.2f}" if t < 10 else f"{t:.1f}" if t < 1e4 else f"{t:.0f}"
+
+
+def _ratio(r):
+    return "-" if r is None else f"{r:.2f}"
+
+
+def _err(e):
+    return "-" if e is None else f"{e:.1e}"
+
+
+def columns(weight_dtype):
+    """(group, title, width, cell of a row) for a format's table."""
+    names = ["fastlinear float32", f"fastlinear {weight_dtype}", *rival_names(weight_dtype)]
+    cols = [("", "M x K x N", 12, lambda r: f"{r['m']}x{r['k']}x{r['n']}")]
+    cols += [("time", TITLES[name], 8, lambda r, name=name: _us(r["us"].get(name)))
+             for name in names]
+    cols += [("ratio", "/f32", 5, lambda r: _ratio(r["ratio_float32"])),
+             ("ratio", "/best", 5, lambda r: _ratio(r["ratio_best"]))]
+    cols += [("error", TITLES[name], 8, lambda r, name=name: _err(r["error"].get(name)))
+             for name in names]
+    return cols
+
+
+GROUP_TITLES = {"time": " time (us) ", "ratio": " ratio ", "error": " error "}
+
+
+def table_head(weight_dtype, group_size, threads, rounds):
+    """The lines above a format's table: what it measures, the rivals, the header."""
+    what = f"{weight_dtype} weights" + (f", groups of {group_size}"
+                                        if weight_dtype == "int4" else "")
+    lines = [f"{what}, {threads} threads, best of {rounds} rounds",
+             f"  {'/f32':>8}: time of fastlinear {weight_dtype} / time of fastlinear float32",
+             f"  {'/best':>8}: time of fastlinear {weight_dtype} / time of the fastest rival",
+             f"  {'error':>8}: max|y - y64| / max|y64|, y64 the float64 product of the "
+             f"unquantized weights"]
+    for name in rival_names(weight_dtype):
+        lines.append(f"  {TITLES[name]:>8}: {LEGEND[name].format(g=group_size)}")
+    cols = columns(weight_dtype)
+    groups, spans = [], []
+    for group, _, width, _ in cols:
+        if spans and groups[-1] == group:
+            spans[-1] += width + 1
+        else:
+            groups.append(group)
+            spans.append(width)
+    lines.append(" ".join(f"{GROUP_TITLES.get(g, ''):-^{s}}" if g else " " * s
+                          for g, s in zip(groups, spans)))
+    lines.append(" ".join(f"{title:>{width}}" for _, title, width, _ in cols))
+    return lines
+
+
+def format_row(row):
+    return " ".join(f"{cell(row):>{width}}" for _, _, width, cell in columns(row["weight_dtype"]))
+
+
+def run_tables(formats, shapes, group_size, threads, rounds, budget, settle, progress):
+    """format -> rows, printing each format's table as it is measured. Every table draws
+    its arrays from the same seed: the float32 weights are the same in each."""
+    results = {}
+    for weight_dtype in formats:
+        print()
+        for line in table_head(weight_dtype, group_size, threads, rounds):
+            print(line)
+        rng = np.random.default_rng(0)
+        rows = []
+        for shape in shapes:
+            progress.show(shape)
+            row = measure(shape, weight_dtype, threads, group_size, rounds, budget, settle,
+                          rng)
+            progress.clear()
+            print(format_row(row), flush=True)
+            rows.append(row)
+        results[weight_dtype] = rows
+    return results
