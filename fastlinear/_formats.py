@@ -81,7 +81,8 @@ def encode(w, weight_dtype, group):
         raise ValueError(f"weight has NaN or Inf values, which {weight_dtype} weights "
                          f"cannot hold")
     if weight_dtype in ("bfloat16", "float16"):
-        stored = w.astype(STORED[weight_dtype])
+        with np.errstate(over="ignore"):  # checked just below
+            stored = w.astype(STORED[weight_dtype])
         if not np.isfinite(stored).all():
             raise ValueError(f"weight has values beyond the range of {weight_dtype} "
                              f"(largest {float(np.finfo(stored.dtype).max):g})")
@@ -140,7 +141,8 @@ def check_stored(w, scale, weight_dtype, group, n, k):
 def decode(stored, scale, weight_dtype, group, k):
     """The float values (float32, or float64 for float64 weights) of stored rows."""
     if weight_dtype in ("float32", "float64", "bfloat16", "float16"):
-        return stored.astype(np.float64 if weight_dtype == "float64" else np.float32)
+        return stored.astype(np.float64 if weight_dtype == "float64" else np.float32,
+                             copy=False)
     if weight_dtype == "int8":
         return stored.astype(np.float32) * scale[:, None]
     q = unpack_int4(stored, k).astype(np.float32)

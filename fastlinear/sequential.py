@@ -56,15 +56,18 @@ class Sequential:
         return self.modules[i]
 
     @classmethod
-    def from_torch(cls, module, *, dtype=None, backend="auto"):
-        """From a torch.nn.Sequential of Linear, ReLU, GELU and Tanh modules."""
+    def from_torch(cls, module, *, dtype=None, weight_dtype=None, group_size=None,
+                   backend="auto"):
+        """From a torch.nn.Sequential of Linear, ReLU, GELU and Tanh modules; dtype,
+        weight_dtype and group_size apply to every Linear (see Linear.from_torch)."""
         converted = []
         for i, m in enumerate(module):
             kind = type(m).__name__
             if kind not in _FROM_TORCH:
                 raise TypeError(f"cannot convert module {i} ({kind}); supported: "
                                 f"{', '.join(sorted(_FROM_TORCH))}")
-            converted.append(_FROM_TORCH[kind](m, dtype=dtype, backend=backend))
+            converted.append(_FROM_TORCH[kind](m, dtype=dtype, weight_dtype=weight_dtype,
+                                               group_size=group_size, backend=backend))
         return cls(*converted)
 
     def state_dict(self):
