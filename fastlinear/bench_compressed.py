@@ -20,7 +20,6 @@ those unquantized float32 arrays in float64: it includes the quantization. Times
 best per call over the rounds; torch's bfloat16/float16 input is converted before timing.
 """
 import contextlib
-import inspect
 import logging
 import os
 import sys
@@ -59,18 +58,6 @@ def rival_names(weight_dtype):
             "float16": ("torch bf16", "torch f16"),
             "int8": ("torch int8", "onnxruntime int8"),
             "int4": ("onnxruntime int4", "onnxruntime int4 acc4")}[weight_dtype]
-
-
-def fastlinear_api_missing():
-    """None when this fastlinear builds layers with compressed weights, else why not."""
-    try:
-        params = inspect.signature(fl.Linear).parameters
-    except (TypeError, ValueError):
-        params = {}
-    if "weight_dtype" not in params or not hasattr(fl.Linear, "quantize"):
-        return ("this fastlinear has no compressed weights yet (fl.Linear takes no "
-                "weight_dtype, has no quantize()): its columns stay empty")
-    return None
 
 
 @contextlib.contextmanager
@@ -230,24 +217,15 @@ def _note(message):
 # -- fastlinear ------------------------------------------------------------------------
 
 def fastlinear_runs(x, w, b, weight_dtype, group_size):
-    """name -> (run, as_float64) for fastlinear float32 and, where this build has it,
-    fastlinear in `weight_dtype`; and that layer (or None)."""
+    """name -> (run, as_float64) for fastlinear float32 and fastlinear in `weight_dtype`;
+    and that layer."""
     base = fl.Linear(w.shape[1], w.shape[0])
     base.load_state_dict({"weight": w, "bias": b})
-    runs = {"fastlinear float32": ((lambda: base(x)), lambda y: np.asarray(y, np.float64))}
-    missing = fastlinear_api_missing()
-    if missing:
-        _note(missing)
-        return runs, None
-    name = f"fastlinear {weight_dtype}"
-    try:
-        layer = base.quantize(weight_dtype,
-                              group_size=group_size if weight_dtype == "int4" else None)
-    except Exception as exc:  # a format not built yet: the table shows the rest
-        _note(f"{name} is not available: {type(exc).__name__}: {exc}")
-        return runs, None
-    runs[name] = ((lambda: layer(x)), lambda y: np.asarray(y, np.float64))
-    return runs, layer
+    layer = base.quantize(weight_dtype,
+                          group_size=group_size if weight_dtype == "int4" else None)
+    as64 = lambda y: np.asarray(y, np.float64)  # noqa: E731
+    return {"fastlinear float32": ((lambda: base(x)), as64),
+            f"fastlinear {weight_dtype}": ((lambda: layer(x)), as64)}, layer
 
 
 def _check_own_weights(layer, y, x, name):
