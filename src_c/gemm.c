@@ -58,19 +58,20 @@ static fl_weights weights(const fl_packed *p, size_t q, size_t pc, size_t kc, fl
                         (const char *)p->w + q * p->panel_bytes + fl_panel_offset(p, pc)};
 }
 
-/* Rows [row, row + m) (m <= MR) of weight panel q for k in [pc, pc + kc), the scale and
- * bias after the last k block. Rows are independent, so fewer than MR rows run as tiles
- * whose heights are powers of two (the heights kernels instantiate, kernel.h) with the
- * same bits. */
-static void run_tile(const fl_job *jb, fl_weights wt, size_t q, size_t pc, size_t kc,
-                     const char *a, ptrdiff_t a_rs, ptrdiff_t a_cs, size_t row, size_t m)
+/* Rows [row, row + m) (m <= MR) of weight panels q .. q + np - 1 (np = 2 only for one
+ * row, with kernels of two_panels) for k in [pc, pc + kc), the scale and bias after the
+ * last k block. Rows are independent, so fewer than MR rows run as tiles whose heights
+ * are powers of two (the heights kernels instantiate, kernel.h) with the same bits. */
+static void run_tile(const fl_job *jb, fl_weights wt, size_t q, size_t np, size_t pc,
+                     size_t kc, const char *a, ptrdiff_t a_rs, ptrdiff_t a_cs, size_t row,
+                     size_t m)
 {
     const fl_packed *p = jb->p;
     const size_t size = fl_dtype_size(p->dtype), nr = p->kern->nr;
     const int last = pc + kc == p->k;
     const char *bq = last && p->bias ? (const char *)p->bias + q * nr * size : NULL;
     const float *sq = last && p->scale ? p->scale + q * nr : NULL;
-    const size_t n = min_sz(nr, p->n - q * nr);
+    const size_t n = min_sz(np * nr, p->n - q * nr);
     while (m > 0) {
         size_t h = 1;
         if (m == p->kern->mr)
@@ -78,8 +79,8 @@ static void run_tile(const fl_job *jb, fl_weights wt, size_t q, size_t pc, size_
         else
             while (2 * h <= m)
                 h *= 2;
-        wt.run(kc, a, a_rs, a_cs, wt.w, p->group, jb->y + (row * jb->ldy + q * nr) * size,
-               jb->ldy, h, n, pc == 0, sq, bq);
+        wt.run(kc, a, a_rs, a_cs, wt.w, (ptrdiff_t)p->panel_bytes, p->group,
+               jb->y + (row * jb->ldy + q * nr) * size, jb->ldy, h, n, pc == 0, sq, bq);
         a += (ptrdiff_t)h * a_rs * (ptrdiff_t)size;
         row += h;
         m -= h;
@@ -87,20 +88,24 @@ static void run_tile(const fl_job *jb, fl_weights wt, size_t q, size_t pc, size_
 }
 
 /* x read in place, rows [r0, r1) x weight panels [q0, q1): each panel is streamed once,
- * front to back (its k blocks lie one after another), for all the rows. `wbuf`: NULL,
- * or room for one widened KC x NR block where the format's kernel is missing. */
+ * front to back (its k blocks lie one after another), for all the rows; a single row
+ * takes two panels at a time where the kernel can (twice the independent sums to hide
+ * the FMA latency: that bounds one row of compressed weights, read from cache). `wbuf`:
+ * NULL, or room for one widened KC x NR block where the format's kernel is missing. */
 static void run_direct(const fl_job *jb, size_t r0, size_t r1, size_t q0, size_t q1,
                        float *wbuf)
 {
     const fl_kernel *kr = jb->p->kern;
     const size_t size = fl_dtype_size(jb->p->dtype), k = jb->p->k;
-    for (size_t q = q0; q < q1; q++) {
+    const size_t step = r1 - r0 == 1 && kr->two_panels && !wbuf ? 2 : 1;
+    for (size_t q = q0; q < q1; q += step) {
+        const size_t np = min_sz(step, q1 - q);
         size_t pc = 0;
         do {  /* at least once: K = 0 still writes the bias */
             const size_t kc = min_sz(kr->kc, k - pc);
             const fl_weights wt = weights(jb->p, q, pc, kc, wbuf);
             for (size_t ir = r0; ir < r1; ir += kr->mr)
-                run_tile(jb, wt, q, pc, kc, jb->x + (ir * jb->ldx + pc) * size,
+                run_tile(jb, wt, q, np, pc, kc, jb->x + (ir * jb->ldx + pc) * size,
                          (ptrdiff_t)jb->ldx, 1, ir, min_sz(kr->mr, r1 - ir));
             pc += kc;
         } while (pc < k);
@@ -129,7 +134,7 @@ static void run_packed(const fl_job *jb, size_t r0, size_t r1, size_t q0, size_t
                 for (size_t q = jc; q < jc_end; q++) {
                     const fl_weights wt = weights(p, q, pc, kc, wbuf);
                     for (size_t ir = 0; ir < mc; ir += mr)
-                        run_tile(jb, wt, q, pc, kc, (char *)xbuf + ir * kc * size, 1,
+                        run_tile(jb, wt, q, 1, pc, kc, (char *)xbuf + ir * kc * size, 1,
                                  (ptrdiff_t)mr, ic + ir, min_sz(mr, mc - ir));
                 }
             }

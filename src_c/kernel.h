@@ -24,6 +24,9 @@
  *            two's complement. A group past K is zero.
  *          Panels start 64-byte aligned; values past column n are zero. All NR columns
  *          may be read.
+ *   w_next with a kernel of two_panels, and m = 1, x in place: n may reach 2 NR, columns
+ *          NR and up coming from the next panel, w_next bytes after w (its bias and
+ *          scales follow the first's): twice the independent sums for a single row.
  *   group  int4 only: k rows per scale group (32, 64 or 128; KC is a multiple of it).
  *   scale  NULL, or (int8, on the last k block only) NR float32 scales (zero past n).
  *   bias   NULL, or NR values (zero past n) added once, after the last k block.
@@ -41,8 +44,9 @@
 #include "fastlinear.h"
 
 typedef void fl_ukernel(size_t kc, const void *a, ptrdiff_t a_rs, ptrdiff_t a_cs,
-                        const void *w, size_t group, void *y, size_t ldy, size_t m,
-                        size_t n, int first, const float *scale, const void *bias);
+                        const void *w, ptrdiff_t w_next, size_t group, void *y, size_t ldy,
+                        size_t m, size_t n, int first, const float *scale,
+                        const void *bias);
 
 /* Widens kc k rows of one packed panel of a compressed format (w as the micro-kernel
  * gets it) into dst: kc x NR float32 values W(k, j), 64-byte aligned. */
@@ -57,6 +61,7 @@ typedef struct {
     size_t kc;          /* k block: a KC x NR weight slice stays in L1 */
     size_t mc;          /* row block: an MC x KC block of packed x stays in L2 */
     size_t nc;          /* column block: a KC x NC weight slab stays in L3 */
+    int two_panels;     /* run takes single rows over two panels (w_next above) */
 } fl_kernel;
 
 typedef struct {

@@ -101,10 +101,10 @@ INLINE __m256i head_mask(size_t bytes)
 
 /* `dt`, `m` and the x strides are compile-time constants at every call site below, so
  * the loops over rows and vectors unroll completely. */
-INLINE void tile(const fl_dtype dt, const size_t m, size_t kc, const char *a,
-                 const ptrdiff_t a_rs, const ptrdiff_t a_cs, const char *w, size_t group,
-                 char *y, size_t ldy, size_t n, int first, const char *scale,
-                 const char *bias)
+INLINE void tile(const fl_dtype dt, const size_t m, const size_t np, size_t kc,
+                 const char *a, const ptrdiff_t a_rs, const ptrdiff_t a_cs, const char *w,
+                 ptrdiff_t w_next, size_t group, char *y, size_t ldy, size_t n, int first,
+                 const char *scale, const char *bias)
 {
     const size_t size = dt == FL_F64 ? 8 : 4, rb = row_bytes(dt);
     const size_t full = n * size / VBYTES, tail = n * size % VBYTES; /* vectors, bytes */
@@ -112,11 +112,11 @@ INLINE void tile(const fl_dtype dt, const size_t m, size_t kc, const char *a,
     /* int4: k rows come in groups led by their scales; the others: one run of kc rows */
     const size_t run = dt == FL_I4 ? group : kc, lead = dt == FL_I4 ? NV * VBYTES : 0;
     ldy *= size;
-    __m256 acc[MR][NV];
+    __m256 acc[MR][2 * NV];  /* np = 2 only for m = 1 */
 FL_UNROLL
     for (size_t i = 0; i < m; i++)
 FL_UNROLL
-        for (size_t v = 0; v < NV; v++) {
+        for (size_t v = 0; v < np * NV; v++) {
             char *yv = y + i * ldy + v * VBYTES;
             acc[i][v] = first                 ? _mm256_setzero_ps()
                         : v < full            ? vload(yv)
@@ -134,15 +134,15 @@ FL_UNROLL
             if (dt == FL_I4)
                 __asm__("" : "+r"(sg));
 FL_UNROLL
-            for (size_t l = 0; l < rb; l += 64)
-                _mm_prefetch(wk + FL_PREFETCH_BYTES + l, _MM_HINT_T0);
+            for (size_t l = 0; l < np * rb; l += 64)
+                _mm_prefetch(wk + l / rb * w_next + FL_PREFETCH_BYTES + l % rb, _MM_HINT_T0);
             __m256 ai[MR];
 FL_UNROLL
             for (size_t i = 0; i < m; i++)
                 ai[i] = vbroadcast(dt, ak + (ptrdiff_t)i * rs);
 FL_UNROLL
-            for (size_t v = 0; v < NV; v++) {
-                const __m256 wv = weight(dt, wk, v, sg);
+            for (size_t v = 0; v < np * NV; v++) {
+                const __m256 wv = weight(dt, wk + v / NV * w_next, v % NV, sg + v / NV * w_next);
 FL_UNROLL
                 for (size_t i = 0; i < m; i++)
                     acc[i][v] = vfma(dt, ai[i], wv, acc[i][v]);
@@ -152,7 +152,7 @@ FL_UNROLL
     }
     if (dt != FL_F64 && scale)
 FL_UNROLL
-        for (size_t v = 0; v < NV; v++) {
+        for (size_t v = 0; v < np * NV; v++) {
             const __m256 sv = vload(scale + v * VBYTES);
 FL_UNROLL
             for (size_t i = 0; i < m; i++)
@@ -160,7 +160,7 @@ FL_UNROLL
         }
     if (bias)
 FL_UNROLL
-        for (size_t v = 0; v < NV; v++) {
+        for (size_t v = 0; v < np * NV; v++) {
             const __m256 bv = vload(bias + v * VBYTES);
 FL_UNROLL
             for (size_t i = 0; i < m; i++)
@@ -169,7 +169,7 @@ FL_UNROLL
 FL_UNROLL
     for (size_t i = 0; i < m; i++)
 FL_UNROLL
-        for (size_t v = 0; v < NV; v++) {
+        for (size_t v = 0; v < np * NV; v++) {
             char *yv = y + i * ldy + v * VBYTES;
             if (v < full)
                 vstore(yv, acc[i][v]);
@@ -208,28 +208,32 @@ INLINE void rows(const fl_dtype dt, size_t m, size_t kc, const char *a, const pt
                  size_t n, int first, const char *scale, const char *bias)
 {
     switch (m) {
-    case MR: tile(dt, MR, kc, a, a_rs, a_cs, w, group, y, ldy, n, first, scale, bias); break;
-    case 2: tile(dt, 2, kc, a, a_rs, a_cs, w, group, y, ldy, n, first, scale, bias); break;
-    default: tile(dt, 1, kc, a, a_rs, a_cs, w, group, y, ldy, n, first, scale, bias); break;
+    case MR: tile(dt, MR, 1, kc, a, a_rs, a_cs, w, 0, group, y, ldy, n, first, scale, bias); break;
+    case 2: tile(dt, 2, 1, kc, a, a_rs, a_cs, w, 0, group, y, ldy, n, first, scale, bias); break;
+    default: tile(dt, 1, 1, kc, a, a_rs, a_cs, w, 0, group, y, ldy, n, first, scale, bias); break;
     }
 }
 _Static_assert(MR == 3, "one case per tile height above");
 
 INLINE void ukernel(const fl_dtype dt, size_t kc, const void *a, ptrdiff_t a_rs,
-                    ptrdiff_t a_cs, const void *w, size_t group, void *y, size_t ldy,
-                    size_t m, size_t n, int first, const float *scale, const void *bias)
+                    ptrdiff_t a_cs, const void *w, ptrdiff_t w_next, size_t group, void *y,
+                    size_t ldy, size_t m, size_t n, int first, const float *scale,
+                    const void *bias)
 {
-    if (a_cs == 1)  /* x in place */
+    if (n > NV * VBYTES / (dt == FL_F64 ? 8 : 4))  /* one row of x in place, two panels */
+        tile(dt, 1, 2, kc, a, 0, 1, w, w_next, group, y, ldy, n, first, (const char *)scale,
+             bias);
+    else if (a_cs == 1)  /* x in place */
         rows(dt, m, kc, a, a_rs, 1, w, group, y, ldy, n, first, (const char *)scale, bias);
-    else            /* packed x: a_rs == 1, a_cs == MR */
+    else                 /* packed x: a_rs == 1, a_cs == MR */
         rows(dt, m, kc, a, 1, MR, w, group, y, ldy, n, first, (const char *)scale, bias);
 }
 
 /* The entry points, one per weight format. */
 #define ARGS size_t kc, const void *a, ptrdiff_t a_rs, ptrdiff_t a_cs, const void *w, \
-             size_t group, void *y, size_t ldy, size_t m, size_t n, int first,        \
-             const float *scale, const void *bias
-#define PASS kc, a, a_rs, a_cs, w, group, y, ldy, m, n, first, scale, bias
+             ptrdiff_t w_next, size_t group, void *y, size_t ldy, size_t m, size_t n, \
+             int first, const float *scale, const void *bias
+#define PASS kc, a, a_rs, a_cs, w, w_next, group, y, ldy, m, n, first, scale, bias
 static AVX2 void avx2_f32(ARGS) { ukernel(FL_F32, PASS); }
 static AVX2 void avx2_f64(ARGS) { ukernel(FL_F64, PASS); }
 static AVX2 void avx2_bf16(ARGS) { ukernel(FL_BF16, PASS); }
@@ -265,12 +269,13 @@ static int cpu_has_avx2(void)
 #define F32_BLOCKS MR, NV * 8, FL_AVX2_F32_KC, FL_AVX2_F32_MC, FL_AVX2_F32_NC
 const fl_isa fl_isa_avx2 = {
     "avx2", cpu_has_avx2,
-    {[FL_F32] = {avx2_f32, NULL, F32_BLOCKS},
-     [FL_F64] = {avx2_f64, NULL, MR, NV * 4, FL_AVX2_F64_KC, FL_AVX2_F64_MC, FL_AVX2_F64_NC},
-     [FL_BF16] = {avx2_bf16, avx2_widen_bf16, F32_BLOCKS},
-     [FL_F16] = {avx2_f16, avx2_widen_f16, F32_BLOCKS},
-     [FL_I8] = {avx2_i8, avx2_widen_i8, F32_BLOCKS},
-     [FL_I4] = {avx2_i4, avx2_widen_i4, F32_BLOCKS}},
+    {[FL_F32] = {avx2_f32, NULL, F32_BLOCKS, 1},
+     [FL_F64] = {avx2_f64, NULL, MR, NV * 4, FL_AVX2_F64_KC, FL_AVX2_F64_MC,
+                  FL_AVX2_F64_NC, 1},
+     [FL_BF16] = {avx2_bf16, avx2_widen_bf16, F32_BLOCKS, 1},
+     [FL_F16] = {avx2_f16, avx2_widen_f16, F32_BLOCKS, 1},
+     [FL_I8] = {avx2_i8, avx2_widen_i8, F32_BLOCKS, 1},
+     [FL_I4] = {avx2_i4, avx2_widen_i4, F32_BLOCKS, 1}},
 };
 #undef F32_BLOCKS
 #endif

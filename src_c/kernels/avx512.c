@@ -104,10 +104,10 @@ INLINE __m512 weight(fl_dtype dt, const char *wk, size_t v, const char *sg)
 
 /* `dt`, `m` and the x strides are compile-time constants at every call site below, so
  * the loops over rows and vectors unroll completely and x addresses fold into the loads. */
-INLINE void tile(const fl_dtype dt, const size_t m, size_t kc, const char *a,
-                 const ptrdiff_t a_rs, const ptrdiff_t a_cs, const char *w, size_t group,
-                 char *y, size_t ldy, size_t n, int first, const char *scale,
-                 const char *bias)
+INLINE void tile(const fl_dtype dt, const size_t m, const size_t np, size_t kc,
+                 const char *a, const ptrdiff_t a_rs, const ptrdiff_t a_cs, const char *w,
+                 ptrdiff_t w_next, size_t group, char *y, size_t ldy, size_t n, int first,
+                 const char *scale, const char *bias)
 {
     const size_t size = dt == FL_F64 ? 8 : 4, rb = row_bytes(dt);
     const size_t full = n * size / VBYTES, tail = n * size % VBYTES; /* vectors, bytes */
@@ -115,11 +115,11 @@ INLINE void tile(const fl_dtype dt, const size_t m, size_t kc, const char *a,
     /* int4: k rows come in groups led by their scales; the others: one run of kc rows */
     const size_t run = dt == FL_I4 ? group : kc, lead = dt == FL_I4 ? NV * VBYTES : 0;
     ldy *= size;
-    __m512 acc[MR][NV];
+    __m512 acc[MR][2 * NV];  /* np = 2 only for m = 1 */
 FL_UNROLL
     for (size_t i = 0; i < m; i++)
 FL_UNROLL
-        for (size_t v = 0; v < NV; v++) {
+        for (size_t v = 0; v < np * NV; v++) {
             const char *yv = y + i * ldy + v * VBYTES;
             acc[i][v] = first                ? _mm512_setzero_ps()
                         : v < full           ? vload(yv)
@@ -136,17 +136,17 @@ FL_UNROLL
             if (dt == FL_I4)
                 __asm__("" : "+r"(sg));
 FL_UNROLL
-            for (size_t l = 0; l < rb; l += 64)
-                _mm_prefetch(wk + FL_PREFETCH_BYTES + l, _MM_HINT_T0);
-            __m512 wv[NV];
+            for (size_t l = 0; l < np * rb; l += 64)
+                _mm_prefetch(wk + l / rb * w_next + FL_PREFETCH_BYTES + l % rb, _MM_HINT_T0);
+            __m512 wv[2 * NV];
 FL_UNROLL
-            for (size_t v = 0; v < NV; v++)
-                wv[v] = weight(dt, wk, v, sg);
+            for (size_t v = 0; v < np * NV; v++)
+                wv[v] = weight(dt, wk + v / NV * w_next, v % NV, sg + v / NV * w_next);
 FL_UNROLL
             for (size_t i = 0; i < m; i++) {
                 const __m512 ai = vbroadcast(dt, ak + (ptrdiff_t)i * rs);
 FL_UNROLL
-                for (size_t v = 0; v < NV; v++)
+                for (size_t v = 0; v < np * NV; v++)
                     acc[i][v] = vfma(dt, ai, wv[v], acc[i][v]);
             }
         }
@@ -154,7 +154,7 @@ FL_UNROLL
     }
     if (dt != FL_F64 && scale)
 FL_UNROLL
-        for (size_t v = 0; v < NV; v++) {
+        for (size_t v = 0; v < np * NV; v++) {
             const __m512 sv = vload(scale + v * VBYTES);
 FL_UNROLL
             for (size_t i = 0; i < m; i++)
@@ -162,7 +162,7 @@ FL_UNROLL
         }
     if (bias)
 FL_UNROLL
-        for (size_t v = 0; v < NV; v++) {
+        for (size_t v = 0; v < np * NV; v++) {
             const __m512 bv = vload(bias + v * VBYTES);
 FL_UNROLL
             for (size_t i = 0; i < m; i++)
@@ -171,7 +171,7 @@ FL_UNROLL
 FL_UNROLL
     for (size_t i = 0; i < m; i++)
 FL_UNROLL
-        for (size_t v = 0; v < NV; v++) {
+        for (size_t v = 0; v < np * NV; v++) {
             char *yv = y + i * ldy + v * VBYTES;
             if (v < full)
                 vstore(yv, acc[i][v]);
@@ -210,29 +210,33 @@ INLINE void rows(const fl_dtype dt, size_t m, size_t kc, const char *a, const pt
                  size_t n, int first, const char *scale, const char *bias)
 {
     switch (m) {
-    case MR: tile(dt, MR, kc, a, a_rs, a_cs, w, group, y, ldy, n, first, scale, bias); break;
-    case 4: tile(dt, 4, kc, a, a_rs, a_cs, w, group, y, ldy, n, first, scale, bias); break;
-    case 2: tile(dt, 2, kc, a, a_rs, a_cs, w, group, y, ldy, n, first, scale, bias); break;
-    default: tile(dt, 1, kc, a, a_rs, a_cs, w, group, y, ldy, n, first, scale, bias); break;
+    case MR: tile(dt, MR, 1, kc, a, a_rs, a_cs, w, 0, group, y, ldy, n, first, scale, bias); break;
+    case 4: tile(dt, 4, 1, kc, a, a_rs, a_cs, w, 0, group, y, ldy, n, first, scale, bias); break;
+    case 2: tile(dt, 2, 1, kc, a, a_rs, a_cs, w, 0, group, y, ldy, n, first, scale, bias); break;
+    default: tile(dt, 1, 1, kc, a, a_rs, a_cs, w, 0, group, y, ldy, n, first, scale, bias); break;
     }
 }
 _Static_assert(MR > 4 && MR < 8, "one case per tile height above");
 
 INLINE void ukernel(const fl_dtype dt, size_t kc, const void *a, ptrdiff_t a_rs,
-                    ptrdiff_t a_cs, const void *w, size_t group, void *y, size_t ldy,
-                    size_t m, size_t n, int first, const float *scale, const void *bias)
+                    ptrdiff_t a_cs, const void *w, ptrdiff_t w_next, size_t group, void *y,
+                    size_t ldy, size_t m, size_t n, int first, const float *scale,
+                    const void *bias)
 {
-    if (a_cs == 1)  /* x in place */
+    if (n > NV * VBYTES / (dt == FL_F64 ? 8 : 4))  /* one row of x in place, two panels */
+        tile(dt, 1, 2, kc, a, 0, 1, w, w_next, group, y, ldy, n, first, (const char *)scale,
+             bias);
+    else if (a_cs == 1)  /* x in place */
         rows(dt, m, kc, a, a_rs, 1, w, group, y, ldy, n, first, (const char *)scale, bias);
-    else            /* packed x: a_rs == 1, a_cs == MR */
+    else                 /* packed x: a_rs == 1, a_cs == MR */
         rows(dt, m, kc, a, 1, MR, w, group, y, ldy, n, first, (const char *)scale, bias);
 }
 
 /* The entry points, one per weight format. */
 #define ARGS size_t kc, const void *a, ptrdiff_t a_rs, ptrdiff_t a_cs, const void *w, \
-             size_t group, void *y, size_t ldy, size_t m, size_t n, int first,        \
-             const float *scale, const void *bias
-#define PASS kc, a, a_rs, a_cs, w, group, y, ldy, m, n, first, scale, bias
+             ptrdiff_t w_next, size_t group, void *y, size_t ldy, size_t m, size_t n, \
+             int first, const float *scale, const void *bias
+#define PASS kc, a, a_rs, a_cs, w, w_next, group, y, ldy, m, n, first, scale, bias
 static AVX512 void avx512_f32(ARGS) { ukernel(FL_F32, PASS); }
 static AVX512 void avx512_f64(ARGS) { ukernel(FL_F64, PASS); }
 static AVX512 void avx512_bf16(ARGS) { ukernel(FL_BF16, PASS); }
@@ -267,12 +271,13 @@ static int cpu_has_avx512(void)
 #define F32_BLOCKS MR, NV * 16, FL_AVX512_F32_KC, FL_AVX512_F32_MC, FL_AVX512_F32_NC
 const fl_isa fl_isa_avx512 = {
     "avx512", cpu_has_avx512,
-    {[FL_F32] = {avx512_f32, NULL, F32_BLOCKS},
-     [FL_F64] = {avx512_f64, NULL, MR, NV * 8, FL_AVX512_F64_KC, FL_AVX512_F64_MC, FL_AVX512_F64_NC},
-     [FL_BF16] = {avx512_bf16, avx512_widen_bf16, F32_BLOCKS},
-     [FL_F16] = {avx512_f16, avx512_widen_f16, F32_BLOCKS},
-     [FL_I8] = {avx512_i8, avx512_widen_i8, F32_BLOCKS},
-     [FL_I4] = {avx512_i4, avx512_widen_i4, F32_BLOCKS}},
+    {[FL_F32] = {avx512_f32, NULL, F32_BLOCKS, 1},
+     [FL_F64] = {avx512_f64, NULL, MR, NV * 8, FL_AVX512_F64_KC, FL_AVX512_F64_MC,
+                  FL_AVX512_F64_NC, 1},
+     [FL_BF16] = {avx512_bf16, avx512_widen_bf16, F32_BLOCKS, 1},
+     [FL_F16] = {avx512_f16, avx512_widen_f16, F32_BLOCKS, 1},
+     [FL_I8] = {avx512_i8, avx512_widen_i8, F32_BLOCKS, 1},
+     [FL_I4] = {avx512_i4, avx512_widen_i4, F32_BLOCKS, 1}},
 };
 #undef F32_BLOCKS
 #endif

@@ -63,10 +63,11 @@ tile_f32(const size_t m, size_t kc, const float *a, ptrdiff_t a_rs, ptrdiff_t a_
 }
 
 static void ukernel_f32(size_t kc, const void *a, ptrdiff_t a_rs, ptrdiff_t a_cs,
-                        const void *w, size_t group, void *y, size_t ldy, size_t m,
-                        size_t n, int first, const float *scale, const void *bias)
+                        const void *w, ptrdiff_t w_next, size_t group, void *y, size_t ldy,
+                        size_t m, size_t n, int first, const float *scale,
+                        const void *bias)
 {
-    (void)group;  /* compressed weights come here widened (kernel.h) */
+    (void)w_next, (void)group;  /* one panel; compressed weights come widened */
     switch (m) {  /* the tile heights of kernel.h */
     case MR32: tile_f32(MR32, kc, a, a_rs, a_cs, w, y, ldy, n, first, scale, bias); break;
     case 2: tile_f32(2, kc, a, a_rs, a_cs, w, y, ldy, n, first, scale, bias); break;
@@ -108,10 +109,11 @@ tile_f64(const size_t m, size_t kc, const double *a, ptrdiff_t a_rs, ptrdiff_t a
 }
 
 static void ukernel_f64(size_t kc, const void *a, ptrdiff_t a_rs, ptrdiff_t a_cs,
-                        const void *w, size_t group, void *y, size_t ldy, size_t m,
-                        size_t n, int first, const float *scale, const void *bias)
+                        const void *w, ptrdiff_t w_next, size_t group, void *y, size_t ldy,
+                        size_t m, size_t n, int first, const float *scale,
+                        const void *bias)
 {
-    (void)group, (void)scale;  /* no compressed float64 weights */
+    (void)w_next, (void)group, (void)scale;  /* no compressed float64 weights */
     switch (m) {  /* the tile heights of kernel.h */
     case MR64: tile_f64(MR64, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
     case 2: tile_f64(2, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
@@ -126,12 +128,12 @@ static int cpu_has_ref(void) { return 1; }
 #define F32_BLOCKS FL_REF_F32_MR, FL_REF_F32_NR, FL_REF_F32_KC, FL_REF_F32_MC, FL_REF_F32_NC
 const fl_isa fl_isa_ref = {
     "ref", cpu_has_ref,
-    {[FL_F32] = {ukernel_f32, NULL, F32_BLOCKS},
+    {[FL_F32] = {ukernel_f32, NULL, F32_BLOCKS, 0},
      [FL_F64] = {ukernel_f64, NULL, FL_REF_F64_MR, FL_REF_F64_NR, FL_REF_F64_KC, FL_REF_F64_MC,
-                 FL_REF_F64_NC},
-     [FL_BF16] = {NULL, NULL, F32_BLOCKS},
-     [FL_F16] = {NULL, NULL, F32_BLOCKS},
-     [FL_I8] = {NULL, NULL, F32_BLOCKS},
-     [FL_I4] = {NULL, NULL, F32_BLOCKS}},
+                 FL_REF_F64_NC, 0},
+     [FL_BF16] = {NULL, NULL, F32_BLOCKS, 0},
+     [FL_F16] = {NULL, NULL, F32_BLOCKS, 0},
+     [FL_I8] = {NULL, NULL, F32_BLOCKS, 0},
+     [FL_I4] = {NULL, NULL, F32_BLOCKS, 0}},
 };
 #undef F32_BLOCKS
