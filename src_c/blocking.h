@@ -57,6 +57,15 @@
 #define FL_AVX2_F64_MC 72      /* 72 KiB of packed x in L2 */
 #define FL_AVX2_F64_NC 2048    /* 2 MiB of weights in L3 */
 
+/* int4 on AVX2 widens each weight vector with five instructions (load and extend, two
+ * shifts, convert, scale) for every 3-row tile that reads it: from this many rows on,
+ * widening each block once into a buffer for the float32 kernel pays. Measured (2 threads,
+ * Zen 5, us, in registers -> widened): 16x768x3072 533 -> 395, 32x768x3072 999 -> 702,
+ * 16x4096x4096 3740 -> 2905; 8x768x3072 268 -> 257, 8x4096x4096 1868 -> 1922. The other
+ * formats (one or two instructions) and AVX-512 int4 (a table lookup, 6-row tiles) were
+ * as fast or faster in registers at every M up to FL_DIRECT_X_MAX_BYTES of x. */
+#define FL_AVX2_I4_WIDEN_ROWS 12
+
 /* Both x86 kernels prefetch the weights this far ahead of the k step they compute: one
  * 16 KiB slice ahead, so that while a row block re-reads the slice in cache (M > MR), or
  * while a single row streams it, the next one is already on its way from memory. Measured

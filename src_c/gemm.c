@@ -211,11 +211,12 @@ int fl_forward(const fl_packed *p, size_t m, const void *x, size_t ldx, void *y,
     const size_t running = (size_t)atomic_fetch_add(&running_calls, 1) + 1;
     threads = threads > running ? threads / running : 1;
     fl_plan pl = {0};
-    pl.pack_x = (double)m * (double)p->k * (double)size > FL_DIRECT_X_MAX_BYTES;
+    pl.pack_x = (double)m * (double)p->k * (double)size > FL_DIRECT_X_MAX_BYTES
+                || (kr->widen_rows && m >= kr->widen_rows);
     /* Compressed weights are widened into a buffer where their kernel is missing, and
      * for packed x, where MC rows reuse each widened block; for fewer rows, widening in
-     * registers as the tiles read the weights measured faster (2 threads, bf16 32x768x3072:
-     * 320 us in registers, 390 widened; 8x4096x4096: 630 against 1650). */
+     * registers as the tiles read the weights measured faster, but for costly widenings
+     * (widen_rows, blocking.h). */
     pl.widen = p->dtype != FL_F32 && p->dtype != FL_F64 && (pl.pack_x || !kr->run);
     /* Each thread takes a band of weight panels, so the weights are streamed (and
      * widened) once in total, unless there are too few panels to go round; except that

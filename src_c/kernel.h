@@ -62,6 +62,9 @@ typedef struct {
     size_t mc;          /* row block: an MC x KC block of packed x stays in L2 */
     size_t nc;          /* column block: a KC x NC weight slab stays in L3 */
     int two_panels;     /* run takes single rows over two panels (w_next above) */
+    size_t widen_rows;  /* compressed formats: from this many rows on, x is packed and each
+                           weight block widened once into a buffer; 0: only where x is
+                           too large to read in place (FL_DIRECT_X_MAX_BYTES) */
 } fl_kernel;
 
 typedef struct {

@@ -275,7 +275,7 @@ const fl_isa fl_isa_avx2 = {
      [FL_BF16] = {avx2_bf16, avx2_widen_bf16, F32_BLOCKS, 1},
      [FL_F16] = {avx2_f16, avx2_widen_f16, F32_BLOCKS, 1},
      [FL_I8] = {avx2_i8, avx2_widen_i8, F32_BLOCKS, 1},
-     [FL_I4] = {avx2_i4, avx2_widen_i4, F32_BLOCKS, 1}},
+     [FL_I4] = {avx2_i4, avx2_widen_i4, F32_BLOCKS, 1, FL_AVX2_I4_WIDEN_ROWS}},
 };
 #undef F32_BLOCKS
 #endif

@@ -89,13 +89,15 @@ INLINE __m512 weight(fl_dtype dt, const char *wk, size_t v, const char *sg)
     case FL_I8:
         return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(quarter)));
     case FL_I4: {
-        /* Vectors v and v + NV/2 share bytes: low nibbles, then high ones. Shifting the
-         * nibble to the top and back sign-extends it. */
+        /* Vectors v and v + NV/2 share bytes: low nibbles, then high ones. A nibble
+         * indexes the table of the 16 values it stands for (vpermps reads the low four
+         * bits of each lane): one instruction instead of two shifts and a conversion. */
         const __m512i bytes = _mm512_cvtepu8_epi32(
             _mm_loadu_si128((const __m128i *)(wk + v % (NV / 2) * (VBYTES / 4))));
-        const __m512i q = _mm512_srai_epi32(
-            _mm512_slli_epi32(bytes, v < NV / 2 ? 28 : 24), 28);
-        return _mm512_mul_ps(_mm512_cvtepi32_ps(q), vload(sg + v * VBYTES));
+        const __m512 values = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7,
+                                             -8, -7, -6, -5, -4, -3, -2, -1);
+        const __m512i nibbles = v < NV / 2 ? bytes : _mm512_srli_epi32(bytes, 4);
+        return _mm512_mul_ps(_mm512_permutexvar_ps(nibbles, values), vload(sg + v * VBYTES));
     }
     default:
         return vload(wk + v * VBYTES);
