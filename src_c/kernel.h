@@ -18,16 +18,16 @@
  *          starts), W(k, j) the float value of its weight (fastlinear.h), in the
  *          panel layout of the weights' format:
  *            float32, float64, bfloat16, float16, int8: NR values per k, contiguous;
- *            int4: groups of `group` k rows (the first k of the block starts one), each
- *            NR float32 scales, then `group` rows of NR/2 bytes; in a row, byte b holds
- *            column b in its low nibble and column b + NR/2 in its high one, both as
- *            two's complement. A group past K is zero.
+ *            int4: groups of `group` k rows, each NR float32 scales, then `group` rows
+ *            of NR/2 bytes; in a row, byte b holds column b in its low nibble and column
+ *            b + NR/2 in its high one, both as two's complement. The rows past K of the
+ *            last group are zero; a k block starts a group (KC is a multiple of them).
  *          Panels start 64-byte aligned; values past column n are zero. All NR columns
  *          may be read.
  *   w_next with a kernel of two_panels, and m = 1, x in place: n may reach 2 NR, columns
  *          NR and up coming from the next panel, w_next bytes after w (its bias and
  *          scales follow the first's): twice the independent sums for a single row.
- *   group  int4 only: k rows per scale group (32, 64 or 128; KC is a multiple of it).
+ *   group  int4 only: k rows per scale group (32, 64 or 128).
  *   scale  NULL, or (int8, on the last k block only) NR float32 scales (zero past n).
  *   bias   NULL, or NR values (zero past n) added once, after the last k block.
  *   y      only rows i < m and columns j < n are touched; when `first` is set it is not
@@ -48,8 +48,8 @@ typedef void fl_ukernel(size_t kc, const void *a, ptrdiff_t a_rs, ptrdiff_t a_cs
                         size_t m, size_t n, int first, const float *scale,
                         const void *bias);
 
-/* Widens kc k rows of one packed panel of a compressed format (w as the micro-kernel
- * gets it) into dst: kc x NR float32 values W(k, j), 64-byte aligned. */
+/* Widens kc k rows of one packed panel of a compressed format (w and group as the
+ * micro-kernel gets them) into dst: kc x NR float32 values W(k, j), 64-byte aligned. */
 typedef void fl_widener(size_t kc, const void *w, size_t group, float *dst);
 
 /* One micro-kernel with the block sizes that suit it (reasons in blocking.h). */
@@ -103,6 +103,16 @@ void fl_expand(const fl_packed *p, size_t q, size_t pc, size_t kc, float *dst);
 #define FL_UNROLL
 #else
 #define FL_UNROLL _Pragma("GCC unroll 8")
+#endif
+
+/* Whether the x86 kernels have int4 tiles. clang 14 keeps their accumulators in memory
+ * however they are written (tests/test_disassembly.py), so its builds run int4 weights
+ * through the widened buffer and the float32 kernel at every M, a slower path for one
+ * row (the weights' widening and the FMAs no longer overlap). */
+#ifdef __clang__
+#define FL_INT4_TILES 0
+#else
+#define FL_INT4_TILES 1
 #endif
 
 /* Kernels, one file per ISA. */

@@ -13,6 +13,7 @@
  * loop: full vectors load and store plainly (masked stores are microcoded on AMD), the
  * one partial vector with a mask, vectors wholly past n not at all. */
 #if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
 #include <immintrin.h>
 #include "../kernel.h"
 #include "../blocking.h"
@@ -80,7 +81,7 @@ INLINE __m256 weight(fl_dtype dt, const char *wk, size_t v, const char *sg)
          * nibble to the top and back sign-extends it. The bytes are loaded anew for each
          * (an opaque pointer): kept from v to v + NV/2, they would take a 17th ymm. */
         const char *wb = wk + v % (NV / 2) * (VBYTES / 4);
-        __asm__ volatile("" : "+r"(wb));
+        __asm__("" : "+r"(wb) : "r"(v));
         const __m256i bytes = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)wb));
         const __m256i q = _mm256_srai_epi32(
             _mm256_slli_epi32(bytes, v < NV / 2 ? 28 : 24), 28);
@@ -99,6 +100,38 @@ INLINE __m256i head_mask(size_t bytes)
                               _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
+/* k rows [0, kr) of x (at a, strides rs and cs in bytes) and of the weights (at w,
+ * row_bytes apart; sg: the scales of their int4 group) accumulated into acc. */
+INLINE void steps(const fl_dtype dt, const size_t m, const size_t np, size_t kr,
+                  const char *a, const ptrdiff_t rs, const ptrdiff_t cs, const char *w,
+                  ptrdiff_t w_next, const char *sg, __m256 acc[MR][2 * NV])
+{
+    const size_t rb = row_bytes(dt);
+    for (size_t k = 0; k < kr; k++) {
+        const char *ak = a + (ptrdiff_t)k * cs, *wk = w + k * rb;
+        /* int4: an opaque step that depends on k, so that the group's scales are read
+         * from L1 at each use: hoisted out of the loop, NV more registers would push out
+         * accumulators. (Not a volatile asm: clang then keeps the accumulators in
+         * memory across it.) */
+        if (dt == FL_I4)
+            __asm__("" : "+r"(sg) : "r"(k));
+FL_UNROLL
+        for (size_t l = 0; l < np * rb; l += 64)
+            _mm_prefetch(wk + l / rb * w_next + FL_PREFETCH_BYTES + l % rb, _MM_HINT_T0);
+        __m256 ai[MR];
+FL_UNROLL
+        for (size_t i = 0; i < m; i++)
+            ai[i] = vbroadcast(dt, ak + (ptrdiff_t)i * rs);
+FL_UNROLL
+        for (size_t v = 0; v < np * NV; v++) {
+            const __m256 wv = weight(dt, wk + v / NV * w_next, v % NV, sg + v / NV * w_next);
+FL_UNROLL
+            for (size_t i = 0; i < m; i++)
+                acc[i][v] = vfma(dt, ai[i], wv, acc[i][v]);
+        }
+    }
+}
+
 /* `dt`, `m` and the x strides are compile-time constants at every call site below, so
  * the loops over rows and vectors unroll completely. */
 INLINE void tile(const fl_dtype dt, const size_t m, const size_t np, size_t kc,
@@ -106,11 +139,9 @@ INLINE void tile(const fl_dtype dt, const size_t m, const size_t np, size_t kc,
                  ptrdiff_t w_next, size_t group, char *y, size_t ldy, size_t n, int first,
                  const char *scale, const char *bias)
 {
-    const size_t size = dt == FL_F64 ? 8 : 4, rb = row_bytes(dt);
+    const size_t size = dt == FL_F64 ? 8 : 4;
     const size_t full = n * size / VBYTES, tail = n * size % VBYTES; /* vectors, bytes */
     const ptrdiff_t rs = a_rs * (ptrdiff_t)size, cs = a_cs * (ptrdiff_t)size;
-    /* int4: k rows come in groups led by their scales; the others: one run of kc rows */
-    const size_t run = dt == FL_I4 ? group : kc, lead = dt == FL_I4 ? NV * VBYTES : 0;
     ldy *= size;
     __m256 acc[MR][2 * NV];  /* np = 2 only for m = 1 */
 FL_UNROLL
@@ -124,32 +155,12 @@ FL_UNROLL
                                                                    head_mask(tail))
                                               : _mm256_setzero_ps();
         }
-    for (size_t k0 = 0; k0 < kc; k0 += run) {
-        const char *sg = w, *wr = w + lead;
-        const size_t k1 = kc - k0 < run ? kc - k0 : run;
-        for (size_t k = 0; k < k1; k++) {
-            const char *ak = a + (ptrdiff_t)(k0 + k) * cs, *wk = wr + k * rb;
-            /* int4: an opaque step, so that the group's scales are read from L1 at each
-             * use: hoisted out of the loop, NV more registers would push out accumulators */
-            if (dt == FL_I4)
-                __asm__("" : "+r"(sg));
-FL_UNROLL
-            for (size_t l = 0; l < np * rb; l += 64)
-                _mm_prefetch(wk + l / rb * w_next + FL_PREFETCH_BYTES + l % rb, _MM_HINT_T0);
-            __m256 ai[MR];
-FL_UNROLL
-            for (size_t i = 0; i < m; i++)
-                ai[i] = vbroadcast(dt, ak + (ptrdiff_t)i * rs);
-FL_UNROLL
-            for (size_t v = 0; v < np * NV; v++) {
-                const __m256 wv = weight(dt, wk + v / NV * w_next, v % NV, sg + v / NV * w_next);
-FL_UNROLL
-                for (size_t i = 0; i < m; i++)
-                    acc[i][v] = vfma(dt, ai[i], wv, acc[i][v]);
-            }
-        }
-        w = wr + run * rb;
-    }
+    if (dt == FL_I4)  /* groups of k rows, each led by its NR scales */
+        for (size_t k0 = 0; k0 < kc; k0 += group, w += NV * VBYTES + group * row_bytes(dt))
+            steps(dt, m, np, kc - k0 < group ? kc - k0 : group, a + (ptrdiff_t)k0 * cs, rs,
+                  cs, w + NV * VBYTES, w_next, w, acc);
+    else
+        steps(dt, m, np, kc, a, rs, cs, w, w_next, w, acc);  /* sg unused */
     if (dt != FL_F64 && scale)
 FL_UNROLL
         for (size_t v = 0; v < np * NV; v++) {
@@ -200,6 +211,16 @@ FL_UNROLL
     }
 }
 
+/* Rows per tile of compressed weights. A widened weight takes the register that a float
+ * one saves as an FMA memory operand, so 3 rows need all 16 ymm: GCC allocates them,
+ * clang 14 spills an accumulator (tests/test_disassembly.py); 2 rows per tile leave it
+ * room, at the cost of widening the weights once more per 3 rows. */
+#ifdef __clang__
+enum { WIDENED_ROWS = 2 };
+#else
+enum { WIDENED_ROWS = MR };
+#endif
+
 /* One instance per tile height the driver asks for (kernel.h: MR, then powers of two
  * below it); the x strides are constants in each of the two calls of ukernel, so each
  * x layout gets its own instances. */
@@ -207,6 +228,14 @@ INLINE void rows(const fl_dtype dt, size_t m, size_t kc, const char *a, const pt
                  const ptrdiff_t a_cs, const char *w, size_t group, char *y, size_t ldy,
                  size_t n, int first, const char *scale, const char *bias)
 {
+    const int widened = dt != FL_F32 && dt != FL_F64;
+    if (m == MR && widened && (size_t)WIDENED_ROWS < MR) {  /* two tiles, same bits */
+        const size_t h = WIDENED_ROWS;
+        tile(dt, h, 1, kc, a, a_rs, a_cs, w, 0, group, y, ldy, n, first, scale, bias);
+        tile(dt, MR - h, 1, kc, a + (ptrdiff_t)h * a_rs * 4, a_rs, a_cs, w, 0, group,
+             y + h * ldy * 4, ldy, n, first, scale, bias);
+        return;
+    }
     switch (m) {
     case MR: tile(dt, MR, 1, kc, a, a_rs, a_cs, w, 0, group, y, ldy, n, first, scale, bias); break;
     case 2: tile(dt, 2, 1, kc, a, a_rs, a_cs, w, 0, group, y, ldy, n, first, scale, bias); break;
@@ -239,7 +268,11 @@ static AVX2 void avx2_f64(ARGS) { ukernel(FL_F64, PASS); }
 static AVX2 void avx2_bf16(ARGS) { ukernel(FL_BF16, PASS); }
 static AVX2 void avx2_f16(ARGS) { ukernel(FL_F16, PASS); }
 static AVX2 void avx2_i8(ARGS) { ukernel(FL_I8, PASS); }
+#if FL_INT4_TILES
 static AVX2 void avx2_i4(ARGS) { ukernel(FL_I4, PASS); }
+#else
+#define avx2_i4 NULL
+#endif
 #undef ARGS
 #undef PASS
 static AVX2 void avx2_widen_bf16(size_t kc, const void *w, size_t group, float *dst)
@@ -261,9 +294,10 @@ static AVX2 void avx2_widen_i4(size_t kc, const void *w, size_t group, float *ds
 
 static int cpu_has_avx2(void)
 {
+    unsigned a, b, c, d;  /* F16C (float16 weights) from CPUID: clang has no builtin name */
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")
-           && __builtin_cpu_supports("f16c");
+           && __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
 }
 
 #define F32_BLOCKS MR, NV * 8, FL_AVX2_F32_KC, FL_AVX2_F32_MC, FL_AVX2_F32_NC

@@ -104,6 +104,38 @@ INLINE __m512 weight(fl_dtype dt, const char *wk, size_t v, const char *sg)
     }
 }
 
+/* k rows [0, kr) of x (at a, strides rs and cs in bytes) and of the weights (at w,
+ * row_bytes apart; sg: the scales of their int4 group) accumulated into acc. */
+INLINE void steps(const fl_dtype dt, const size_t m, const size_t np, size_t kr,
+                  const char *a, const ptrdiff_t rs, const ptrdiff_t cs, const char *w,
+                  ptrdiff_t w_next, const char *sg, __m512 acc[MR][2 * NV])
+{
+    const size_t rb = row_bytes(dt);
+    for (size_t k = 0; k < kr; k++) {
+        const char *ak = a + (ptrdiff_t)k * cs, *wk = w + k * rb;
+        /* int4: an opaque step that depends on k, so that the group's scales are read
+         * from L1 at each use: hoisted out of the loop, NV more registers would push out
+         * accumulators. (Not a volatile asm: clang then keeps the accumulators in
+         * memory across it.) */
+        if (dt == FL_I4)
+            __asm__("" : "+r"(sg) : "r"(k));
+FL_UNROLL
+        for (size_t l = 0; l < np * rb; l += 64)
+            _mm_prefetch(wk + l / rb * w_next + FL_PREFETCH_BYTES + l % rb, _MM_HINT_T0);
+        __m512 wv[2 * NV];
+FL_UNROLL
+        for (size_t v = 0; v < np * NV; v++)
+            wv[v] = weight(dt, wk + v / NV * w_next, v % NV, sg + v / NV * w_next);
+FL_UNROLL
+        for (size_t i = 0; i < m; i++) {
+            const __m512 ai = vbroadcast(dt, ak + (ptrdiff_t)i * rs);
+FL_UNROLL
+            for (size_t v = 0; v < np * NV; v++)
+                acc[i][v] = vfma(dt, ai, wv[v], acc[i][v]);
+        }
+    }
+}
+
 /* `dt`, `m` and the x strides are compile-time constants at every call site below, so
  * the loops over rows and vectors unroll completely and x addresses fold into the loads. */
 INLINE void tile(const fl_dtype dt, const size_t m, const size_t np, size_t kc,
@@ -111,11 +143,9 @@ INLINE void tile(const fl_dtype dt, const size_t m, const size_t np, size_t kc,
                  ptrdiff_t w_next, size_t group, char *y, size_t ldy, size_t n, int first,
                  const char *scale, const char *bias)
 {
-    const size_t size = dt == FL_F64 ? 8 : 4, rb = row_bytes(dt);
+    const size_t size = dt == FL_F64 ? 8 : 4;
     const size_t full = n * size / VBYTES, tail = n * size % VBYTES; /* vectors, bytes */
     const ptrdiff_t rs = a_rs * (ptrdiff_t)size, cs = a_cs * (ptrdiff_t)size;
-    /* int4: k rows come in groups led by their scales; the others: one run of kc rows */
-    const size_t run = dt == FL_I4 ? group : kc, lead = dt == FL_I4 ? NV * VBYTES : 0;
     ldy *= size;
     __m512 acc[MR][2 * NV];  /* np = 2 only for m = 1 */
 FL_UNROLL
@@ -128,32 +158,12 @@ FL_UNROLL
                         : v == full && tail  ? vload_head(dt, yv, tail)
                                              : _mm512_setzero_ps();
         }
-    for (size_t k0 = 0; k0 < kc; k0 += run) {
-        const char *sg = w, *wr = w + lead;
-        const size_t k1 = kc - k0 < run ? kc - k0 : run;
-        for (size_t k = 0; k < k1; k++) {
-            const char *ak = a + (ptrdiff_t)(k0 + k) * cs, *wk = wr + k * rb;
-            /* int4: an opaque step, so that the group's scales are read from L1 at each
-             * use: hoisted out of the loop, NV more registers would push out accumulators */
-            if (dt == FL_I4)
-                __asm__("" : "+r"(sg));
-FL_UNROLL
-            for (size_t l = 0; l < np * rb; l += 64)
-                _mm_prefetch(wk + l / rb * w_next + FL_PREFETCH_BYTES + l % rb, _MM_HINT_T0);
-            __m512 wv[2 * NV];
-FL_UNROLL
-            for (size_t v = 0; v < np * NV; v++)
-                wv[v] = weight(dt, wk + v / NV * w_next, v % NV, sg + v / NV * w_next);
-FL_UNROLL
-            for (size_t i = 0; i < m; i++) {
-                const __m512 ai = vbroadcast(dt, ak + (ptrdiff_t)i * rs);
-FL_UNROLL
-                for (size_t v = 0; v < np * NV; v++)
-                    acc[i][v] = vfma(dt, ai, wv[v], acc[i][v]);
-            }
-        }
-        w = wr + run * rb;
-    }
+    if (dt == FL_I4)  /* groups of k rows, each led by its NR scales */
+        for (size_t k0 = 0; k0 < kc; k0 += group, w += NV * VBYTES + group * row_bytes(dt))
+            steps(dt, m, np, kc - k0 < group ? kc - k0 : group, a + (ptrdiff_t)k0 * cs, rs,
+                  cs, w + NV * VBYTES, w_next, w, acc);
+    else
+        steps(dt, m, np, kc, a, rs, cs, w, w_next, w, acc);  /* sg unused */
     if (dt != FL_F64 && scale)
 FL_UNROLL
         for (size_t v = 0; v < np * NV; v++) {
@@ -244,7 +254,11 @@ static AVX512 void avx512_f64(ARGS) { ukernel(FL_F64, PASS); }
 static AVX512 void avx512_bf16(ARGS) { ukernel(FL_BF16, PASS); }
 static AVX512 void avx512_f16(ARGS) { ukernel(FL_F16, PASS); }
 static AVX512 void avx512_i8(ARGS) { ukernel(FL_I8, PASS); }
+#if FL_INT4_TILES
 static AVX512 void avx512_i4(ARGS) { ukernel(FL_I4, PASS); }
+#else
+#define avx512_i4 NULL
+#endif
 #undef ARGS
 #undef PASS
 static AVX512 void avx512_widen_bf16(size_t kc, const void *w, size_t group, float *dst)

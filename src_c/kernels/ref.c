@@ -67,7 +67,7 @@ static void ukernel_f32(size_t kc, const void *a, ptrdiff_t a_rs, ptrdiff_t a_cs
                         size_t m, size_t n, int first, const float *scale,
                         const void *bias)
 {
-    (void)w_next, (void)group;  /* one panel; compressed weights come widened */
+    (void)w_next, (void)group;  /* one panel at a time; compressed weights widened */
     switch (m) {  /* the tile heights of kernel.h */
     case MR32: tile_f32(MR32, kc, a, a_rs, a_cs, w, y, ldy, n, first, scale, bias); break;
     case 2: tile_f32(2, kc, a, a_rs, a_cs, w, y, ldy, n, first, scale, bias); break;
