@@ -63,8 +63,8 @@ INLINE size_t row_bytes(fl_dtype dt)
 }
 
 /* Vector v of the weights W(k, .) in the k row at wk, widened exactly (kernel.h);
- * sg: the scales of the row's int4 group. */
-INLINE __m256 weight(fl_dtype dt, const char *wk, size_t v, const char *sg)
+ * sg: the scales of the row's int4 group; tight: no ymm to spare (see int4). */
+INLINE __m256 weight(fl_dtype dt, const char *wk, size_t v, const char *sg, int tight)
 {
     const __m128i *half = (const __m128i *)(wk + v * VBYTES / 2);
     const __m128i *quarter = (const __m128i *)(wk + v * VBYTES / 4);
@@ -78,10 +78,12 @@ INLINE __m256 weight(fl_dtype dt, const char *wk, size_t v, const char *sg)
         return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(quarter)));
     case FL_I4: {
         /* Vectors v and v + NV/2 share bytes: low nibbles, then high ones. Shifting the
-         * nibble to the top and back sign-extends it. The bytes are loaded anew for each
-         * (an opaque pointer): kept from v to v + NV/2, they would take a 17th ymm. */
+         * nibble to the top and back sign-extends it. In a tight tile the bytes are
+         * loaded anew for each (an opaque pointer): kept from v to v + NV/2, they would
+         * take a 17th ymm. */
         const char *wb = wk + v % (NV / 2) * (VBYTES / 4);
-        __asm__("" : "+r"(wb) : "r"(v));
+        if (tight)
+            __asm__("" : "+r"(wb) : "r"(v));
         const __m256i bytes = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)wb));
         const __m256i q = _mm256_srai_epi32(
             _mm256_slli_epi32(bytes, v < NV / 2 ? 28 : 24), 28);
@@ -124,7 +126,8 @@ FL_UNROLL
             ai[i] = vbroadcast(dt, ak + (ptrdiff_t)i * rs);
 FL_UNROLL
         for (size_t v = 0; v < np * NV; v++) {
-            const __m256 wv = weight(dt, wk + v / NV * w_next, v % NV, sg + v / NV * w_next);
+            const __m256 wv = weight(dt, wk + v / NV * w_next, v % NV, sg + v / NV * w_next,
+                                    m == MR);
 FL_UNROLL
             for (size_t i = 0; i < m; i++)
                 acc[i][v] = vfma(dt, ai[i], wv, acc[i][v]);
@@ -205,7 +208,7 @@ FL_UNROLL
                 _mm_prefetch(wk + FL_PREFETCH_BYTES + l, _MM_HINT_T0);
 FL_UNROLL
             for (size_t v = 0; v < NV; v++)
-                vstore(dst + v * VBYTES, weight(dt, wk, v, sg));
+                vstore(dst + v * VBYTES, weight(dt, wk, v, sg, 0));
         }
         w = wr + run * rb;
     }
