@@ -91,8 +91,8 @@ cdef class PackedWeights:
         cdef const float *sp = NULL
         if self.weight_dtype in ("int8", "int4"):
             shape = (rows,) if self.weight_dtype == "int8" else (rows, self._groups())
-            if (not isinstance(scale, np.ndarray) or scale.dtype != np.float32 or not scale.flags.c_contiguous
-                    or scale.shape != shape):
+            if (not isinstance(scale, np.ndarray) or scale.dtype != np.float32
+                    or not scale.flags.c_contiguous or scale.shape != shape):
                 raise ValueError("set_rows: scales of the wrong type or shape")
             sp = <const float *>cnp.PyArray_DATA(<cnp.ndarray>scale)
         cdef const void *wp = cnp.PyArray_DATA(<cnp.ndarray>w)

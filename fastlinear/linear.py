@@ -90,12 +90,14 @@ class Linear:
 
         def stored(j0, j1):
             w = rows(j0, j1)
-            if scales is None and not (w.dtype == stored_type and fmt in _formats.COMPRESSED):
-                return _formats.encode(w, fmt, group)
-            if w.dtype.kind == "f" and not np.isfinite(w).all():
-                raise ValueError(f"weight has NaN or Inf values, which {fmt} weights "
-                                 f"cannot hold")
-            return w, None if scales is None else scales(j0, j1)
+            if scales is not None:  # int8 or int4 as stored (_formats.check_stored)
+                return w, scales(j0, j1)
+            if fmt in ("bfloat16", "float16") and w.dtype == stored_type:  # kept as given
+                if not np.isfinite(w).all():
+                    raise ValueError(f"weight has NaN or Inf values, which {fmt} weights "
+                                     f"cannot hold")
+                return w, None
+            return _formats.encode(w, fmt, group)
 
         def final_bias():
             b = bias() if callable(bias) else bias

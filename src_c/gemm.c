@@ -233,7 +233,8 @@ int fl_forward(const fl_packed *p, size_t m, const void *x, size_t ldx, void *y,
         const size_t rows = (min_sz(kr->mc, m) + kr->mr - 1) / kr->mr * kr->mr;
         const size_t kc = min_sz(kr->kc, p->k);
         pl.xbuf_bytes = pl.pack_x ? (rows * kc * size + 63) / 64 * 64 : 0;
-        pl.buf_bytes = pl.xbuf_bytes + (pl.widen ? (kc * kr->nr * sizeof(float) + 63) / 64 * 64 : 0);
+        const size_t wbuf_bytes = (kc * kr->nr * sizeof(float) + 63) / 64 * 64;
+        pl.buf_bytes = pl.xbuf_bytes + (pl.widen ? wbuf_bytes : 0);
         pl.buf = fl_aligned_alloc(threads, pl.buf_bytes);
         if (!pl.buf) {
             atomic_fetch_sub(&running_calls, 1);

@@ -129,6 +129,11 @@ def test_rounding_of_each_format():
     assert np.all(err <= step * 1.0001)  # half a step, or one where +8 clips to 7
     blocks = int4.weight.reshape(40, -1)
     assert np.all(blocks[7, :32] == 0) and np.any(blocks[9, 32:64] != 0)
+    x = rows(5, 200)
+    for layer in (int8, int4, base.quantize("bfloat16")):  # zero and tiny rows run too
+        y = layer(x)
+        assert np.isfinite(y).all() and np.all(y[:, 3] == 0)
+        np.testing.assert_array_equal(y, exact(layer, x))
 
 
 def test_int4_uses_minus_eight_for_the_largest_magnitude():
@@ -158,6 +163,14 @@ def test_nan_or_inf_weights_are_refused(fmt):
         w[1, 7] = bad
         with pytest.raises(ValueError, match="NaN or Inf"):
             fl.Linear._from_parameters(w, None, np.float32, "auto", fmt)
+
+
+@pytest.mark.parametrize("fmt", ["bfloat16", "float16"])
+def test_half_weights_given_as_such_are_checked_too(fmt):
+    w = np.ones((3, 8), _formats.STORED[fmt])
+    w[2, 5] = np.inf
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        fl.Linear._from_parameters(w, None, np.float32, "auto", fmt)
 
 
 def test_float16_range_is_checked():
