@@ -25,6 +25,7 @@ static void *aligned_zalloc(size_t count, size_t size)
         memset(p, 0, count * size);
     return p;
 }
+
 /* Bytes of one stored weight (int4: see fl_panel_offset). */
 static size_t weight_size(fl_dtype dt)
 {
@@ -256,8 +257,7 @@ void fl_expand(const fl_packed *p, size_t q, size_t pc, size_t kc, float *dst)
             }
         }
         break;
-    default:
-        memcpy(dst, src, count * sizeof(float));
+    default:  /* float weights are never widened (gemm.c) */
         break;
     }
 }
