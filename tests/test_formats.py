@@ -336,9 +336,10 @@ RSS_SCRIPT = textwrap.dedent("""
 @pytest.mark.parametrize("fmt,limit_mib", [("int4", 12), ("int8", 20), ("bfloat16", 36),
                                            ("float32", 70)])
 def test_resident_memory_of_a_large_layer(tmp_path, fmt, limit_mib):
-    # run elsewhere than the repository root, whose ./fastlinear is not the installed one
+    # the fastlinear imported here (installed, or built in place), from another folder
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(fl.__file__))}
     out = subprocess.run([sys.executable, "-c", RSS_SCRIPT, fmt], capture_output=True,
-                         text=True, cwd=tmp_path)
+                         text=True, cwd=tmp_path, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     grew = float(out.stdout.split()[-1])
     assert grew <= limit_mib, f"a 4096x4096 {fmt} layer added {grew:.1f} MiB of RSS"
