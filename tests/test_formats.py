@@ -264,7 +264,9 @@ def test_assigning_float_weights_converts_them():
 
 
 def test_float32_layer_keeps_one_copy():
-    layer = fl.Linear(64, 32, rng=0)
+    blas = fl.Linear(64, 32, rng=0, backend="blas")
+    assert blas._params.packed is None and blas._params.plain is not None
+    layer = fl.Linear(64, 32, rng=0, backend="native")
     assert layer._params.plain is None and layer._params.packed is not None
     assert not layer.weight.flags.writeable
     with pytest.raises(ValueError):
