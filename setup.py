@@ -4,8 +4,8 @@ _blas (scipy's BLAS through Cython). Metadata lives in pyproject.toml.
 Environment:
   FASTLINEAR_NO_OPENMP=1   build without OpenMP (single-threaded), even where available.
   FASTLINEAR_SANITIZE=1    build with AddressSanitizer and UndefinedBehaviorSanitizer
-                           (for tests: run Python with LD_PRELOAD=$(cc -print-file-name=libasan.so)
-                           and ASAN_OPTIONS=detect_leaks=0; see .ci/run).
+                           (for tests: run Python with LD_PRELOAD="$(cc -print-file-name=libasan.so)
+                           libstdc++.so.6" and ASAN_OPTIONS=detect_leaks=0; see .ci/run).
 """
 import os
 import sys

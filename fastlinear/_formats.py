@@ -75,7 +75,7 @@ def encode(w, weight_dtype, group):
     """(stored, scale) for rows w (float32 or float64, C order): the stored weights in
     their numpy type and the float32 scales (None for float formats)."""
     if weight_dtype in ("float32", "float64"):
-        return np.ascontiguousarray(w, STORED[weight_dtype]), None
+        return np.require(w, STORED[weight_dtype], ["C", "A"]), None
     w = np.asarray(w, np.float32)  # the layer's dtype first, then the format
     if not np.isfinite(w).all():
         raise ValueError(f"weight has NaN or Inf values, which {weight_dtype} weights "
@@ -135,7 +135,7 @@ def check_stored(w, scale, weight_dtype, group, n, k):
         raise ValueError("int4 'weight_scale' values must have at most 21 significant bits "
                          "(as fastlinear's quantization writes them), so that each q * scale "
                          "is exact in float32")
-    return np.ascontiguousarray(w), np.ascontiguousarray(scale)
+    return np.require(w, requirements=["C", "A"]), np.require(scale, requirements=["C", "A"])
 
 
 def decode(stored, scale, weight_dtype, group, k):
@@ -160,8 +160,9 @@ def unpack_int4(stored, k):
 
 
 def kernel_rows(stored, weight_dtype):
-    """The stored rows as the C kernel takes them (bfloat16 and float16 as raw bits)."""
-    stored = np.ascontiguousarray(stored)
+    """The stored rows as the C kernel takes them (bfloat16 and float16 as raw bits),
+    C-contiguous and aligned (copied where they are not)."""
+    stored = np.require(stored, requirements=["C", "A"])
     if weight_dtype in ("bfloat16", "float16"):
         return stored.view(np.uint16)
     return stored

@@ -25,7 +25,7 @@ def linear(x, weight, bias=None, *, out=None, backend="auto"):
     x2, batch = as_rows(x, dtype, k, fortran_ok=backend == "blas")
     if backend == "native":
         packed = _core.PackedWeights(n, k, dtype.name, 0, bias is not None)
-        packed.set_rows(0, np.ascontiguousarray(w, dtype), None)
+        packed.set_rows(0, np.require(w, dtype, ["C", "A"]), None)
         if bias is not None:
             packed.set_bias(bias)
         return forward(x2, batch, None, None, packed, out)

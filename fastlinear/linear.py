@@ -114,7 +114,7 @@ class Linear:
             j1 = min(j0 + step, self._out)
             w, s = stored(j0, j1)
             packed.set_rows(j0, _formats.kernel_rows(w, fmt),
-                            None if s is None else np.ascontiguousarray(s, np.float32))
+                            None if s is None else np.require(s, np.float32, ["C", "A"]))
         b = final_bias()
         if b is not None:
             packed.set_bias(b)

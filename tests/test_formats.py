@@ -173,6 +173,18 @@ def test_half_weights_given_as_such_are_checked_too(fmt):
         fl.Linear._from_parameters(w, None, np.float32, "auto", fmt)
 
 
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_any_weight_layout_gives_the_same_layer(fmt):
+    w = np.random.default_rng(2).standard_normal((20, 33)).astype(np.float32)
+    half = w.astype(_formats.STORED[fmt]) if fmt in ("bfloat16", "float16") else w
+    raw = np.zeros(half.nbytes + 1, np.uint8)[1:].view(half.dtype).reshape(half.shape)
+    raw[...] = half  # misaligned
+    expect = fl.Linear._from_parameters(half, None, np.float32, "auto", fmt).state_dict()
+    for layout in (raw, np.asfortranarray(half), half[::-1][::-1], half.T.copy().T):
+        got = fl.Linear._from_parameters(layout, None, np.float32, "auto", fmt).state_dict()
+        assert got["weight"].tobytes() == expect["weight"].tobytes()
+
+
 def test_float16_range_is_checked():
     with pytest.raises(ValueError, match="range of float16"):
         fl.Linear._from_parameters(np.full((2, 3), 1e5, np.float32), None, np.float32,
@@ -335,6 +347,8 @@ RSS_SCRIPT = textwrap.dedent("""
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs /proc")
+@pytest.mark.skipif("asan" in os.environ.get("LD_PRELOAD", ""),
+                    reason="AddressSanitizer's allocator holds freed memory (quarantine)")
 @pytest.mark.parametrize("fmt,limit_mib", [("int4", 12), ("int8", 20), ("bfloat16", 36),
                                            ("float32", 70)])
 def test_resident_memory_of_a_large_layer(tmp_path, fmt, limit_mib):
