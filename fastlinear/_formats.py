@@ -88,8 +88,9 @@ def encode(w, weight_dtype, group):
                              f"(largest {float(np.finfo(stored.dtype).max):g})")
         return stored, None
     if weight_dtype == "int8":
-        scale = (np.abs(w).max(axis=1) / np.float32(127)).astype(np.float32)
-        scale = np.where(scale > 0, scale, np.where(np.abs(w).max(axis=1) > 0, _TINY, 1))
+        amax = np.abs(w).max(axis=1)
+        scale = (amax / np.float32(127)).astype(np.float32)
+        scale = np.where(scale > 0, scale, np.where(amax > 0, _TINY, 1))
         scale = scale.astype(np.float32)
         q = np.clip(np.rint(w / scale[:, None].astype(np.float64)), -127, 127)
         return q.astype(np.int8), scale

@@ -32,6 +32,12 @@ def bits(array):
     return np.ascontiguousarray(array).view(BITS[array.dtype.itemsize])
 
 
+def saved_and_loaded(state, path):
+    """fl.load of what fl.save wrote for `state` at `path`."""
+    fl.save(state, path)
+    return fl.load(path)
+
+
 def assert_same(loaded, expected):
     assert loaded.dtype == expected.dtype and loaded.shape == expected.shape
     np.testing.assert_array_equal(bits(loaded), bits(expected))
@@ -55,8 +61,7 @@ def nan_payloads():
 def test_round_trip_bit_exact(tmp_path, suffix, dtype, shape):
     state = {"x": random_array(dtype, shape), "y.z": random_array(dtype, (4,), seed=1)}
     path = tmp_path / f"state{suffix}"
-    fl.save(state, path)
-    loaded = fl.load(path)
+    loaded = saved_and_loaded(state, path)
     assert list(loaded) == list(state)
     for name in state:
         assert_same(loaded[name], state[name])
@@ -67,8 +72,7 @@ def test_nan_payloads_and_mixed_dtypes(tmp_path, suffix):
     state = nan_payloads()
     state.update({str(d): random_array(d, (3, 2), seed=i) for i, d in enumerate(DTYPES)})
     path = tmp_path / f"mixed{suffix}"
-    fl.save(state, path)
-    loaded = fl.load(path)
+    loaded = saved_and_loaded(state, path)
     assert set(loaded) == set(state)
     for name in state:
         assert_same(loaded[name], state[name])
@@ -82,8 +86,7 @@ def test_layouts_and_byte_order(tmp_path, suffix):
              "transposed": random_array(BF16, (4, 6)).T,
              "big_endian": base.astype(">f4"), "big_int": np.arange(5, dtype=">i8")}
     path = tmp_path / f"layouts{suffix}"
-    fl.save(state, path)
-    loaded = fl.load(path)
+    loaded = saved_and_loaded(state, path)
     for name, value in state.items():
         assert loaded[name].dtype == value.dtype.newbyteorder("<")
         np.testing.assert_array_equal(bits(loaded[name]),
@@ -337,8 +340,7 @@ def test_save_torch_tensors(tmp_path):
              dtype=torch.int8), "mask": torch.tensor([True, False])}
     for suffix in SUFFIXES:
         path = tmp_path / f"torch{suffix}"
-        fl.save(state, path)
-        loaded = fl.load(path)
+        loaded = saved_and_loaded(state, path)
         assert loaded["bf16"].dtype == BF16 and loaded["bf16"].shape == (6, 4)
         np.testing.assert_array_equal(
             bits(loaded["bf16"]).view(np.int16),
