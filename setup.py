@@ -7,6 +7,7 @@ Environment:
                            (for tests: run Python with LD_PRELOAD="$(cc -print-file-name=libasan.so)
                            libstdc++.so.6" and ASAN_OPTIONS=detect_leaks=0; see .ci/run).
 """
+import glob
 import os
 import sys
 import tempfile
@@ -20,6 +21,7 @@ from setuptools.command.build_ext import build_ext
 C_SOURCES = [
     "src_c/pack.c",
     "src_c/gemm.c",
+    "src_c/model.c",
     "src_c/dispatch.c",
     "src_c/kernels/ref.c",
     "src_c/kernels/avx2.c",
@@ -78,6 +80,7 @@ class BuildExt(build_ext):
 extensions = [
     Extension("fastlinear._core", ["fastlinear/_core.pyx", *C_SOURCES],
               include_dirs=["src_c", numpy.get_include()],
+              depends=sorted(glob.glob("src_c/*.h")),  # a changed header rebuilds all
               define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]),
     Extension("fastlinear._blas", ["fastlinear/_blas.pyx"]),
 ]

@@ -22,6 +22,36 @@ cdef extern from "fastlinear.h" nogil:
     void fl_unpack(const fl_packed *p, void *w, float *scale, void *b) noexcept
     int fl_forward(const fl_packed *p, size_t m, const void *x, size_t ldx, void *y,
                    size_t ldy, int nthreads) noexcept
+    ctypedef enum fl_act:
+        FL_ACT_NONE
+        FL_ACT_RELU
+        FL_ACT_LEAKY_RELU
+        FL_ACT_GELU
+        FL_ACT_GELU_TANH
+        FL_ACT_SILU
+        FL_ACT_SIGMOID
+        FL_ACT_TANH
+    ctypedef struct fl_epilogue:
+        fl_act act
+        double alpha
+    ctypedef enum fl_step_kind:
+        FL_STEP_LINEAR
+        FL_STEP_ACT
+        FL_STEP_AFFINE
+        FL_STEP_LAYERNORM
+        FL_STEP_SOFTMAX
+        FL_STEP_LOGSOFTMAX
+    ctypedef struct fl_step:
+        fl_step_kind kind
+        size_t width
+        const fl_packed *linear
+        fl_epilogue ep
+        const void *a
+        const void *b
+        double eps
+    int fl_model_forward(const fl_step *steps, size_t nsteps, fl_dtype dtype,
+                         size_t width_in, size_t m, const void *x, size_t ldx, void *y,
+                         size_t ldy, int nthreads) noexcept
     const char *fl_isa_name() noexcept
     int fl_set_isa(const char *name) noexcept
     const char *fl_supported_isa(int i) noexcept

@@ -6,6 +6,7 @@ C-contiguous and not overlapping `x`.
 """
 import numpy as np
 cimport numpy as cnp
+from cpython.mem cimport PyMem_Calloc, PyMem_Free
 
 cnp.import_array()
 
@@ -200,6 +201,107 @@ cdef int _forward(PackedWeights packed, const real[:, :] x, real[:, ::1] out,
     cdef size_t ldx = x.strides[0] // sizeof(real) if m > 1 else k
     with nogil:
         return fl_forward(packed._p, m, xp, ldx, &out[0, 0], n, nthreads)
+
+
+# Activation names (fastlinear.activations) -> the C kernel's codes.
+ACTS = {"relu": FL_ACT_RELU, "leaky_relu": FL_ACT_LEAKY_RELU, "gelu": FL_ACT_GELU,
+        "gelu_tanh": FL_ACT_GELU_TANH, "silu": FL_ACT_SILU, "sigmoid": FL_ACT_SIGMOID,
+        "tanh": FL_ACT_TANH}
+_ROW_STEPS = {"affine": FL_STEP_AFFINE, "layernorm": FL_STEP_LAYERNORM,
+              "softmax": FL_STEP_SOFTMAX, "logsoftmax": FL_STEP_LOGSOFTMAX}
+
+
+cdef class Model:
+    """A chain of steps run by fl_model_forward in one call, built once from tuples:
+      ("linear", PackedWeights, act or None, alpha)  y = act(x @ W.T + b)
+      ("act", act, alpha)                            y = act(x)
+      ("affine", a, b)                               y = x * a + b
+      ("layernorm", a or None, b or None, eps)       over the row
+      ("softmax",), ("logsoftmax",)                  over the row
+    act: a key of ACTS; a, b: C-contiguous (width,) arrays of the model's dtype. The
+    model keeps what the steps point into."""
+    cdef fl_step *_steps
+    cdef size_t _n
+    cdef list _keep
+    cdef int _typenum
+    cdef readonly object dtype
+    cdef readonly size_t in_features, out_features
+
+    def __cinit__(self, steps, dtype, size_t in_features):
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float32, np.float64):
+            raise ValueError(f"a model runs float32 or float64, not {self.dtype}")
+        self._typenum = cnp.NPY_FLOAT64 if self.dtype == np.float64 else cnp.NPY_FLOAT32
+        self._n = len(steps)
+        self._steps = <fl_step *>PyMem_Calloc(max(self._n, 1), sizeof(fl_step))
+        if self._steps == NULL:
+            raise MemoryError
+        self._keep = []
+        self.in_features = in_features
+        cdef size_t width = in_features
+        cdef fl_step *st
+        cdef PackedWeights packed
+        for i, step in enumerate(steps):
+            st = &self._steps[i]
+            kind = step[0]
+            st.width = width
+            if kind == "linear":
+                packed = step[1]
+                if packed.dtype != self.dtype or packed.in_features != width:
+                    raise ValueError(f"step {i}: weights of {packed.in_features} inputs "
+                                     f"and {packed.dtype} after {width} values of {self.dtype}")
+                st.kind = FL_STEP_LINEAR
+                st.linear = packed._p
+                st.width = width = packed.out_features
+                st.ep.act = ACTS[step[2]] if step[2] is not None else FL_ACT_NONE
+                st.ep.alpha = step[3]
+                self._keep.append(packed)
+            elif kind == "act":
+                st.kind = FL_STEP_ACT
+                st.ep.act = ACTS[step[1]]
+                st.ep.alpha = step[2]
+            elif kind in _ROW_STEPS:
+                st.kind = _ROW_STEPS[kind]
+                if kind in ("affine", "layernorm") and step[1] is not None:
+                    a, b = step[1], step[2]
+                    for arr in (a, b):
+                        if (not isinstance(arr, np.ndarray) or arr.dtype != self.dtype
+                                or arr.shape != (width,) or not arr.flags.c_contiguous):
+                            raise ValueError(f"step {i}: parameters must be C-contiguous "
+                                             f"({width},) arrays of {self.dtype}")
+                    st.a = cnp.PyArray_DATA(<cnp.ndarray>a)
+                    st.b = cnp.PyArray_DATA(<cnp.ndarray>b)
+                    self._keep += [a, b]
+                if kind == "layernorm":
+                    st.eps = step[3]
+            else:
+                raise ValueError(f"step {i}: unknown kind {kind!r}")
+        self.out_features = width
+
+    def __dealloc__(self):
+        PyMem_Free(self._steps)
+
+    def forward(self, x, out):
+        """out[:] = the chain applied to each row of x: x (M, in_features) with unit
+        stride along rows' values, out (M, out_features) C-contiguous, not overlapping x."""
+        cdef int rc
+        if self.dtype == np.float32:
+            rc = self._run[float](x, out, _threads())
+        else:
+            rc = self._run[double](x, out, _threads())
+        if rc == FL_ENOMEM:
+            raise MemoryError(f"cannot allocate buffers for a batch of {x.shape[0]} rows")
+
+    cdef int _run(self, const real[:, :] x, real[:, ::1] out, int nthreads) noexcept:
+        cdef size_t m = x.shape[0], k = x.shape[1]
+        if m == 0 or out.shape[1] == 0:
+            return FL_OK
+        cdef const void *xp = &x[0, 0] if k else NULL
+        cdef size_t ldx = x.strides[0] // sizeof(real) if m > 1 else k
+        cdef fl_dtype dt = FL_F64 if real is double else FL_F32
+        with nogil:
+            return fl_model_forward(self._steps, self._n, dt, k, m, xp, ldx, &out[0, 0],
+                                    out.shape[1], nthreads)
 
 
 def isa_name():

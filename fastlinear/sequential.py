@@ -1,50 +1,156 @@
-"""fastlinear.Sequential: a chain of Linear layers and activations, converted from a
-torch.nn.Sequential and run without torch."""
+"""fastlinear.Sequential: a chain of modules run in one native call per forward (the
+Linear layers with their activations fused, LayerNorm, softmax ... between them), built
+directly or converted from a torch.nn.Sequential."""
 import sys
 
-from ._validate import check_keys
-from .activations import GELU, ReLU, Tanh
+import numpy as np
+
+from . import _core, _steps
+from ._validate import as_array, check_keys
+from .activations import GELU, LeakyReLU, ReLU, Sigmoid, SiLU, Tanh, _Activation
 from .linear import Linear
+from .modules import (BatchNorm1d, Dropout, Flatten, Identity, LayerNorm, LogSoftmax,
+                      Softmax, _RowSoftmax)
 
 __all__ = ["Sequential"]
 
-# torch module class name -> how to convert one instance
-_FROM_TORCH = {
-    "ReLU": lambda m, **_: ReLU(),
-    "Tanh": lambda m, **_: Tanh(),
-    "GELU": lambda m, **_: GELU(m.approximate),
-    "Linear": lambda m, **kw: Linear.from_torch(m, **kw),
-}
+_MODULES = (Linear, ReLU, LeakyReLU, GELU, SiLU, Sigmoid, Tanh, Identity, Dropout, Flatten,
+            LayerNorm, Softmax, LogSoftmax, BatchNorm1d)
 
-_MODULES = (Linear, ReLU, GELU, Tanh)
+
+def _describe(m):
+    kind = type(m).__qualname__
+    if type(m).__module__ not in ("builtins",) and not type(m).__module__.startswith(
+            "fastlinear"):
+        kind = f"{type(m).__module__}.{kind}"
+    return kind
 
 
 def _check_module(i, m):
     """TypeError unless m is one of fastlinear's modules, so that a wrong one fails when
     the Sequential is built rather than at its first call."""
-    if isinstance(m, _MODULES):
+    if isinstance(m, (*_MODULES, Sequential)):
         return
-    kind = type(m).__qualname__
-    if type(m).__module__ != "builtins":
-        kind = f"{type(m).__module__}.{kind}"
     torch = sys.modules.get("torch")
     hint = ("; fl.Sequential.from_torch(torch.nn.Sequential(...)) converts torch modules"
             if torch is not None and isinstance(m, torch.nn.Module) else "")
     raise TypeError(f"a Sequential holds fastlinear modules "
-                    f"({', '.join(c.__name__ for c in _MODULES)}); module {i} is {kind}{hint}")
+                    f"({', '.join(c.__name__ for c in _MODULES)}, Sequential); module {i} "
+                    f"is {_describe(m)}{hint}")
+
+
+class _Segment:
+    """Modules between two Flattens, run as one native model (built per input width
+    and cached)."""
+
+    def __init__(self, entries):
+        self.entries = entries  # [(path, module)]
+        linears = [(p, m) for p, m in entries if isinstance(m, Linear)]
+        dtypes = {m.dtype for _, m in linears}
+        if len(dtypes) > 1:
+            raise TypeError("the Linear layers of a Sequential must share one dtype, got "
+                            + ", ".join(f"{p}: {m.dtype}" for p, m in linears))
+        self.dtype = dtypes.pop() if dtypes else None
+        self.softmax_dims = [(p, m) for p, m in entries if isinstance(m, _RowSoftmax)]
+        self.batchnorms = [p for p, m in entries if isinstance(m, BatchNorm1d)]
+        self.models = {}
+
+    def model(self, width, dtype):
+        key = (width, dtype)
+        if key not in self.models:
+            self.models[key] = _core.Model(self.steps(width, dtype), dtype, width)
+        return self.models[key]
+
+    def steps(self, width, dtype):
+        steps = []
+        for path, m in self.entries:
+            if isinstance(m, Linear):
+                if width != m.in_features:
+                    raise ValueError(f"module {path} ({m!r}) takes {m.in_features} values "
+                                     f"per row and gets {width}")
+                steps.append(["linear", m._packed(), None, 0.0])
+                width = m.out_features
+                continue
+            try:
+                new = m._steps(width, dtype)
+            except ValueError as exc:
+                raise ValueError(f"module {path}: {exc}") from None
+            if (isinstance(m, _Activation) and steps and steps[-1][0] == "linear"
+                    and steps[-1][2] is None):  # the Linear's epilogue
+                steps[-1][2:] = [m._act, m._alpha]
+            else:
+                steps += new
+        return [tuple(s) for s in steps]
+
+    def run(self, x):
+        arr = as_array(x, "input")
+        if arr.ndim == 0:
+            raise ValueError("input must have at least 1 dimension (*, features), got a "
+                             "0-d array")
+        for path, m in self.softmax_dims:
+            if m.dim not in (None, -1, arr.ndim - 1):
+                raise ValueError(f"module {path} ({m!r}) on a {arr.ndim}-D input: "
+                                 f"fastlinear computes over the last dimension only")
+        if self.batchnorms and arr.ndim != 2:
+            raise ValueError(f"module {self.batchnorms[0]} (BatchNorm1d) normalizes dim 1 "
+                             f"of its input; inside a Sequential fastlinear runs it on "
+                             f"(N, features) input only, got shape {arr.shape}")
+        dtype = self.dtype or _steps.data_dtype(arr)
+        return _steps.run(self.model(arr.shape[-1], dtype), arr)
 
 
 class Sequential:
-    """Calls its modules in order: y = modules[-1](... modules[0](x))."""
+    """Calls its modules in order: y = modules[-1](... modules[0](x)), as one native
+    call: each Linear's activation applied as the tiles are written, the rows between
+    layers in per-call buffers, one team of threads for all. A row's result does not
+    depend on the batch or the thread count. Where a Linear runs on BLAS (backend
+    "blas", or "auto" on a CPU without a tuned kernel) the modules run one by one."""
 
     def __init__(self, *modules):
         for i, m in enumerate(modules):
             _check_module(i, m)
         self.modules = list(modules)
+        self._cache = None
+
+    def _flat(self, prefix=""):
+        for i, m in enumerate(self.modules):
+            if isinstance(m, Sequential):
+                yield from m._flat(f"{prefix}{i}.")
+            else:
+                yield f"{prefix}{i}", m
+
+    def _program(self):
+        """The segments to run, rebuilt when a module's parameters were replaced; None
+        where the modules must run one by one."""
+        flat = list(self._flat())
+        state = [getattr(m, "_params", m) for _, m in flat]
+        cache = self._cache
+        if cache is not None and len(cache[0]) == len(state) and all(
+                a is b for a, b in zip(cache[0], state)):
+            return cache[1]
+        program = []
+        if all(m.resolved_backend == "native" for _, m in flat if isinstance(m, Linear)):
+            entries = []
+            for path, m in flat:
+                if isinstance(m, Flatten):
+                    program += [_Segment(entries), m]
+                    entries = []
+                else:
+                    entries.append((path, m))
+            program.append(_Segment(entries))
+        else:
+            program = None
+        self._cache = (state, program)
+        return program
 
     def __call__(self, x):
-        for m in self.modules:
-            x = m(x)
+        program = self._program()
+        if program is None:
+            for _, m in self._flat():
+                x = m(x)
+            return as_array(x, "input")
+        for part in program:
+            x = part(x) if isinstance(part, Flatten) else part.run(x)
         return x
 
     forward = __call__
@@ -53,39 +159,45 @@ class Sequential:
         return len(self.modules)
 
     def __getitem__(self, i):
+        if isinstance(i, slice):
+            return Sequential(*self.modules[i])
         return self.modules[i]
 
     @classmethod
     def from_torch(cls, module, *, dtype=None, weight_dtype=None, group_size=None,
                    backend="auto"):
-        """From a torch.nn.Sequential of Linear, ReLU, GELU and Tanh modules; dtype,
-        weight_dtype and group_size apply to every Linear (see Linear.from_torch)."""
-        converted = []
-        for i, m in enumerate(module):
-            kind = type(m).__name__
-            if kind not in _FROM_TORCH:
-                raise TypeError(f"cannot convert module {i} ({kind}); supported: "
-                                f"{', '.join(sorted(_FROM_TORCH))}")
-            converted.append(_FROM_TORCH[kind](m, dtype=dtype, weight_dtype=weight_dtype,
-                                               group_size=group_size, backend=backend))
-        return cls(*converted)
+        """From a torch.nn.Sequential (nested ones too) of the modules fastlinear has
+        (see fastlinear.Sequential), as in eval mode. dtype, weight_dtype and group_size
+        apply to every Linear (see Linear.from_torch). A BatchNorm1d right after a Linear
+        is folded into it (its index then holds an Identity); elsewhere it becomes one
+        multiply-add per value. A module it cannot convert raises TypeError naming its
+        path in the model."""
+        from ._from_torch import convert
+        return convert(module, dict(dtype=dtype, weight_dtype=weight_dtype,
+                                    group_size=group_size, backend=backend))
+
+    def _stateful(self):
+        return [(p, m) for p, m in self._flat() if hasattr(m, "_state_keys")]
 
     def state_dict(self):
-        """torch-style keys: '<index>.weight', '<index>.bias' for each Linear."""
-        return {f"{i}.{key}": value for i, m in enumerate(self.modules)
-                if isinstance(m, Linear) for key, value in m.state_dict().items()}
+        """torch-style keys: '<index>.weight', '<index>.bias', '<index>.<sub>.weight'
+        for nested Sequentials ..."""
+        return {f"{p}.{key}": value for p, m in self._stateful()
+                for key, value in m.state_dict().items()}
 
     def load_state_dict(self, state_dict):
-        """Loads '<index>.weight' / '<index>.bias' into each Linear; other keys, or
-        missing ones, raise KeyError."""
-        check_keys(state_dict, [f"{i}.{key}" for i, m in enumerate(self.modules)
-                                if isinstance(m, Linear) for key in m._state_keys()])
-        for i, m in enumerate(self.modules):
-            if isinstance(m, Linear):
-                prefix = f"{i}."
-                m.load_state_dict({k[len(prefix):]: v for k, v in state_dict.items()
-                                   if k.startswith(prefix)})
+        """Loads each module's keys ('<path>.<name>'); other keys, or missing ones,
+        raise KeyError."""
+        check_keys(state_dict, [f"{p}.{key}" for p, m in self._stateful()
+                                for key in m._state_keys()])
+        for p, m in self._stateful():
+            prefix = f"{p}."
+            m.load_state_dict({k[len(prefix):]: v for k, v in state_dict.items()
+                               if k.startswith(prefix) and "." not in k[len(prefix):]})
 
     def __repr__(self):
-        inner = "".join(f"  ({i}): {m!r}\n" for i, m in enumerate(self.modules))
-        return f"Sequential(\n{inner})"
+        lines = []
+        for i, m in enumerate(self.modules):
+            inner = repr(m).replace("\n", "\n  ")
+            lines.append(f"  ({i}): {inner}\n")
+        return f"Sequential(\n{''.join(lines)})"

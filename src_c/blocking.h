@@ -107,4 +107,14 @@ _Static_assert(FL_REF_F32_KC % FL_I4_MAX_GROUP == 0 && FL_AVX2_F32_KC % FL_I4_MA
  * OpenMP team costs a few microseconds, about what one core does in 2^17 multiply-adds. */
 #define FL_PARALLEL_MIN_MADDS (1u << 17)
 
+/* The model runner (model.c) takes this many rows through all its steps before the next
+ * block: a block's values between steps (128 rows x 512 floats = 256 KiB per buffer)
+ * stay in L2, and each Linear step still gets whole MC blocks of rows. */
+#define FL_MODEL_ROWS 128
+
+/* For the one-thread threshold above, a value of a row-wise step (an activation,
+ * LayerNorm, softmax: a few dozen vector operations per 16 values) counts as this many
+ * multiply-adds. */
+#define FL_ROW_STEP_MADDS 4
+
 #endif

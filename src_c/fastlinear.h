@@ -76,6 +76,49 @@ void fl_unpack(const fl_packed *p, void *w, float *scale, void *b);
 int fl_forward(const fl_packed *p, size_t m, const void *x, size_t ldx, void *y,
                size_t ldy, int nthreads);
 
+/* Activations, applied elementwise: as the epilogue of a Linear step (after the bias, on
+ * the tile just computed, before it leaves the cache) or as a step of their own. They
+ * are fastlinear's own code (activation.h): the same bits on every ISA and machine.
+ *   RELU x < 0 ? 0 : x (NaN stays NaN)       LEAKY_RELU  x > 0 ? x : x * alpha
+ *   GELU x Phi(x) (erf)    GELU_TANH torch's tanh approximation    SILU x sigmoid(x)
+ *   SIGMOID 1 / (1 + exp(-x))                TANH */
+typedef enum {
+    FL_ACT_NONE, FL_ACT_RELU, FL_ACT_LEAKY_RELU, FL_ACT_GELU, FL_ACT_GELU_TANH, FL_ACT_SILU,
+    FL_ACT_SIGMOID, FL_ACT_TANH, FL_NACTS
+} fl_act;
+typedef struct {
+    fl_act act;
+    double alpha;  /* LEAKY_RELU's negative slope */
+} fl_epilogue;
+
+/* A model: steps applied in order to each row of x; each row is computed alone (the
+ * promise above holds for the whole chain). Values are float64 where dtype is FL_F64,
+ * else float32 (the weights of LINEAR steps may be any format of that family). */
+typedef enum {
+    FL_STEP_LINEAR,     /* y = x @ W.T + b, then ep */
+    FL_STEP_ACT,        /* y = ep(x) */
+    FL_STEP_AFFINE,     /* y[j] = x[j] * a[j] + b[j] (a folded BatchNorm1d) */
+    FL_STEP_LAYERNORM,  /* y = (x - mean) / sqrt(var + eps) (* a[j] + b[j] when a, b) */
+    FL_STEP_SOFTMAX,    /* y = exp(x - max) / sum(exp(x - max)) */
+    FL_STEP_LOGSOFTMAX  /* y = (x - max) - log(sum(exp(x - max))) */
+} fl_step_kind;
+typedef struct {
+    fl_step_kind kind;
+    size_t width;            /* values per row this step writes (LINEAR: W's N) */
+    const fl_packed *linear; /* LINEAR */
+    fl_epilogue ep;          /* LINEAR, ACT */
+    const void *a, *b;       /* AFFINE, LAYERNORM (both NULL: no affine): width values */
+    double eps;              /* LAYERNORM */
+} fl_step;
+
+/* Runs the steps over the m rows of x (width_in values each, row stride ldx) into y (the
+ * last step's width, row stride ldy): one team of up to nthreads threads for every step,
+ * the rows between steps in per-call buffers, a block of FL_MODEL_ROWS rows at a time.
+ * LINEAR steps' weights must take width_in (or the previous step's width) values. x and
+ * y must not overlap; no steps copy x. Returns FL_OK or FL_ENOMEM (y untouched then). */
+int fl_model_forward(const fl_step *steps, size_t nsteps, fl_dtype dtype, size_t width_in,
+                     size_t m, const void *x, size_t ldx, void *y, size_t ldy, int nthreads);
+
 /* Name of the micro-kernel ISA that fl_alloc() uses now: the best one this CPU supports,
  * picked on first use. Weights already packed keep the kernel they were packed for. */
 const char *fl_isa_name(void);

@@ -2,8 +2,8 @@
  * BLIS loop names: jc (NC columns) > pc (KC of k) > ic (MC rows) > jr (NR) > ir (MR). */
 #include <stdatomic.h>
 #include <stdlib.h>
-#include "kernel.h"
 #include "blocking.h"
+#include "driver.h"
 #ifdef _OPENMP
 #include <omp.h>
 #include <pthread.h>
@@ -31,6 +31,7 @@ static atomic_int running_calls;
 
 typedef struct {
     const fl_packed *p;
+    const fl_epilogue *ep;  /* NULL, or applied to each tile after its last k block */
     size_t m;
     const char *x;
     size_t ldx;
@@ -79,8 +80,12 @@ static void run_tile(const fl_job *jb, fl_weights wt, size_t q, size_t np, size_
         else
             while (2 * h <= m)
                 h *= 2;
-        wt.run(kc, a, a_rs, a_cs, wt.w, (ptrdiff_t)p->panel_bytes, p->group,
-               jb->y + (row * jb->ldy + q * nr) * size, jb->ldy, h, n, pc == 0, sq, bq);
+        char *yt = jb->y + (row * jb->ldy + q * nr) * size;
+        wt.run(kc, a, a_rs, a_cs, wt.w, (ptrdiff_t)p->panel_bytes, p->group, yt, jb->ldy,
+               h, n, pc == 0, sq, bq);
+        if (last && jb->ep)  /* the epilogue, while the tile is in L1 */
+            p->isa->activate(jb->ep, p->dtype == FL_F64 ? FL_F64 : FL_F32, yt, jb->ldy, h,
+                             n);
         a += (ptrdiff_t)h * a_rs * (ptrdiff_t)size;
         row += h;
         m -= h;
@@ -143,17 +148,8 @@ static void run_packed(const fl_job *jb, size_t r0, size_t r1, size_t q0, size_t
     }
 }
 
-/* How one call is cut among threads: each takes a share of `parts`, which are row
- * micro-panels (split_rows) or weight panels. */
-typedef struct {
-    int pack_x, split_rows, widen;
-    size_t parts;
-    char *buf;          /* per thread: a block of packed x (pack_x), then one widened
-                           KC x NR block of weights (widen) */
-    size_t xbuf_bytes, buf_bytes;
-} fl_plan;
-
-static void run_share(const fl_job *jb, const fl_plan *pl, size_t t, size_t team)
+static void run_share(const fl_job *jb, const fl_plan *pl, char *scratch, size_t t,
+                      size_t team)
 {
     const size_t lo = pl->parts * t / team, hi = pl->parts * (t + 1) / team;
     const size_t mr = jb->p->kern->mr;
@@ -161,19 +157,28 @@ static void run_share(const fl_job *jb, const fl_plan *pl, size_t t, size_t team
         return;
     const size_t r0 = pl->split_rows ? lo * mr : 0;
     const size_t r1 = pl->split_rows ? min_sz(hi * mr, jb->m) : jb->m;
-    char *xbuf = pl->buf ? pl->buf + t * pl->buf_bytes : NULL;
-    float *wbuf = pl->widen ? (float *)(xbuf + pl->xbuf_bytes) : NULL;
+    float *wbuf = pl->widen ? (float *)(scratch + pl->xbuf_bytes) : NULL;
     if (pl->pack_x && pl->split_rows)
-        run_packed(jb, r0, r1, 0, jb->p->panels, xbuf, wbuf);
+        run_packed(jb, r0, r1, 0, jb->p->panels, scratch, wbuf);
     else if (pl->pack_x)
-        run_packed(jb, 0, jb->m, lo, hi, xbuf, wbuf);
+        run_packed(jb, 0, jb->m, lo, hi, scratch, wbuf);
     else if (pl->split_rows)
         run_direct(jb, r0, r1, 0, jb->p->panels, wbuf);
     else
         run_direct(jb, 0, jb->m, lo, hi, wbuf);
 }
 
-static int team_size(void)
+void fl_gemm_share(const fl_packed *p, const fl_plan *pl, const fl_epilogue *ep, size_t m,
+                   const void *x, size_t ldx, void *y, size_t ldy, void *scratch, size_t t,
+                   size_t team)
+{
+    if (m == 0 || p->n == 0)
+        return;
+    const fl_job jb = {p, ep && ep->act != FL_ACT_NONE ? ep : NULL, m, x, ldx, y, ldy};
+    run_share(&jb, pl, scratch, t, team);
+}
+
+int fl_team_size(void)
 {
 #ifdef _OPENMP
     return omp_get_num_threads();
@@ -182,7 +187,7 @@ static int team_size(void)
 #endif
 }
 
-static int thread_id(void)
+int fl_thread_id(void)
 {
 #ifdef _OPENMP
     return omp_get_thread_num();
@@ -191,16 +196,17 @@ static int thread_id(void)
 #endif
 }
 
-int fl_forward(const fl_packed *p, size_t m, const void *x, size_t ldx, void *y,
-               size_t ldy, int nthreads)
+void fl_team_starting(void)
 {
-    const fl_kernel *kr = p->kern;
-    if (m == 0 || p->n == 0)
-        return FL_OK;
-    const fl_job jb = {p, m, x, ldx, y, ldy};
-    const size_t size = fl_dtype_size(p->dtype), row_tiles = (m + kr->mr - 1) / kr->mr;
+#ifdef _OPENMP
+    team_started = 1;
+#endif
+}
+
+size_t fl_threads_begin(double madds, int nthreads)
+{
     size_t threads = nthreads > 1 ? (size_t)nthreads : 1;
-    if ((double)m * (double)p->n * (double)p->k < FL_PARALLEL_MIN_MADDS)
+    if (madds < FL_PARALLEL_MIN_MADDS)
         threads = 1;
 #ifdef _OPENMP
     if (forked_after_team)
@@ -209,7 +215,15 @@ int fl_forward(const fl_packed *p, size_t m, const void *x, size_t ldx, void *y,
     threads = 1;
 #endif
     const size_t running = (size_t)atomic_fetch_add(&running_calls, 1) + 1;
-    threads = threads > running ? threads / running : 1;
+    return threads > running ? threads / running : 1;
+}
+
+void fl_threads_end(void) { atomic_fetch_sub(&running_calls, 1); }
+
+fl_plan fl_plan_gemm(const fl_packed *p, size_t m, size_t team)
+{
+    const fl_kernel *kr = p->kern;
+    const size_t size = fl_dtype_size(p->dtype);
     fl_plan pl = {0};
     pl.pack_x = (double)m * (double)p->k * (double)size > FL_DIRECT_X_MAX_BYTES
                 || (kr->widen_rows && m >= kr->widen_rows);
@@ -222,10 +236,8 @@ int fl_forward(const fl_packed *p, size_t m, const void *x, size_t ldx, void *y,
      * widened) once in total, unless there are too few panels to go round; except that
      * float weights with packed x split the rows, each thread packing its own blocks of
      * x (the weights come from L3 for both). Never a split of k. */
-    pl.split_rows = (pl.pack_x && !pl.widen) || p->panels < threads;
-    pl.parts = pl.split_rows ? row_tiles : p->panels;
-    threads = min_sz(threads, pl.parts);
-
+    pl.split_rows = (pl.pack_x && !pl.widen) || p->panels < team;
+    pl.parts = pl.split_rows ? (m + kr->mr - 1) / kr->mr : p->panels;
     if (pl.pack_x || pl.widen) {
         /* Per thread: one MC x KC block of x, its last micro-panel rounded up to MR
          * rows, then one KC x NR block of weights, each rounded up to whole cache lines
@@ -235,23 +247,36 @@ int fl_forward(const fl_packed *p, size_t m, const void *x, size_t ldx, void *y,
         pl.xbuf_bytes = pl.pack_x ? (rows * kc * size + 63) / 64 * 64 : 0;
         const size_t wbuf_bytes = (kc * kr->nr * sizeof(float) + 63) / 64 * 64;
         pl.buf_bytes = pl.xbuf_bytes + (pl.widen ? wbuf_bytes : 0);
-        pl.buf = fl_aligned_alloc(threads, pl.buf_bytes);
-        if (!pl.buf) {
-            atomic_fetch_sub(&running_calls, 1);
-            return FL_ENOMEM;
-        }
+    }
+    return pl;
+}
+
+int fl_forward(const fl_packed *p, size_t m, const void *x, size_t ldx, void *y,
+               size_t ldy, int nthreads)
+{
+    if (m == 0 || p->n == 0)
+        return FL_OK;
+    size_t threads = fl_threads_begin((double)m * (double)p->n * (double)p->k, nthreads);
+    const fl_plan pl = fl_plan_gemm(p, m, threads);
+    threads = min_sz(threads, pl.parts);
+    char *buf = NULL;
+    if (pl.buf_bytes && !(buf = fl_aligned_alloc(threads, pl.buf_bytes))) {
+        fl_threads_end();
+        return FL_ENOMEM;
     }
     if (threads == 1) {  /* no team to start: a few hundred ns matter to tiny calls */
-        run_share(&jb, &pl, 0, 1);
+        fl_gemm_share(p, &pl, NULL, m, x, ldx, y, ldy, buf, 0, 1);
     } else {
-#ifdef _OPENMP
-        team_started = 1;
-#endif
+        fl_team_starting();
 #pragma omp parallel num_threads((int)threads)
-        /* The team may be smaller than asked for (nesting, OMP_THREAD_LIMIT). */
-        run_share(&jb, &pl, (size_t)thread_id(), (size_t)team_size());
+        {
+            /* The team may be smaller than asked for (nesting, OMP_THREAD_LIMIT). */
+            const size_t t = (size_t)fl_thread_id();
+            fl_gemm_share(p, &pl, NULL, m, x, ldx, y, ldy, buf ? buf + t * pl.buf_bytes : NULL,
+                          t, (size_t)fl_team_size());
+        }
     }
-    free(pl.buf);
-    atomic_fetch_sub(&running_calls, 1);
+    free(buf);
+    fl_threads_end();
     return FL_OK;
 }

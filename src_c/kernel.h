@@ -67,9 +67,15 @@ typedef struct {
                            too large to read in place (FL_DIRECT_X_MAX_BYTES) */
 } fl_kernel;
 
+/* Applies ep to an m x n block of y (row stride ldy elements) in place: the ISA's
+ * instance of activation.h's fl_activate_body (the same bits on every ISA). */
+typedef void fl_activator(const fl_epilogue *ep, fl_dtype dtype, void *y, size_t ldy,
+                          size_t m, size_t n);
+
 typedef struct {
     const char *name;
     int (*cpu_has)(void);   /* 1 when this CPU can run it */
+    fl_activator *activate;
     fl_kernel k[FL_NDTYPES]; /* indexed by fl_dtype; compressed formats share float32's
                                 blocking, as they run on its kernel for large batches */
 } fl_isa;

@@ -17,6 +17,7 @@
 #include <immintrin.h>
 #include "../kernel.h"
 #include "../blocking.h"
+#include "../activation.h"
 
 #define AVX2 __attribute__((target("avx2,fma,f16c")))
 #define INLINE static inline __attribute__((always_inline)) AVX2
@@ -303,9 +304,16 @@ static int cpu_has_avx2(void)
            && __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
 }
 
+/* The activations (activation.h) in AVX2 (two ymm per 16 floats). */
+static AVX2 void activate(const fl_epilogue *ep, fl_dtype dt, void *y, size_t ldy, size_t m,
+                          size_t n)
+{
+    fl_activate_body(ep, dt, y, ldy, m, n);
+}
+
 #define F32_BLOCKS MR, NV * 8, FL_AVX2_F32_KC, FL_AVX2_F32_MC, FL_AVX2_F32_NC
 const fl_isa fl_isa_avx2 = {
-    "avx2", cpu_has_avx2,
+    "avx2", cpu_has_avx2, activate,
     {[FL_F32] = {avx2_f32, NULL, F32_BLOCKS, 1},
      [FL_F64] = {avx2_f64, NULL, MR, NV * 4, FL_AVX2_F64_KC, FL_AVX2_F64_MC,
                   FL_AVX2_F64_NC, 1},

@@ -10,6 +10,7 @@
 #include <immintrin.h>
 #include "../kernel.h"
 #include "../blocking.h"
+#include "../activation.h"
 
 #define AVX512 __attribute__((target("avx512f,fma")))
 #define INLINE static inline __attribute__((always_inline)) AVX512
@@ -284,9 +285,16 @@ static int cpu_has_avx512(void)
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma");
 }
 
+/* The activations (activation.h) in AVX-512 (one zmm per 16 floats). */
+static AVX512 void activate(const fl_epilogue *ep, fl_dtype dt, void *y, size_t ldy, size_t m,
+                            size_t n)
+{
+    fl_activate_body(ep, dt, y, ldy, m, n);
+}
+
 #define F32_BLOCKS MR, NV * 16, FL_AVX512_F32_KC, FL_AVX512_F32_MC, FL_AVX512_F32_NC
 const fl_isa fl_isa_avx512 = {
-    "avx512", cpu_has_avx512,
+    "avx512", cpu_has_avx512, activate,
     {[FL_F32] = {avx512_f32, NULL, F32_BLOCKS, 1},
      [FL_F64] = {avx512_f64, NULL, MR, NV * 8, FL_AVX512_F64_KC, FL_AVX512_F64_MC,
                   FL_AVX512_F64_NC, 1},

@@ -5,6 +5,7 @@
 #include <string.h>
 #include "../kernel.h"
 #include "../blocking.h"
+#include "../activation.h"
 
 typedef float f32x4 __attribute__((vector_size(16)));
 typedef double f64x2 __attribute__((vector_size(16)));
@@ -125,9 +126,16 @@ static int cpu_has_ref(void) { return 1; }
 
 /* Compressed formats have no kernel here: the driver widens their weights with
  * fl_expand() and runs the float32 one. */
+/* The activations (activation.h) in baseline vectors (four SSE registers per 16 floats on x86-64). */
+static void activate(const fl_epilogue *ep, fl_dtype dt, void *y, size_t ldy, size_t m,
+                     size_t n)
+{
+    fl_activate_body(ep, dt, y, ldy, m, n);
+}
+
 #define F32_BLOCKS FL_REF_F32_MR, FL_REF_F32_NR, FL_REF_F32_KC, FL_REF_F32_MC, FL_REF_F32_NC
 const fl_isa fl_isa_ref = {
-    "ref", cpu_has_ref,
+    "ref", cpu_has_ref, activate,
     {[FL_F32] = {ukernel_f32, NULL, F32_BLOCKS, 0},
      [FL_F64] = {ukernel_f64, NULL, FL_REF_F64_MR, FL_REF_F64_NR, FL_REF_F64_KC, FL_REF_F64_MC,
                  FL_REF_F64_NC, 0},

@@ -1,0 +1,282 @@
+"""The other modules of an MLP, like torch.nn's, for inference: Identity, Dropout (the
+identity at inference), Flatten, LayerNorm and Softmax/LogSoftmax over the last
+dimension, and BatchNorm1d in eval mode (its running statistics). The row-wise ones run
+native code (src_c/model.c) alone or inside a Sequential."""
+import math
+
+import numpy as np
+
+from . import _steps
+from ._validate import as_array, check_keys, layer_dtype, parameter, positive_int
+
+__all__ = ["Identity", "Dropout", "Flatten", "LayerNorm", "Softmax", "LogSoftmax",
+           "BatchNorm1d"]
+
+
+class Identity:
+    """Returns its input (as an array)."""
+
+    def __init__(self, *args, **kwargs):  # torch's Identity ignores its arguments
+        pass
+
+    def __call__(self, x):
+        return as_array(x, "input")
+
+    forward = __call__
+
+    def _steps(self, width, dtype):
+        return []
+
+    def state_dict(self):
+        return {}
+
+    def __repr__(self):
+        return "Identity()"
+
+
+class Dropout(Identity):
+    """The identity: dropout acts only in training, and fastlinear runs inference."""
+
+    def __init__(self, p=0.5, inplace=False):
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
+            raise ValueError(f"dropout probability has to be between 0 and 1, got {p!r}")
+        self.p, self.inplace = float(p), bool(inplace)
+
+    def __repr__(self):
+        return f"Dropout(p={self.p}, inplace={self.inplace})"
+
+
+class Flatten:
+    """Merges dimensions start_dim .. end_dim into one, like torch.nn.Flatten."""
+
+    def __init__(self, start_dim=1, end_dim=-1):
+        for name, v in (("start_dim", start_dim), ("end_dim", end_dim)):
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise TypeError(f"{name} must be an int, got {v!r}")
+        self.start_dim, self.end_dim = start_dim, end_dim
+
+    def shape(self, shape):
+        """The shape this module turns `shape` into."""
+        nd = max(len(shape), 1)
+        s, e = self.start_dim, self.end_dim
+        s, e = s + nd if s < 0 else s, e + nd if e < 0 else e
+        if not (0 <= s < nd and 0 <= e < nd and s <= e):
+            raise ValueError(f"Flatten(start_dim={self.start_dim}, end_dim={self.end_dim}) "
+                             f"does not fit an input of shape {tuple(shape)}")
+        if not shape:
+            return (1,)
+        return (*shape[:s], math.prod(shape[s:e + 1]), *shape[e + 1:])
+
+    def __call__(self, x):
+        arr = as_array(x, "input")
+        return arr.reshape(self.shape(arr.shape))
+
+    forward = __call__
+
+    def state_dict(self):
+        return {}
+
+    def __repr__(self):
+        return f"Flatten(start_dim={self.start_dim}, end_dim={self.end_dim})"
+
+
+def _last_dim(dim, name):
+    if dim not in (-1, None) and (isinstance(dim, bool) or not isinstance(dim, int)):
+        raise TypeError(f"{name}: dim must be an int, got {dim!r}")
+    return dim
+
+
+class _RowSoftmax:
+    _kind = None
+
+    def __init__(self, dim=-1):
+        self.dim = _last_dim(dim, type(self).__name__)
+
+    def __call__(self, x):
+        arr = as_array(x, "input")
+        nd = max(arr.ndim, 1)
+        if self.dim is not None and self.dim not in (-1, nd - 1):
+            raise ValueError(f"{type(self).__name__}(dim={self.dim}) on a {arr.ndim}-D "
+                             f"input: fastlinear computes over the last dimension only")
+        return _steps.apply(self, arr)
+
+    forward = __call__
+
+    def _steps(self, width, dtype):
+        return [(self._kind,)]
+
+    def state_dict(self):
+        return {}
+
+    def __repr__(self):
+        return f"{type(self).__name__}(dim={self.dim})"
+
+
+class Softmax(_RowSoftmax):
+    """exp(x - max) / sum(exp(x - max)) over the last dimension (sums in float64)."""
+    _kind = "softmax"
+
+
+class LogSoftmax(_RowSoftmax):
+    """(x - max) - log(sum(exp(x - max))) over the last dimension (in float64)."""
+    _kind = "logsoftmax"
+
+
+class _Params:
+    """Parameters swapped as one object (see fastlinear.linear._Params)."""
+    __slots__ = ("arrays",)
+
+    def __init__(self, arrays):
+        self.arrays = arrays
+
+
+class LayerNorm:
+    """(x - mean) / sqrt(var + eps) * weight + bias over the last dimension, like
+    torch.nn.LayerNorm with normalized_shape of one dimension; mean and (biased)
+    variance in float64, the result rounded once."""
+
+    def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True, *,
+                 dtype=np.float32):
+        shape = (normalized_shape,) if isinstance(normalized_shape, int) \
+            else tuple(normalized_shape)
+        if len(shape) != 1:
+            raise ValueError(f"LayerNorm over {len(shape)} dimensions {shape}: fastlinear "
+                             f"normalizes over the last dimension only")
+        self._n = positive_int(shape[0], "normalized_shape")
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0:
+            raise ValueError(f"eps must be a number >= 0, got {eps!r}")
+        self.eps = float(eps)
+        self._dtype = layer_dtype(dtype)
+        self.elementwise_affine, self._with_bias = bool(elementwise_affine), bool(bias)
+        self._set(np.ones(self._n), np.zeros(self._n))
+
+    def _set(self, weight, bias):
+        if not self.elementwise_affine:
+            self._params = _Params(())
+            return
+        w = parameter(weight, (self._n,), self._dtype, "weight")
+        b = parameter(bias if self._with_bias else np.zeros(self._n), (self._n,),
+                      self._dtype, "bias")
+        self._params = _Params((w, b))
+
+    normalized_shape = property(lambda self: (self._n,))
+    dtype = property(lambda self: self._dtype)
+    weight = property(lambda self: self._param(0),
+                      lambda self, v: self._set(v, self._param(1)))
+    bias = property(lambda self: self._param(1) if self._with_bias else None,
+                    lambda self, v: self._set(self._param(0), v))
+
+    def _param(self, i):
+        if not self.elementwise_affine:
+            return None
+        return self._params.arrays[i].view()
+
+    def __call__(self, x):
+        return _steps.apply(self, x, self._dtype)
+
+    forward = __call__
+
+    def _steps(self, width, dtype):
+        if width != self._n:
+            raise ValueError(f"LayerNorm over {self._n} values got rows of {width}")
+        a, b = self._params.arrays or (None, None)
+        if a is not None and a.dtype != dtype:
+            a, b = a.astype(dtype), b.astype(dtype)
+        return [("layernorm", a, b, self.eps)]
+
+    def _state_keys(self):
+        if not self.elementwise_affine:
+            return ()
+        return ("weight", "bias") if self._with_bias else ("weight",)
+
+    def state_dict(self):
+        return {k: getattr(self, k).copy() for k in self._state_keys()}
+
+    def load_state_dict(self, state_dict):
+        check_keys(state_dict, self._state_keys())
+        if self.elementwise_affine:
+            self._set(state_dict["weight"], state_dict.get("bias", np.zeros(self._n)))
+
+    def __repr__(self):
+        extra = "" if self._with_bias or not self.elementwise_affine else ", bias=False"
+        return (f"LayerNorm(({self._n},), eps={self.eps}, "
+                f"elementwise_affine={self.elementwise_affine}{extra})")
+
+
+class BatchNorm1d:
+    """torch.nn.BatchNorm1d in eval mode: (x - running_mean) / sqrt(running_var + eps)
+    * weight + bias over the features of (N, C) or (N, C, L) input, computed as one
+    multiply and one add per value (the factors formed in float64 once)."""
+
+    _KEYS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
+                 track_running_stats=True, *, dtype=np.float32):
+        self._n = positive_int(num_features, "num_features")
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0:
+            raise ValueError(f"eps must be a number >= 0, got {eps!r}")
+        if not track_running_stats:
+            raise ValueError("BatchNorm1d without running statistics normalizes with the "
+                             "batch's own, which inference does not do; fastlinear needs "
+                             "track_running_stats=True")
+        self.eps, self.momentum, self.affine = float(eps), momentum, bool(affine)
+        self._dtype = layer_dtype(dtype)
+        n = self._n
+        self._load(np.ones(n), np.zeros(n), np.zeros(n), np.ones(n), 0)
+
+    def _load(self, weight, bias, mean, var, batches):
+        arrays = [parameter(v, (self._n,), np.float64, name) for v, name in
+                  ((weight, "weight"), (bias, "bias"), (mean, "running_mean"),
+                   (var, "running_var"))]
+        if (arrays[3] < 0).any():
+            raise ValueError("running_var has negative values")
+        self._params = _Params((*arrays, int(np.asarray(batches))))
+
+    num_features = property(lambda self: self._n)
+    dtype = property(lambda self: self._dtype)
+
+    def factors(self):
+        """(scale, shift) in float64: y = x * scale + shift."""
+        w, b, mean, var, _ = self._params.arrays
+        if not self.affine:
+            w, b = np.ones_like(w), np.zeros_like(b)
+        scale = w / np.sqrt(var + self.eps)
+        return scale, b - mean * scale
+
+    def __call__(self, x):
+        arr = as_array(x, "input")
+        if arr.ndim not in (2, 3) or arr.shape[1] != self._n:
+            raise ValueError(f"BatchNorm1d({self._n}) takes (N, {self._n}) or "
+                             f"(N, {self._n}, L) input, got shape {arr.shape}")
+        if arr.ndim == 3:  # features along dim 1: move them last and back
+            return np.moveaxis(self(np.moveaxis(arr, 1, 2)), 2, 1)
+        return _steps.apply(self, arr, self._dtype)
+
+    forward = __call__
+
+    def _steps(self, width, dtype):
+        if width != self._n:
+            raise ValueError(f"BatchNorm1d({self._n}) got rows of {width} features")
+        scale, shift = self.factors()
+        return [("affine", scale.astype(dtype), shift.astype(dtype))]
+
+    def _state_keys(self):
+        return self._KEYS if self.affine else self._KEYS[2:]
+
+    def state_dict(self):
+        w, b, mean, var, batches = self._params.arrays
+        values = dict(zip(self._KEYS, (w, b, mean, var)))
+        out = {k: values[k].astype(self._dtype) for k in self._state_keys()[:-1]}
+        out["num_batches_tracked"] = np.array(batches, np.int64)
+        return out
+
+    def load_state_dict(self, state_dict):
+        check_keys(state_dict, self._state_keys())
+        n = self._n
+        self._load(state_dict.get("weight", np.ones(n)), state_dict.get("bias", np.zeros(n)),
+                   state_dict["running_mean"], state_dict["running_var"],
+                   state_dict["num_batches_tracked"])
+
+    def __repr__(self):
+        return (f"BatchNorm1d({self._n}, eps={self.eps}, momentum={self.momentum}, "
+                f"affine={self.affine}, track_running_stats=True)")

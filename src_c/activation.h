@@ -1,0 +1,304 @@
+/* The activations of fastlinear.h's fl_act, one body for every ISA: each kernel file
+ * instantiates fl_activate_body() under its own target (kernels/<isa>.c), so the same
+ * source runs as 4 SSE, 2 AVX2 or 1 AVX-512 vector operations per 16 floats.
+ *
+ * Bits: only IEEE operations that round one way everywhere (add, subtract, multiply,
+ * divide, compare, select, integer bit work), no FMA and -ffp-contract=off, no libm. So
+ * every ISA, compiler and machine computes the same bits, and an element's result
+ * depends on its value alone (not on its neighbours, the batch or the threads).
+ *
+ * Methods (float64 the same, with more terms):
+ *   exp(y)     y = n ln2 + r, |r| <= ln2/2 (ln2 in two parts, n ln2_hi exact); expm1(r)
+ *              by its Taylor series to r^7 (r^13), then 2^n in two factors, so that
+ *              results in the subnormal range round once and overflow gives inf.
+ *   sigmoid    1 / (1 + exp(-x)), as exp(x) / (1 + exp(x)) for x < 0 (no overflow);
+ *              silu x sigmoid(x)
+ *   tanh       sign(x) e / (e + 2), e = expm1(2|x|) (2^n p + (2^n - 1)): accurate near 0.
+ *   gelu_tanh  torch's 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3), computed
+ *              as x / (1 + exp(-2u)), the same function without cancellation.
+ *   gelu (erf) x Phi(x), Phi(x) = erfc(-x/sqrt2)/2, with erfc(a) = exp(-a^2) erfcx(a)
+ *              for a = |x|/sqrt2 and 1 - that for x > 0. a^2 = x^2/2 is carried exactly
+ *              as s + e (Dekker's product), so exp(-a^2) loses nothing to rounding even
+ *              where it is tiny; erfcx(a) (1 + a/K) is a Chebyshev series in
+ *              t = (a - K)/(a + K), K = 3, fitted here (13 terms float32, 25 float64;
+ *              interpolation error 6e-10 and 2e-17 over a in [0, inf)).
+ * Accuracy against float64/float128 references: README ("Activations"),
+ * tests/test_activations.py.
+ */
+#ifndef FL_ACTIVATION_H
+#define FL_ACTIVATION_H
+
+#include <stdint.h>
+#include <string.h>
+#include "fastlinear.h"
+
+#define FL_AINLINE static inline __attribute__((always_inline))
+/* The helpers take and return 64-byte vectors; always inlined, they never go through the
+ * calling convention GCC's -Wpsabi warns about. */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wpsabi"
+#endif
+
+enum { FL_VF_LANES = 16, FL_VD_LANES = 8 };
+typedef float fl_vf __attribute__((vector_size(64)));
+typedef int32_t fl_vi __attribute__((vector_size(64)));
+typedef double fl_vd __attribute__((vector_size(64)));
+typedef int64_t fl_vl __attribute__((vector_size(64)));
+
+FL_AINLINE fl_vf vf_set(float c) { return (fl_vf){0} + c; }
+FL_AINLINE fl_vd vd_set(double c) { return (fl_vd){0} + c; }
+/* m ? a : b, lane by lane (m: all ones or zero per lane, as comparisons give). */
+FL_AINLINE fl_vf vf_sel(fl_vi m, fl_vf a, fl_vf b)
+{
+    return (fl_vf)((m & (fl_vi)a) | (~m & (fl_vi)b));
+}
+FL_AINLINE fl_vd vd_sel(fl_vl m, fl_vd a, fl_vd b)
+{
+    return (fl_vd)((m & (fl_vl)a) | (~m & (fl_vl)b));
+}
+/* Clamps to [lo, hi]; NaN stays NaN (the comparisons are false for it). */
+FL_AINLINE fl_vf vf_clamp(fl_vf x, float lo, float hi)
+{
+    x = vf_sel(x > hi, vf_set(hi), x);
+    return vf_sel(x < lo, vf_set(lo), x);
+}
+FL_AINLINE fl_vd vd_clamp(fl_vd x, double lo, double hi)
+{
+    x = vd_sel(x > hi, vd_set(hi), x);
+    return vd_sel(x < lo, vd_set(lo), x);
+}
+FL_AINLINE fl_vf vf_abs(fl_vf x) { return (fl_vf)((fl_vi)x & 0x7fffffff); }
+FL_AINLINE fl_vd vd_abs(fl_vd x) { return (fl_vd)((fl_vl)x & 0x7fffffffffffffffLL); }
+
+/* Range reduction of exp(y), y clamped so that |n| stays small: y = n ln2 + r; returns
+ * p = expm1(r) and n. */
+FL_AINLINE fl_vf vf_expm1_reduced(fl_vf y, fl_vi *n)
+{
+    const float shift = 12582912.0f;  /* 1.5 * 2^23: adding it rounds to an integer */
+    const fl_vf t = y * 1.44269504088896341f + shift;
+    const fl_vf nf = t - shift;
+    *n = (fl_vi)t - 0x4B400000;       /* the integer in t's low mantissa bits */
+    /* ln2 = 0.693359375 (9 bits: nf times it is exact) - 2.12194440e-4 */
+    const fl_vf r = (y - nf * 0.693359375f) - nf * -2.12194440e-4f;
+    fl_vf q = vf_set(1.0f / 5040);
+    q = q * r + 1.0f / 720;
+    q = q * r + 1.0f / 120;
+    q = q * r + 1.0f / 24;
+    q = q * r + 1.0f / 6;
+    q = q * r + 0.5f;
+    return r + r * r * q;
+}
+
+FL_AINLINE fl_vd vd_expm1_reduced(fl_vd y, fl_vl *n)
+{
+    const double shift = 6755399441055744.0;  /* 1.5 * 2^52 */
+    const fl_vd t = y * 1.4426950408889634074 + shift;
+    const fl_vd nf = t - shift;
+    *n = (fl_vl)t - 0x4338000000000000LL;
+    /* ln2 in 32 + 53 bits: nf times the first is exact for |n| < 2^11 */
+    const fl_vd r = (y - nf * 0.69314718036912381649) - nf * 1.9082149292705877000e-10;
+    /* Taylor coefficients 1/(j+2)!, j = 11 .. 0 */
+    static const double c[] = {
+        1.0 / 6227020800, 1.0 / 479001600, 1.0 / 39916800, 1.0 / 3628800, 1.0 / 362880,
+        1.0 / 40320, 1.0 / 5040, 1.0 / 720, 1.0 / 120, 1.0 / 24, 1.0 / 6, 0.5};
+    fl_vd q = vd_set(c[0]);
+    for (size_t j = 1; j < sizeof c / sizeof c[0]; j++)
+        q = q * r + c[j];
+    return r + r * r * q;
+}
+
+/* 2^n for integers n in the normal range. */
+FL_AINLINE fl_vf vf_pow2(fl_vi n) { return (fl_vf)((n + 127) << 23); }
+FL_AINLINE fl_vd vd_pow2(fl_vl n) { return (fl_vd)((n + 1023) << 52); }
+
+/* e^y for every y: inf past the largest float, subnormals and 0 below the smallest. */
+FL_AINLINE fl_vf vf_exp(fl_vf y)
+{
+    fl_vi n;
+    const fl_vf p = vf_expm1_reduced(vf_clamp(y, -104.0f, 88.8f), &n);
+    const fl_vi n1 = n >> 1;
+    return ((1.0f + p) * vf_pow2(n1)) * vf_pow2(n - n1);
+}
+
+FL_AINLINE fl_vd vd_exp(fl_vd y)
+{
+    fl_vl n;
+    const fl_vd p = vd_expm1_reduced(vd_clamp(y, -746.0, 710.0), &n);
+    const fl_vl n1 = n >> 1;
+    return ((1.0 + p) * vd_pow2(n1)) * vd_pow2(n - n1);
+}
+
+FL_AINLINE fl_vf vf_tanh(fl_vf x)
+{
+    fl_vi n;
+    /* tanh(9.02) rounds to 1 in float32 */
+    const fl_vf a = vf_clamp(vf_abs(x), 0.0f, 9.02f);
+    const fl_vf p = vf_expm1_reduced(a + a, &n);
+    const fl_vf s = vf_pow2(n);
+    const fl_vf e = s * p + (s - 1.0f);
+    const fl_vf t = e / (e + 2.0f);
+    return (fl_vf)((fl_vi)t | ((fl_vi)x & (int32_t)0x80000000));
+}
+
+FL_AINLINE fl_vd vd_tanh(fl_vd x)
+{
+    fl_vl n;
+    const fl_vd a = vd_clamp(vd_abs(x), 0.0, 19.1);  /* tanh(19.1) rounds to 1 */
+    const fl_vd p = vd_expm1_reduced(a + a, &n);
+    const fl_vd s = vd_pow2(n);
+    const fl_vd e = s * p + (s - 1.0);
+    const fl_vd t = e / (e + 2.0);
+    return (fl_vd)((fl_vl)t | ((fl_vl)x & (int64_t)0x8000000000000000ULL));
+}
+
+/* Chebyshev coefficients of erfcx(a) (1 + a/3) in t = (a - 3)/(a + 3), the first halved. */
+static const float fl_erfcx_f32[] = {
+    0.47114607466029065418f, -0.37715894969156579019f, 0.11803603344749544768f,
+    -0.028362346699695215976f, 0.0048717577576055452845f, -0.00045985238787526313457f,
+    -0.000021430222378808893427f, 0.000013014473675888876701f,
+    -8.8092844021870405502e-7f, -2.7464758569317452076e-7f, 4.4162249306851078241e-8f,
+    6.3902838280232383269e-9f, -1.7393101342831583562e-9f};
+static const double fl_erfcx_f64[] = {
+    0.47114607466029065351, -0.37715894969156579281, 0.11803603344749545425,
+    -0.028362346699695151515, 0.0048717577576055463876, -0.00045985238787654427861,
+    -0.000021430222381053151936, 0.000013014473699241348850, -8.8092835828535136335e-7,
+    -2.7464800479702844527e-7, 4.4159918992237855085e-8, 6.3984083855754828339e-9,
+    -1.6768357212484644597e-9, -1.9473354700890025931e-10, 6.2474413034694486836e-11,
+    8.1245575522464746263e-12, -2.3303146132261140153e-12, -4.1910385396357467930e-13,
+    8.1933352632166529515e-14, 2.3352472623646296983e-14, -2.2442562817274546759e-15,
+    -1.2811463158714794163e-15, 1.0594071018177680302e-18, 6.4394224675522303164e-17,
+    7.1934126550505657445e-18};
+#define FL_ERFCX_K 3
+
+FL_AINLINE fl_vf vf_gelu(fl_vf x)
+{
+    const fl_vf a = vf_clamp(vf_abs(x), 0.0f, 14.0f);  /* Phi(-14) < the least float */
+    /* s + e = a * a exactly: Dekker's split of a into 12 + 12 bits */
+    const fl_vf c = a * 4097.0f, ah = c - (c - a), al = a - ah;
+    const fl_vf s = a * a, e = ((ah * ah - s) + ah * al * 2.0f) + al * al;
+    const fl_vf u = a * 0.707106781186547524f, w = 1.0f / (u + FL_ERFCX_K);
+    const fl_vf t = (u - FL_ERFCX_K) * w, t2 = t + t;
+    const size_t terms = sizeof fl_erfcx_f32 / sizeof fl_erfcx_f32[0];
+    fl_vf b1 = {0}, b2 = {0};
+    for (size_t j = terms - 1; j > 0; j--) {  /* Clenshaw's recurrence */
+        const fl_vf b = t2 * b1 - b2 + fl_erfcx_f32[j];
+        b2 = b1;
+        b1 = b;
+    }
+    const fl_vf h = t * b1 - b2 + fl_erfcx_f32[0];
+    /* erfc(a) / 2 = exp(-(s + e)/2) erfcx(a) / 2 */
+    const fl_vf half_erfc = vf_exp(s * -0.5f) * (1.0f - e * 0.5f) * h
+                            * (w * (0.5f * FL_ERFCX_K));
+    return x * vf_sel(x < 0.0f, half_erfc, 1.0f - half_erfc);
+}
+
+FL_AINLINE fl_vd vd_gelu(fl_vd x)
+{
+    const fl_vd a = vd_clamp(vd_abs(x), 0.0, 40.0);  /* Phi(-40) < the least double */
+    const fl_vd c = a * 134217729.0, ah = c - (c - a), al = a - ah;  /* 27 + 26 bits */
+    const fl_vd s = a * a, e = ((ah * ah - s) + ah * al * 2.0) + al * al;
+    const fl_vd u = a * 0.70710678118654752440, w = 1.0 / (u + FL_ERFCX_K);
+    const fl_vd t = (u - FL_ERFCX_K) * w, t2 = t + t;
+    const size_t terms = sizeof fl_erfcx_f64 / sizeof fl_erfcx_f64[0];
+    fl_vd b1 = {0}, b2 = {0};
+    for (size_t j = terms - 1; j > 0; j--) {
+        const fl_vd b = t2 * b1 - b2 + fl_erfcx_f64[j];
+        b2 = b1;
+        b1 = b;
+    }
+    const fl_vd h = t * b1 - b2 + fl_erfcx_f64[0];
+    const fl_vd half_erfc = vd_exp(s * -0.5) * (1.0 - e * 0.5) * h
+                            * (w * (0.5 * FL_ERFCX_K));
+    return x * vd_sel(x < 0.0, half_erfc, 1.0 - half_erfc);
+}
+
+/* 1 / (1 + exp(-z)), as exp(z) / (1 + exp(z)) for z < 0: no intermediate overflows, so
+ * results down to the subnormals keep their accuracy. */
+FL_AINLINE fl_vf vf_sigmoid(fl_vf z)
+{
+    const fl_vf e = vf_exp(-vf_abs(z));
+    return vf_sel(z < 0.0f, e, vf_set(1.0f)) / (1.0f + e);
+}
+
+FL_AINLINE fl_vd vd_sigmoid(fl_vd z)
+{
+    const fl_vd e = vd_exp(-vd_abs(z));
+    return vd_sel(z < 0.0, e, vd_set(1.0)) / (1.0 + e);
+}
+
+/* One activation of 16 floats; `act` is a constant where it is inlined. */
+FL_AINLINE fl_vf vf_act(const fl_act act, float alpha, fl_vf x)
+{
+    switch (act) {
+    case FL_ACT_RELU: return vf_sel(x < 0.0f, vf_set(0.0f), x);  /* NaN stays */
+    case FL_ACT_LEAKY_RELU: return vf_sel(x > 0.0f, x, x * alpha);
+    case FL_ACT_GELU: return vf_gelu(x);
+    case FL_ACT_GELU_TANH: {
+        const fl_vf u = (x + x * x * x * 0.044715f) * 0.797884560802865355f;
+        return x * vf_sigmoid(u + u);
+    }
+    case FL_ACT_SILU: return x * vf_sigmoid(x);
+    case FL_ACT_SIGMOID: return vf_sigmoid(x);
+    case FL_ACT_TANH: return vf_tanh(x);
+    default: return x;
+    }
+}
+
+FL_AINLINE fl_vd vd_act(const fl_act act, double alpha, fl_vd x)
+{
+    switch (act) {
+    case FL_ACT_RELU: return vd_sel(x < 0.0, vd_set(0.0), x);
+    case FL_ACT_LEAKY_RELU: return vd_sel(x > 0.0, x, x * alpha);
+    case FL_ACT_GELU: return vd_gelu(x);
+    case FL_ACT_GELU_TANH: {
+        const fl_vd u = (x + x * x * x * 0.044715) * 0.79788456080286535588;
+        return x * vd_sigmoid(u + u);
+    }
+    case FL_ACT_SILU: return x * vd_sigmoid(x);
+    case FL_ACT_SIGMOID: return vd_sigmoid(x);
+    case FL_ACT_TANH: return vd_tanh(x);
+    default: return x;
+    }
+}
+
+/* The activation over an m x n block of y (row stride ldy elements), in place. Whole
+ * vectors where they fit, the row's tail through a zero-padded vector: each element is
+ * computed alike wherever it lies. */
+FL_AINLINE void fl_act_rows(const fl_act act, const fl_dtype dt, double alpha, char *y,
+                            size_t ldy, size_t m, size_t n)
+{
+    const size_t size = dt == FL_F64 ? 8 : 4, lanes = 64 / size;
+    for (size_t i = 0; i < m; i++) {
+        char *row = y + i * ldy * size;
+        for (size_t j = 0; j < n; j += lanes) {
+            const size_t bytes = (n - j < lanes ? n - j : lanes) * size;
+            fl_vf v = {0};
+            memcpy(&v, row + j * size, bytes);
+            if (dt == FL_F64)
+                v = (fl_vf)vd_act(act, alpha, (fl_vd)v);
+            else
+                v = vf_act(act, (float)alpha, v);
+            memcpy(row + j * size, &v, bytes);
+        }
+    }
+}
+
+/* What each ISA file instantiates as its fl_isa.activate: the switch picks a loop
+ * specialised for one activation. */
+FL_AINLINE void fl_activate_body(const fl_epilogue *ep, fl_dtype dt, void *y, size_t ldy,
+                                 size_t m, size_t n)
+{
+    switch (ep->act) {
+    case FL_ACT_RELU: fl_act_rows(FL_ACT_RELU, dt, ep->alpha, y, ldy, m, n); break;
+    case FL_ACT_LEAKY_RELU:
+        fl_act_rows(FL_ACT_LEAKY_RELU, dt, ep->alpha, y, ldy, m, n); break;
+    case FL_ACT_GELU: fl_act_rows(FL_ACT_GELU, dt, ep->alpha, y, ldy, m, n); break;
+    case FL_ACT_GELU_TANH: fl_act_rows(FL_ACT_GELU_TANH, dt, ep->alpha, y, ldy, m, n); break;
+    case FL_ACT_SILU: fl_act_rows(FL_ACT_SILU, dt, ep->alpha, y, ldy, m, n); break;
+    case FL_ACT_SIGMOID: fl_act_rows(FL_ACT_SIGMOID, dt, ep->alpha, y, ldy, m, n); break;
+    case FL_ACT_TANH: fl_act_rows(FL_ACT_TANH, dt, ep->alpha, y, ldy, m, n); break;
+    default: break;
+    }
+}
+
+#endif

@@ -1,0 +1,36 @@
+/* What the model runner (model.c) takes from the GEMM driver (gemm.c): one Linear's
+ * work cut among a team of threads, and the team's size. Not part of the public API. */
+#ifndef FL_DRIVER_H
+#define FL_DRIVER_H
+
+#include "kernel.h"
+
+/* How one product of m rows is cut among `team` threads: each takes a share of `parts`,
+ * which are row micro-panels (split_rows) or weight panels. */
+typedef struct {
+    int pack_x, split_rows, widen;
+    size_t parts;
+    size_t xbuf_bytes;  /* per thread: a block of packed x (pack_x) ... */
+    size_t buf_bytes;   /* ... then one widened KC x NR block of weights (widen): the
+                           scratch each thread needs, 0 for none */
+} fl_plan;
+
+fl_plan fl_plan_gemm(const fl_packed *p, size_t m, size_t team);
+
+/* Thread t's share (t < team) of y = ep(x @ W.T + b) under plan pl; scratch: pl's
+ * buf_bytes for this thread, 64-byte aligned. ep may be NULL. */
+void fl_gemm_share(const fl_packed *p, const fl_plan *pl, const fl_epilogue *ep, size_t m,
+                   const void *x, size_t ldx, void *y, size_t ldy, void *scratch, size_t t,
+                   size_t team);
+
+/* Threads for a call of `madds` multiply-adds asked to use nthreads: 1 for small calls,
+ * after a fork (gemm.c), or without OpenMP; calls running at once share the cores.
+ * Every fl_threads_begin() is paired with one fl_threads_end(). */
+size_t fl_threads_begin(double madds, int nthreads);
+void fl_threads_end(void);
+/* Marks that an OpenMP team is about to run (see the fork note in gemm.c). */
+void fl_team_starting(void);
+int fl_thread_id(void);
+int fl_team_size(void);
+
+#endif
