@@ -292,6 +292,33 @@ cdef class Model:
         if rc == FL_ENOMEM:
             raise MemoryError(f"cannot allocate buffers for a batch of {x.shape[0]} rows")
 
+    def forward_fast(self, x):
+        """The chain over x in a new array, for the common case only: x an aligned
+        C-contiguous ndarray of the model's dtype in native byte order, shaped
+        (in_features,) or (M, in_features). None for anything else (the caller then takes
+        the general path, which also explains what is wrong)."""
+        if not cnp.PyArray_CheckExact(x) or not _plain(<cnp.ndarray>x, self._typenum):
+            return None
+        cdef cnp.ndarray arr = <cnp.ndarray>x
+        cdef int nd = cnp.PyArray_NDIM(arr)
+        cdef cnp.npy_intp *shape = cnp.PyArray_DIMS(arr)
+        cdef cnp.npy_intp dims[2]
+        if shape[nd - 1] != <cnp.npy_intp>self.in_features or shape[nd - 1] == 0:
+            return None
+        dims[0] = shape[0]
+        dims[nd - 1] = self.out_features
+        cdef cnp.ndarray y = cnp.PyArray_EMPTY(nd, dims, self._typenum, 0)
+        cdef size_t m = shape[0] if nd == 2 else 1
+        cdef int rc
+        cdef fl_dtype dt = FL_F64 if self._typenum == cnp.NPY_FLOAT64 else FL_F32
+        with nogil:
+            rc = fl_model_forward(self._steps, self._n, dt, self.in_features, m,
+                                  cnp.PyArray_DATA(arr), self.in_features,
+                                  cnp.PyArray_DATA(y), self.out_features, _threads())
+        if rc == FL_ENOMEM:
+            raise MemoryError(f"cannot allocate buffers for a batch of {m} rows")
+        return y
+
     cdef int _run(self, const real[:, :] x, real[:, ::1] out, int nthreads) noexcept:
         cdef size_t m = x.shape[0], k = x.shape[1]
         if m == 0 or out.shape[1] == 0:

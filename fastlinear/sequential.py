@@ -54,6 +54,12 @@ class _Segment:
         self.softmax_dims = [(p, m) for p, m in entries if isinstance(m, _RowSoftmax)]
         self.batchnorms = [p for p, m in entries if isinstance(m, BatchNorm1d)]
         self.models = {}
+        # The model for the plain case (fast()): the width the first Linear takes, its
+        # dtype, no module whose check depends on the input's dimensions.
+        self.plain = None
+        if (entries and isinstance(entries[0][1], Linear) and not self.batchnorms
+                and all(m.dim in (None, -1) for _, m in self.softmax_dims)):
+            self.plain = self.model(entries[0][1].in_features, self.dtype)
 
     def model(self, width, dtype):
         key = (width, dtype)
@@ -109,7 +115,8 @@ class Sequential:
     def __init__(self, *modules):
         for i, m in enumerate(modules):
             _check_module(i, m)
-        self.modules = list(modules)
+        self.modules = tuple(modules)  # fixed: the compiled program follows them
+        self._params_of = [m for _, m in self._flat() if hasattr(m, "_params")]
         self._cache = None
 
     def _flat(self, prefix=""):
@@ -120,14 +127,13 @@ class Sequential:
                 yield f"{prefix}{i}", m
 
     def _program(self):
-        """The segments to run, rebuilt when a module's parameters were replaced; None
-        where the modules must run one by one."""
-        flat = list(self._flat())
-        state = [getattr(m, "_params", m) for _, m in flat]
+        """The segments to run, rebuilt when a module's parameters were replaced (the
+        modules themselves are fixed); None where the modules must run one by one."""
+        state = [m._params for m in self._params_of]
         cache = self._cache
-        if cache is not None and len(cache[0]) == len(state) and all(
-                a is b for a, b in zip(cache[0], state)):
+        if cache is not None and all(a is b for a, b in zip(cache[0], state)):
             return cache[1]
+        flat = list(self._flat())
         program = []
         if all(m.resolved_backend == "native" for _, m in flat if isinstance(m, Linear)):
             entries = []
@@ -145,6 +151,10 @@ class Sequential:
 
     def __call__(self, x):
         program = self._program()
+        if program is not None and len(program) == 1 and program[0].plain is not None:
+            y = program[0].plain.forward_fast(x)  # the common case, without Python steps
+            if y is not None:
+                return y
         if program is None:
             for _, m in self._flat():
                 x = m(x)
