@@ -120,7 +120,7 @@ static void row_layernorm(fl_dtype dt, size_t n, const char *x, char *y, const c
  * sum in float64, the result in float64 rounded once. */
 static void row_softmax(fl_dtype dt, size_t n, const char *x, char *y, int log)
 {
-    const size_t size = dt == FL_F64 ? 8 : 4, lanes = 64 / size;
+    const size_t size = dt == FL_F64 ? 8 : 4, lanes = FL_VBYTES / size;
     double top = -__builtin_inf();
     for (size_t j = 0; j < n; j++) {
         const double v = value(dt, x, j);
@@ -129,17 +129,16 @@ static void row_softmax(fl_dtype dt, size_t n, const char *x, char *y, int log)
     lanes8 s = {0};
     for (size_t j = 0; j < n; j += lanes) {
         const size_t count = min_sz(lanes, n - j);
-        fl_vf v = {0};  /* 16 floats or 8 doubles */
+        fl_vf v = {0};  /* floats or doubles */
         memcpy(&v, x + j * size, count * size);
         if (dt == FL_F64) {
-            const fl_vd e = vd_exp((fl_vd)v - top);
-            const lanes8_i lane = {0, 1, 2, 3, 4, 5, 6, 7};
-            s += (lanes8)((lanes8_i)e & (lane < (int64_t)count));
-            v = (fl_vf)e;
+            v = (fl_vf)vd_exp((fl_vd)v - top);
+            for (size_t i = 0; i < count; i++)
+                s[(j + i) % 8] += ((fl_vd)v)[i];
         } else {
             v = vf_exp(v - (float)top);
             for (size_t i = 0; i < count; i++)
-                s[i % 8] += v[i];
+                s[(j + i) % 8] += v[i];
         }
         if (!log)
             memcpy(y + j * size, &v, count * size);
