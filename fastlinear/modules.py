@@ -249,7 +249,7 @@ class BatchNorm1d:
             raise ValueError(f"BatchNorm1d({self._n}) takes (N, {self._n}) or "
                              f"(N, {self._n}, L) input, got shape {arr.shape}")
         if arr.ndim == 3:  # features along dim 1: move them last and back
-            return np.moveaxis(self(np.moveaxis(arr, 1, 2)), 2, 1)
+            return np.moveaxis(_steps.apply(self, np.moveaxis(arr, 1, 2), self._dtype), 2, 1)
         return _steps.apply(self, arr, self._dtype)
 
     forward = __call__

@@ -175,7 +175,8 @@ static const double fl_erfcx_f64[] = {
 
 FL_AINLINE fl_vf vf_gelu(fl_vf x)
 {
-    const fl_vf a = vf_clamp(vf_abs(x), 0.0f, 14.0f);  /* Phi(-14) < the least float */
+    /* Phi(-15) is below the least float: exp(-15^2/2) rounds to 0 there */
+    const fl_vf a = vf_clamp(vf_abs(x), 0.0f, 15.0f);
     /* s + e = a * a exactly: Dekker's split of a into 12 + 12 bits */
     const fl_vf c = a * 4097.0f, ah = c - (c - a), al = a - ah;
     const fl_vf s = a * a, e = ((ah * ah - s) + ah * al * 2.0f) + al * al;
@@ -197,7 +198,7 @@ FL_AINLINE fl_vf vf_gelu(fl_vf x)
 
 FL_AINLINE fl_vd vd_gelu(fl_vd x)
 {
-    const fl_vd a = vd_clamp(vd_abs(x), 0.0, 40.0);  /* Phi(-40) < the least double */
+    const fl_vd a = vd_clamp(vd_abs(x), 0.0, 40.0);  /* Phi(-40): 0 in float64 */
     const fl_vd c = a * 134217729.0, ah = c - (c - a), al = a - ah;  /* 27 + 26 bits */
     const fl_vd s = a * a, e = ((ah * ah - s) + ah * al * 2.0) + al * al;
     const fl_vd u = a * 0.70710678118654752440, w = 1.0 / (u + FL_ERFCX_K);

@@ -115,42 +115,37 @@ static void row_layernorm(fl_dtype dt, size_t n, const char *x, char *y, const c
     }
 }
 
-/* softmax or log-softmax of one row: the largest value first (NaN leaves it; the NaN
- * then spreads through the sum), exp(x - max) in the values' type (activation.h), the
- * sum in float64, the result in float64 rounded once. */
+/* softmax or log-softmax of one row, in float64 throughout (exp of activation.h on
+ * the float64 differences, so float32 rows lose nothing to a rounded x - max), rounded
+ * once: the largest value first (NaN leaves it, then spreads through the sum), the sum
+ * of exp(x - max) over fixed lanes, then each value again. */
 static void row_softmax(fl_dtype dt, size_t n, const char *x, char *y, int log)
 {
-    const size_t size = dt == FL_F64 ? 8 : 4, lanes = FL_VBYTES / size;
+    enum { LANES = FL_VBYTES / 8 };
     double top = -__builtin_inf();
     for (size_t j = 0; j < n; j++) {
         const double v = value(dt, x, j);
         top = v > top ? v : top;
     }
     lanes8 s = {0};
-    for (size_t j = 0; j < n; j += lanes) {
-        const size_t count = min_sz(lanes, n - j);
-        fl_vf v = {0};  /* floats or doubles */
-        memcpy(&v, x + j * size, count * size);
-        if (dt == FL_F64) {
-            v = (fl_vf)vd_exp((fl_vd)v - top);
-            for (size_t i = 0; i < count; i++)
-                s[(j + i) % 8] += ((fl_vd)v)[i];
-        } else {
-            v = vf_exp(v - (float)top);
-            for (size_t i = 0; i < count; i++)
-                s[(j + i) % 8] += v[i];
-        }
-        if (!log)
-            memcpy(y + j * size, &v, count * size);
+    for (size_t j = 0; j < n; j += LANES) {
+        const size_t count = min_sz(LANES, n - j);
+        fl_vd v = {0};
+        for (size_t i = 0; i < count; i++)
+            v[i] = value(dt, x, j + i);
+        v = vd_exp(v - top);
+        for (size_t i = 0; i < count; i++)
+            s[(j + i) % 8] += v[i];
     }
-    const double sum = sum8(&s);
-    if (log) {
-        const double lse = log_sum(sum);
-        for (size_t j = 0; j < n; j++)
-            store(dt, y, j, (value(dt, x, j) - top) - lse);
-    } else {
-        for (size_t j = 0; j < n; j++)
-            store(dt, y, j, value(dt, y, j) / sum);
+    const double sum = sum8(&s), lse = log ? log_sum(sum) : 0.0;
+    for (size_t j = 0; j < n; j += LANES) {
+        const size_t count = min_sz(LANES, n - j);
+        fl_vd v = {0};
+        for (size_t i = 0; i < count; i++)
+            v[i] = value(dt, x, j + i);
+        v = log ? (v - top) - lse : vd_exp(v - top) / sum;
+        for (size_t i = 0; i < count; i++)
+            store(dt, y, j + i, v[i]);
     }
 }
 

@@ -1,2 +1,0 @@
-def load_onnx(path):
-    raise NotImplementedError

@@ -1,0 +1,315 @@
+"""Whole models: the activations (fastlinear's own code) against float64 references and
+torch, the fused epilogues against the modules run one by one, the other modules
+(LayerNorm, Softmax, LogSoftmax, BatchNorm1d, Flatten, Dropout, Identity), nesting and
+conversion from torch, and the promise: a row alone equals the row in any batch, at any
+thread count, bit for bit."""
+import numpy as np
+import pytest
+from scipy.special import erfc
+
+import fastlinear as fl
+from fastlinear import _core
+
+ACTIVATIONS = {
+    "relu": (fl.ReLU(), lambda x: np.where(x < 0, 0.0, x)),
+    # the slope is held in the data's type (float32 0.2 for float32 data, as torch)
+    "leaky_relu": (fl.LeakyReLU(0.2), lambda x, dt=np.float64: np.where(
+        x > 0, x, x * np.float64(dt(0.2)))),
+    "gelu": (fl.GELU(), lambda x: x * 0.5 * erfc(-x / np.sqrt(2))),
+    # torch's formula, written without its cancellation: 0.5 (1 + tanh(u)) = sigmoid(2u)
+    "gelu_tanh": (fl.GELU("tanh"), lambda x: x / (1 + np.exp(-2 * np.sqrt(2 / np.pi)
+                                                               * (x + 0.044715 * x ** 3)))),
+    "silu": (fl.SiLU(), lambda x: x / (1 + np.exp(-x))),
+    "sigmoid": (fl.Sigmoid(), lambda x: 1 / (1 + np.exp(-x))),
+    "tanh": (fl.Tanh(), np.tanh),
+}
+# Largest error in units of the result's last place, for |x| <= 6 (README,
+# "Activations"; gelu_tanh's grows with |x|^2 there: its argument u is rounded once).
+MAX_ULP = {"relu": 0, "leaky_relu": 1, "gelu": 8, "gelu_tanh": 48, "silu": 4,
+           "sigmoid": 3, "tanh": 3}
+
+
+def ulp_error(y, exact, dtype):
+    exact = np.asarray(exact, np.float64)
+    tiny = np.finfo(dtype).tiny
+    ok = np.abs(exact) >= tiny
+    spacing = np.spacing(np.abs(exact[ok]).astype(dtype)).astype(np.float64)
+    return np.abs(y[ok].astype(np.float64) - exact[ok]) / spacing
+
+
+def sample(dtype, n=20000, scale=6.0, seed=0):
+    rng = np.random.default_rng(seed)
+    x = np.concatenate([np.linspace(-scale, scale, n), rng.standard_normal(n) * 2,
+                        rng.standard_normal(500) * 1e-4, [0.0, -0.0]])
+    return x.astype(dtype)
+
+
+@pytest.mark.parametrize("name", ACTIVATIONS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_activation_accuracy(name, dtype):
+    module, exact = ACTIVATIONS[name]
+    x = sample(dtype)
+    y = module(x)
+    assert y.dtype == dtype and y.shape == x.shape
+    ref = exact(x.astype(np.float64), dtype) if name == "leaky_relu" else \
+        exact(x.astype(np.float64))
+    err = ulp_error(y, ref, dtype)
+    # float64 results are checked against a float64 reference: a few ulp of it too
+    limit = MAX_ULP[name] if dtype == np.float32 else 4 * MAX_ULP[name] + 64
+    assert err.max() <= limit, (name, err.max())
+
+
+@pytest.mark.parametrize("name", ACTIVATIONS)
+def test_activation_extremes(name):
+    module, exact = ACTIVATIONS[name]
+    x = np.array([np.nan, np.inf, -np.inf, 1e30, -1e30, 100, -100, 1e-40, -1e-40],
+                 np.float32)
+    with np.errstate(all="ignore"):
+        y, ref = module(x), exact(x.astype(np.float64))
+    assert np.isnan(y[0])
+    for yi, ri in zip(y[1:], ref[1:]):
+        if np.isnan(ri):
+            continue
+        assert np.isclose(yi, ri, rtol=1e-5, atol=1e-37), (name, yi, ri)
+
+
+@pytest.mark.parametrize("name", ACTIVATIONS)
+def test_activation_same_bits_on_every_isa(name):
+    """The activations' code is the same on every ISA (no FMA, no libm): the same bits."""
+    module, _ = ACTIVATIONS[name]
+    before = _core.isa_name()
+    try:
+        for dtype in (np.float32, np.float64):
+            x = sample(dtype, 3000)
+            results = []
+            for isa in _core.supported_isas():
+                _core.set_isa(isa)
+                results.append(module(x))
+            for got in results[1:]:
+                assert np.array_equal(results[0].view(np.uint8), got.view(np.uint8))
+    finally:
+        _core.set_isa(before)
+
+
+def test_activation_leaves_input_alone():
+    x = sample(np.float32, 100)
+    keep = x.copy()
+    for module, _ in ACTIVATIONS.values():
+        module(x)
+    assert np.array_equal(x.view(np.uint32), keep.view(np.uint32))
+
+
+@pytest.mark.parametrize("name", ACTIVATIONS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_epilogue_equals_modules_one_by_one(isa, name, dtype):
+    """Linear + activation fused equals the Linear, then the activation, bit for bit,
+    and is close to the float64 reference."""
+    module, exact = ACTIVATIONS[name]
+    layer = fl.Linear(70, 45, dtype=dtype, rng=3, backend="native")
+    x = np.random.default_rng(4).standard_normal((11, 70)).astype(dtype)
+    fused = fl.Sequential(layer, module)(x)
+    assert np.array_equal(fused, module(layer(x)))
+    w = layer.weight.astype(np.float64)
+    pre = x.astype(np.float64) @ w.T + layer.bias
+    scale = np.abs(x).astype(np.float64) @ np.abs(w).T + np.abs(layer.bias)
+    tol = 4 * (70 + 2) * np.finfo(dtype).eps * scale + 64 * np.finfo(dtype).eps * np.abs(pre)
+    # the activations' slopes are at most 1.13 (GELU), so the sum's error carries over
+    ref = exact(pre, dtype) if name == "leaky_relu" else exact(pre)
+    assert np.all(np.abs(fused - ref) <= 1.2 * tol + np.finfo(dtype).tiny)
+
+
+def torch_or_skip():
+    return pytest.importorskip("torch")
+
+
+def _mlp(torch, dtype):
+    nn = torch.nn
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Flatten(), nn.Linear(48, 40), nn.ReLU(), nn.Dropout(0.2),
+        nn.Linear(40, 40), nn.BatchNorm1d(40), nn.GELU(),
+        nn.Sequential(nn.Linear(40, 30), nn.SiLU(), nn.LayerNorm(30), nn.Identity()),
+        nn.LeakyReLU(0.1), nn.Linear(30, 20), nn.Tanh(), nn.Linear(20, 20),
+        nn.GELU("tanh"), nn.BatchNorm1d(20), nn.Sigmoid(), nn.Linear(20, 10),
+        nn.LogSoftmax(dim=1)).to(dtype).eval()
+    with torch.no_grad():
+        for bn in (model[5], model[13]):
+            bn.running_mean.normal_()
+            bn.running_var.uniform_(0.5, 2)
+            bn.weight.normal_()
+            bn.bias.normal_()
+    return model
+
+
+@pytest.mark.parametrize("dtype_name", ["float32", "float64"])
+def test_mlp_from_torch_matches_torch(dtype_name):
+    torch = torch_or_skip()
+    model = _mlp(torch, getattr(torch, dtype_name))
+    ours = fl.Sequential.from_torch(model)
+    x = np.random.default_rng(0).standard_normal((37, 3, 16)).astype(dtype_name)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x)).numpy()
+    y = ours(x)
+    assert y.dtype == np.dtype(dtype_name) and y.shape == (37, 10)
+    eps = np.finfo(y.dtype).eps
+    np.testing.assert_allclose(y, expected, rtol=0, atol=200 * 48 * eps)
+    # the BatchNorm1d after a Linear is folded (an Identity keeps its index); the one
+    # after GELU is an affine step
+    assert isinstance(ours[5], fl.Identity) and isinstance(ours[13], fl.BatchNorm1d)
+    assert isinstance(ours[7], fl.Sequential) and len(ours[7]) == 4
+
+
+@pytest.mark.parametrize("threads_n", [1, 2, 3])
+def test_model_row_alone_equals_row_in_batch(isa, threads, threads_n):
+    torch = torch_or_skip()
+    ours = fl.Sequential.from_torch(_mlp(torch, torch.float32), backend="native")
+    x = np.random.default_rng(1).standard_normal((300, 48)).astype(np.float32)
+    fl.set_num_threads(threads_n)
+    full = ours(x)  # more rows than one block of the runner (FL_MODEL_ROWS)
+    fl.set_num_threads(1)
+    for i in (0, 1, 127, 128, 299):
+        assert np.array_equal(ours(x[i:i + 1]), full[i:i + 1])
+    for lo, hi in ((3, 11), (100, 230)):
+        assert np.array_equal(ours(x[lo:hi]), full[lo:hi])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_layernorm_softmax_against_torch(dtype):
+    torch = torch_or_skip()
+    rng = np.random.default_rng(2)
+    x = (rng.standard_normal((9, 33)) * 5 + 3).astype(dtype)
+    tx = torch.from_numpy(x)
+    eps = np.finfo(dtype).eps
+    for affine, bias in ((True, True), (True, False), (False, True)):
+        tln = torch.nn.LayerNorm(33, eps=1e-3, elementwise_affine=affine, bias=bias,
+                                 dtype=tx.dtype)
+        if affine:
+            with torch.no_grad():
+                tln.weight.normal_()
+                if bias:
+                    tln.bias.normal_()
+        ours = fl.Sequential.from_torch(torch.nn.Sequential(tln))
+        np.testing.assert_allclose(ours(x), tln(tx).detach().numpy(), rtol=0,
+                                   atol=64 * eps * 4)
+    for t, ours in ((torch.nn.Softmax(-1), fl.Softmax()),
+                    (torch.nn.LogSoftmax(1), fl.LogSoftmax(1))):
+        np.testing.assert_allclose(ours(x), t(tx).numpy(), rtol=16 * eps, atol=16 * eps)
+
+
+def test_row_modules_against_float64():
+    """Computed in float64 and rounded once: within 2 ulp of the float64 result."""
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((7, 50)) * 3).astype(np.float32)
+    x64 = x.astype(np.float64)
+    e = np.exp(x64 - x64.max(1, keepdims=True))
+    softmax = e / e.sum(1, keepdims=True)
+    mean, var = x64.mean(1, keepdims=True), x64.var(1, keepdims=True)
+    for module, exact in ((fl.Softmax(), softmax), (fl.LogSoftmax(), np.log(softmax)),
+                          (fl.LayerNorm(50, elementwise_affine=False),
+                           (x64 - mean) / np.sqrt(var + 1e-5))):
+        assert ulp_error(module(x), exact, np.float32).max() <= 4, module
+
+
+def test_softmax_nan_and_inf():
+    x = np.array([[1.0, np.nan, 2.0], [-np.inf, 0.0, 1.0], [-np.inf] * 3], np.float32)
+    y = fl.Softmax()(x)
+    assert np.isnan(y[0]).all() and np.isnan(y[2]).all()
+    assert y[1, 0] == 0 and np.isclose(y[1].sum(), 1)
+
+
+def test_batchnorm_standalone_matches_torch():
+    torch = torch_or_skip()
+    bn = torch.nn.BatchNorm1d(6).eval()
+    with torch.no_grad():
+        bn.running_mean.normal_()
+        bn.running_var.uniform_(0.5, 2)
+        bn.weight.normal_()
+    ours = fl.Sequential.from_torch(torch.nn.Sequential(bn))[0]
+    assert isinstance(ours, fl.BatchNorm1d)
+    for shape in ((5, 6), (5, 6, 4)):
+        x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+        np.testing.assert_allclose(ours(x), bn(torch.from_numpy(x)).detach().numpy(),
+                                   atol=1e-5)
+    assert set(ours.state_dict()) == set(bn.state_dict())
+    with pytest.raises(ValueError, match="BatchNorm1d"):
+        fl.Sequential(fl.Linear(6, 6), ours)(np.zeros((2, 3, 6), np.float32))
+
+
+def test_flatten_dropout_identity():
+    x = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    assert fl.Flatten()(x).shape == (2, 12)
+    assert fl.Flatten(0, 1)(x).shape == (6, 4)
+    assert np.array_equal(fl.Dropout(0.3)(x), x) and np.array_equal(fl.Identity()(x), x)
+    with pytest.raises(ValueError, match="does not fit"):
+        fl.Flatten(3)(x)
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        fl.Dropout(1.5)
+    # a Flatten in the middle of a model merges rows into features
+    model = fl.Sequential(fl.Linear(4, 5, rng=0), fl.Flatten(), fl.Linear(15, 2, rng=1))
+    lin1, lin2 = model[0], model[2]
+    assert np.array_equal(model(x), lin2(lin1(x).reshape(2, 15)))
+
+
+def test_bad_models_name_the_module():
+    model = fl.Sequential(fl.Linear(4, 5), fl.ReLU(), fl.Sequential(fl.Linear(6, 2)))
+    with pytest.raises(ValueError, match=r"module 2\.0 .*takes 6 values per row and gets 5"):
+        model(np.zeros((1, 4), np.float32))
+    with pytest.raises(TypeError, match="share one dtype"):
+        fl.Sequential(fl.Linear(4, 4), fl.Linear(4, 4, dtype=np.float64))(np.zeros(4))
+    with pytest.raises(ValueError, match="last dimension only"):
+        fl.LayerNorm((3, 4))
+    with pytest.raises(ValueError, match="last dimension only"):
+        fl.Softmax(dim=0)(np.zeros((2, 3)))
+    torch = pytest.importorskip("torch")
+    bad = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Sequential(
+        torch.nn.ReLU(), torch.nn.Conv1d(1, 1, 1)))
+    with pytest.raises(TypeError, match=r"cannot convert module '1\.1' \(Conv1d\)"):
+        fl.Sequential.from_torch(bad)
+
+
+def test_state_dict_round_trip_and_repr():
+    torch = torch_or_skip()
+    model = _mlp(torch, torch.float32)
+    ours = fl.Sequential.from_torch(model)
+    sd = ours.state_dict()
+    assert "7.2.weight" in sd and "13.running_var" in sd and "1.weight" in sd
+    other = fl.Sequential.from_torch(_mlp(torch, torch.float32))
+    other.load_state_dict(sd)
+    x = np.random.default_rng(0).standard_normal((4, 48)).astype(np.float32)
+    assert np.array_equal(other(x), ours(x))
+    text = repr(ours)
+    for part in ("(7): Sequential(", "LayerNorm((30,), eps=1e-05", "LeakyReLU(negative_slope=0.1)",
+                 "GELU(approximate='tanh')", "LogSoftmax(dim=1)", "Dropout(p=0.2"):
+        assert part in text
+    with pytest.raises(KeyError):
+        other.load_state_dict({k: v for k, v in sd.items() if k != "7.2.weight"})
+
+
+def test_parameter_change_reaches_the_compiled_model():
+    layer = fl.Linear(5, 3, rng=0)
+    model = fl.Sequential(layer, fl.ReLU())
+    x = np.ones((2, 5), np.float32)
+    model(x)
+    layer.weight = np.zeros((3, 5))
+    assert np.array_equal(model(x), np.maximum(np.broadcast_to(layer.bias, (2, 3)), 0))
+
+
+def test_compressed_weights_in_a_model():
+    torch = torch_or_skip()
+    model = _mlp(torch, torch.float32)
+    x = np.random.default_rng(0).standard_normal((6, 48)).astype(np.float32)
+    for fmt in ("bfloat16", "int8", "int4"):
+        ours = fl.Sequential.from_torch(model, weight_dtype=fmt)
+        one_by_one = x
+        for m in ours.modules:
+            one_by_one = m(one_by_one)
+        assert np.array_equal(ours(x), one_by_one)
+        assert np.array_equal(ours(x)[:3], ours(x[:3]))
+
+
+def test_benchmark_mlp_agrees_with_float64():
+    from fastlinear import bench_mlp
+    layers = bench_mlp.mlp_weights(np.random.default_rng(0))
+    x = np.random.default_rng(1).standard_normal((3, 784)).astype(np.float32)
+    assert bench_mlp.error(bench_mlp.fastlinear_model(layers)(x),
+                           bench_mlp.reference(layers, x)) < 784 * np.finfo(np.float32).eps
