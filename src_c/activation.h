@@ -35,7 +35,9 @@
 #define FL_AINLINE static inline __attribute__((always_inline))
 /* The helpers take and return 32-byte vectors; always inlined, they never go through the
  * calling convention GCC's -Wpsabi warns about. */
-#if defined(__GNUC__) && !defined(__clang__)
+#if defined(__clang__)
+#pragma clang diagnostic ignored "-Wpsabi"
+#elif defined(__GNUC__)
 #pragma GCC diagnostic ignored "-Wpsabi"
 #endif
 
