@@ -136,35 +136,49 @@ cdef class PackedWeights:
         result, apart from x in memory. Returns None for anything else; the caller then
         takes the general path (which also explains what is wrong). Skips every
         Python-level step, for calls whose arithmetic takes less time than those steps."""
-        if not cnp.PyArray_CheckExact(x) or not _plain(<cnp.ndarray>x, self._typenum):
+        cdef cnp.ndarray y = _fast_result(x, self._typenum, self.in_features,
+                                          self.out_features, out)
+        if y is None:
             return None
-        cdef cnp.ndarray arr = <cnp.ndarray>x
-        cdef int nd = cnp.PyArray_NDIM(arr)
-        cdef cnp.npy_intp *shape = cnp.PyArray_DIMS(arr)
-        cdef cnp.npy_intp dims[2]
-        if shape[nd - 1] != <cnp.npy_intp>self.in_features or shape[nd - 1] == 0:
-            return None
-        dims[0] = shape[0]
-        dims[nd - 1] = self.out_features
-        cdef cnp.ndarray y
-        if out is None:
-            y = cnp.PyArray_EMPTY(nd, dims, self._typenum, 0)
-        else:
-            if not cnp.PyArray_CheckExact(out):
-                return None
-            y = <cnp.ndarray>out
-            if (not _plain(y, self._typenum) or not cnp.PyArray_ISWRITEABLE(y)
-                    or cnp.PyArray_NDIM(y) != nd or not cnp.PyArray_CompareLists(
-                        cnp.PyArray_DIMS(y), dims, nd) or _overlap(arr, y)):
-                return None
-        cdef size_t m = shape[0] if nd == 2 else 1
+        cdef size_t m = _rows(x)
         cdef int rc
         with nogil:
-            rc = fl_forward(self._p, m, cnp.PyArray_DATA(arr), self.in_features,
+            rc = fl_forward(self._p, m, cnp.PyArray_DATA(<cnp.ndarray>x), self.in_features,
                             cnp.PyArray_DATA(y), self.out_features, _threads())
         if rc == FL_ENOMEM:
             raise MemoryError(f"cannot allocate scratch for a batch of {m} rows")
         return y
+
+
+cdef cnp.ndarray _fast_result(x, int typenum, size_t k, size_t n, out):
+    """For the forward_fast methods: where an (M, n) or (n,) result of x goes (a new
+    array, or `out` when it is a plain array of that shape apart from x), when x is a
+    plain (M, k) or (k,) array of the type (k > 0); None for anything else."""
+    if not cnp.PyArray_CheckExact(x) or not _plain(<cnp.ndarray>x, typenum):
+        return None
+    cdef cnp.ndarray arr = <cnp.ndarray>x
+    cdef int nd = cnp.PyArray_NDIM(arr)
+    cdef cnp.npy_intp *shape = cnp.PyArray_DIMS(arr)
+    cdef cnp.npy_intp dims[2]
+    if shape[nd - 1] != <cnp.npy_intp>k or k == 0:
+        return None
+    dims[0] = shape[0]
+    dims[nd - 1] = n
+    if out is None:
+        return cnp.PyArray_EMPTY(nd, dims, typenum, 0)
+    if not cnp.PyArray_CheckExact(out):
+        return None
+    cdef cnp.ndarray y = <cnp.ndarray>out
+    if (not _plain(y, typenum) or not cnp.PyArray_ISWRITEABLE(y) or cnp.PyArray_NDIM(y) != nd
+            or not cnp.PyArray_CompareLists(cnp.PyArray_DIMS(y), dims, nd)
+            or _overlap(arr, y)):
+        return None
+    return y
+
+
+cdef inline size_t _rows(cnp.ndarray x) noexcept:
+    """Rows of a plain 1-D or 2-D array."""
+    return cnp.PyArray_DIMS(x)[0] if cnp.PyArray_NDIM(x) == 2 else 1
 
 
 cdef inline bint _plain(cnp.ndarray a, int typenum) noexcept:
@@ -297,23 +311,16 @@ cdef class Model:
         C-contiguous ndarray of the model's dtype in native byte order, shaped
         (in_features,) or (M, in_features). None for anything else (the caller then takes
         the general path, which also explains what is wrong)."""
-        if not cnp.PyArray_CheckExact(x) or not _plain(<cnp.ndarray>x, self._typenum):
+        cdef cnp.ndarray y = _fast_result(x, self._typenum, self.in_features,
+                                          self.out_features, None)
+        if y is None:
             return None
-        cdef cnp.ndarray arr = <cnp.ndarray>x
-        cdef int nd = cnp.PyArray_NDIM(arr)
-        cdef cnp.npy_intp *shape = cnp.PyArray_DIMS(arr)
-        cdef cnp.npy_intp dims[2]
-        if shape[nd - 1] != <cnp.npy_intp>self.in_features or shape[nd - 1] == 0:
-            return None
-        dims[0] = shape[0]
-        dims[nd - 1] = self.out_features
-        cdef cnp.ndarray y = cnp.PyArray_EMPTY(nd, dims, self._typenum, 0)
-        cdef size_t m = shape[0] if nd == 2 else 1
+        cdef size_t m = _rows(x)
         cdef int rc
         cdef fl_dtype dt = FL_F64 if self._typenum == cnp.NPY_FLOAT64 else FL_F32
         with nogil:
             rc = fl_model_forward(self._steps, self._n, dt, self.in_features, m,
-                                  cnp.PyArray_DATA(arr), self.in_features,
+                                  cnp.PyArray_DATA(<cnp.ndarray>x), self.in_features,
                                   cnp.PyArray_DATA(y), self.out_features, _threads())
         if rc == FL_ENOMEM:
             raise MemoryError(f"cannot allocate buffers for a batch of {m} rows")
