@@ -1,6 +1,6 @@
 /* The activations of fastlinear.h's fl_act, one body for every ISA: each kernel file
- * instantiates fl_activate_body() under its own target (kernels/<isa>.c), so the same
- * source runs as 2 SSE or 1 AVX2 vector operations per 8 floats.
+ * instantiates fl_activate_body() under its own target and vector width (FL_VBYTES,
+ * kernels/<isa>.c), so the same source runs on SSE, AVX2 or AVX-512 registers.
  *
  * Bits: only IEEE operations that round one way everywhere (add, subtract, multiply,
  * divide, compare, select, integer bit work), no FMA and -ffp-contract=off, no libm. So
@@ -33,7 +33,7 @@
 #include "fastlinear.h"
 
 #define FL_AINLINE static inline __attribute__((always_inline))
-/* The helpers take and return 32-byte vectors; always inlined, they never go through the
+/* The helpers take and return vectors; always inlined, they never go through the
  * calling convention GCC's -Wpsabi warns about. */
 #if defined(__clang__)
 #pragma clang diagnostic ignored "-Wpsabi"
@@ -41,10 +41,14 @@
 #pragma GCC diagnostic ignored "-Wpsabi"
 #endif
 
-/* 32-byte vectors: one ymm on AVX2 and AVX-512 (a 64-byte one made GCC keep the AVX2
- * instance's values on the stack: ReLU over a 3 x 32 tile took 50 ns, now 5), two SSE
- * registers on baseline x86-64. */
-enum { FL_VBYTES = 32 };
+/* The vector width, bytes: each includer names its ISA's register (kernels/<isa>.c);
+ * 16 (SSE2, the x86-64 baseline) unless it does. The width groups elements, nothing
+ * more: every element gets the same operations whatever the width. One register per
+ * vector (two 32-byte ones made GCC keep the AVX2 instance's values on the stack: ReLU
+ * over a 3 x 32 tile took 50 ns, 5 in one). */
+#ifndef FL_VBYTES
+#define FL_VBYTES 16
+#endif
 typedef float fl_vf __attribute__((vector_size(FL_VBYTES)));
 typedef int32_t fl_vi __attribute__((vector_size(FL_VBYTES)));
 typedef double fl_vd __attribute__((vector_size(FL_VBYTES)));

@@ -17,6 +17,7 @@
 #include <immintrin.h>
 #include "../kernel.h"
 #include "../blocking.h"
+#define FL_VBYTES 32  /* activations: one ymm per vector */
 #include "../activation.h"
 
 #define AVX2 __attribute__((target("avx2,fma,f16c")))

@@ -10,6 +10,7 @@
 #include <immintrin.h>
 #include "../kernel.h"
 #include "../blocking.h"
+#define FL_VBYTES 64  /* activations: one zmm per vector */
 #include "../activation.h"
 
 #define AVX512 __attribute__((target("avx512f,fma")))

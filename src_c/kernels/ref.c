@@ -5,6 +5,7 @@
 #include <string.h>
 #include "../kernel.h"
 #include "../blocking.h"
+#define FL_VBYTES 16  /* activations: one SSE register (x86-64 baseline) per vector */
 #include "../activation.h"
 
 typedef float f32x4 __attribute__((vector_size(16)));
