@@ -313,3 +313,25 @@ def test_benchmark_mlp_agrees_with_float64():
     x = np.random.default_rng(1).standard_normal((3, 784)).astype(np.float32)
     assert bench_mlp.error(bench_mlp.fastlinear_model(layers)(x),
                            bench_mlp.reference(layers, x)) < 784 * np.finfo(np.float32).eps
+
+
+def test_model_shapes_layouts_and_backends():
+    rng = np.random.default_rng(5)
+    layers = [fl.Linear(6, 9, rng=1), fl.GELU(), fl.LayerNorm(9), fl.Linear(9, 4, rng=2),
+              fl.Softmax()]
+    model = fl.Sequential(*layers)
+    x = rng.standard_normal((2, 3, 6))
+    keep = x.copy()
+    y = model(x)
+    assert y.shape == (2, 3, 4) and y.dtype == np.float32
+    assert np.array_equal(x, keep)  # cast aside, never changed
+    assert np.array_equal(model(np.asfortranarray(x[0])), y[0])
+    assert np.array_equal(model(x[:, ::2]), y[:, ::2])
+    assert model(np.ones((0, 6))).shape == (0, 4)
+    # BLAS Linear layers: the modules run one by one, to the same values within rounding
+    blas = fl.Sequential(*[fl.Linear(m.in_features, m.out_features, backend="blas")
+                           if isinstance(m, fl.Linear) else m for m in layers])
+    for ours, theirs in zip(blas.modules, layers):
+        if isinstance(ours, fl.Linear):
+            ours.load_state_dict(theirs.state_dict())
+    np.testing.assert_allclose(blas(x), y, rtol=1e-5, atol=1e-6)
