@@ -119,6 +119,10 @@ class Sequential:
         self._params_of = [m for _, m in self._flat() if hasattr(m, "_params")]
         self._cache = None
 
+    def __reduce__(self):
+        # The modules only: the compiled program is rebuilt on the first call.
+        return (Sequential, self.modules)
+
     def _flat(self, prefix=""):
         for i, m in enumerate(self.modules):
             if isinstance(m, Sequential):

@@ -335,3 +335,17 @@ def test_model_shapes_layouts_and_backends():
         if isinstance(ours, fl.Linear):
             ours.load_state_dict(theirs.state_dict())
     np.testing.assert_allclose(blas(x), y, rtol=1e-5, atol=1e-6)
+
+
+def test_model_pickles_and_saves(tmp_path):
+    import pickle
+    model = fl.Sequential(fl.Linear(4, 5, rng=0), fl.GELU(), fl.Sequential(
+        fl.LayerNorm(5), fl.Linear(5, 2, rng=1)), fl.BatchNorm1d(2), fl.LogSoftmax())
+    x = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
+    y = model(x)
+    assert np.array_equal(pickle.loads(pickle.dumps(model))(x), y)
+    fl.save(model, tmp_path / "m.npz")
+    same = fl.Sequential(fl.Linear(4, 5), fl.GELU(), fl.Sequential(
+        fl.LayerNorm(5), fl.Linear(5, 2)), fl.BatchNorm1d(2), fl.LogSoftmax())
+    same.load_state_dict(fl.load(tmp_path / "m.npz"))
+    assert np.array_equal(same(x), y)
