@@ -34,9 +34,10 @@ from .activations import GELU, LeakyReLU, ReLU, Sigmoid, SiLU, Tanh
 from .io import load, save
 from .linear import Linear
 from .modules import BatchNorm1d, Dropout, Flatten, Identity, LayerNorm, LogSoftmax, Softmax
+from .onnx import load_onnx
 from .sequential import Sequential
 
 __all__ = ["Linear", "Sequential", "ReLU", "LeakyReLU", "GELU", "SiLU", "Sigmoid", "Tanh",
            "Identity", "Dropout", "Flatten", "LayerNorm", "Softmax", "LogSoftmax",
-           "BatchNorm1d", "functional", "save", "load", "set_num_threads",
+           "BatchNorm1d", "load_onnx", "functional", "save", "load", "set_num_threads",
            "get_num_threads", "show_config", "__version__"]

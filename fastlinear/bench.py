@@ -16,7 +16,7 @@ ONNX Runtime at that shape): below 1 means fastlinear is faster.
     python -m fastlinear.bench --json results.json --plot results.png --wide
     python benchmarks/bench.py ...                   # the same, from the repository root
     python -m fastlinear.bench --weight-dtype int8   # compressed weights (or all of them)
-    python -m fastlinear.bench --mlp                 # whole models (fastlinear/bench_mlp.py)
+    python -m fastlinear.bench --mlp [model.onnx]    # whole models (fastlinear/bench_mlp.py)
 
 --weight-dtype bfloat16, float16, int8, int4 or all prints, instead of this table, one
 table per format: fastlinear with float32 weights and with weights in that format against
@@ -365,15 +365,15 @@ def main(argv=None):
     parser.add_argument("--wide", action="store_true",
                         help="more columns: the BLAS backend, the weights' GB/s, the ratio "
                              "to each rival")
-    parser.add_argument("--mlp", action="store_true",
-                        help="instead of the tables: a 784-512-512-256-10 MLP at batch 1, "
-                             "8, 64, 1024 against torch eager and ONNX Runtime "
-                             "(fastlinear/bench_mlp.py)")
+    parser.add_argument("--mlp", nargs="*", metavar="FILE.onnx", default=None,
+                        help="instead of the tables: a 784-512-512-256-10 MLP (and each "
+                             ".onnx file given) at batch 1, 8, 64, 1024 against torch eager "
+                             "and ONNX Runtime (fastlinear/bench_mlp.py)")
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--plot", help="also sweep M for --plot-kn and save a PNG here")
     parser.add_argument("--plot-kn", default="768x3072", help="K x N of the plot's sweep")
     args = parser.parse_args(argv)
-    if args.mlp:
+    if args.mlp is not None:
         return main_mlp(args)
     if args.weight_dtype != "float32":
         return main_compressed(parser, args)
@@ -434,7 +434,7 @@ def main_mlp(args):
     from . import bench_mlp
     limits_set = set_threads(args.threads)
     print(describe(np.dtype(np.float32), args.threads))
-    rows = bench_mlp.run_mlp(args.threads, args.rounds, args.budget, args.settle)
+    rows = bench_mlp.run_mlp(args.mlp, args.threads, args.rounds, args.budget, args.settle)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"meta": run_meta(args, limits_set), "mlp": rows}, f, indent=1)

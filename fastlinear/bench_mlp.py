@@ -1,4 +1,4 @@
-"""The benchmark's whole-model table (`python -m fastlinear.bench --mlp`).
+"""The benchmark's whole-model table (`python -m fastlinear.bench --mlp [FILE.onnx ...]`).
 
 The MLP 784-512 (ReLU) - 512 (GELU, erf) - 256 (ReLU) - 10, its weights drawn as
 torch.nn.Linear draws them, runs at batch 1, 8, 64 and 1024 as:
@@ -10,6 +10,9 @@ torch.nn.Linear draws them, runs at batch 1, 8, 64 and 1024 as:
 
 interleaved, round after round, best time per call (as in the float32 table). The error
 of each is max|y - y64| / max|y64|, y64 the same model in float64 (numpy, scipy's erf).
+Each .onnx file given runs with fastlinear (fastlinear.load_onnx) and ONNX Runtime on
+N(0, 1) input shaped as the graph's input says (the batch its first dimension); its
+float64 reference is fastlinear's float64 load of the file.
 """
 import numpy as np
 
@@ -145,8 +148,8 @@ HEAD = (f"{'model':>12} {'batch':>6} {'fl us':>10} {'torch us':>10} {'ort us':>1
         f"{'/torch':>7} {'/ort':>7}  max error / max |y| against float64")
 
 
-def run_mlp(threads, rounds, budget, settle):
-    """The MLP table; returns the rows."""
+def run_mlp(onnx_paths, threads, rounds, budget, settle):
+    """The MLP table, then one per .onnx file; returns the rows."""
     print(HEAD)
     rng = np.random.default_rng(0)
     layers = mlp_weights(rng)
@@ -171,5 +174,29 @@ def run_mlp(threads, rounds, budget, settle):
     def input_for(m):
         return rng.standard_normal((m, MLP[0][0])).astype(np.float32)
 
-    return measure_model("mlp", runs_for, lambda x: reference(layers, x), input_for,
+    rows = measure_model("mlp", runs_for, lambda x: reference(layers, x), input_for,
+                         threads, rounds, budget, settle)
+    for path in onnx_paths:
+        rows += run_onnx_file(path, threads, rounds, budget, settle, rng)
+    return rows
+
+
+def run_onnx_file(path, threads, rounds, budget, settle, rng):
+    import onnx
+    graph_input = onnx.load(path, load_external_data=False).graph.input[0]
+    dims = [d.dim_value for d in graph_input.type.tensor_type.shape.dim][1:]
+    ours, ref = fl.load_onnx(path), fl.load_onnx(path, dtype=np.float64)
+    ort_run = ort_runner(path, threads)
+
+    def runs_for(x):
+        runs = {"fastlinear": lambda: ours(x)}
+        if ort_run is not None:
+            runs["onnxruntime"] = lambda: ort_run(x)
+        return runs
+
+    def input_for(m):
+        return rng.standard_normal((m, *dims)).astype(np.float32)
+
+    title = path.rsplit("/", 1)[-1][-12:]
+    return measure_model(title, runs_for, lambda x: ref(x.astype(np.float64)), input_for,
                          threads, rounds, budget, settle)

@@ -1,0 +1,552 @@
+"""load_onnx: MLPs in ONNX files as torch's exporters and ONNX Runtime's tools write
+them, activations written out by hand, and files that must be refused."""
+import math
+import os
+import sys
+import time
+import tracemalloc
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+import fastlinear as fl  # noqa: E402
+from fastlinear.onnx import load_onnx  # noqa: E402
+
+# the files of torch's older exporter are among those load_onnx reads
+pytestmark = [pytest.mark.filterwarnings("ignore:You are using the legacy TorchScript"),
+              pytest.mark.filterwarnings("ignore:The feature will be removed")]
+
+
+def assert_near(y, expected, k):
+    """Within 50 K eps of the reference: rounding of K-term sums, the activations' few
+    ulp, and float32 constants (1/sqrt(2), ...) as the files hold them."""
+    tol = 50 * k * np.finfo(y.dtype).eps
+    np.testing.assert_allclose(y, expected, rtol=tol, atol=tol)
+
+
+def run_ort(path, x):
+    ort = pytest.importorskip("onnxruntime")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+def op_types(path):
+    return [n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node]
+
+
+# -- files torch writes -----------------------------------------------------------------
+def torch_mlp(torch):
+    nn = torch.nn
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(784, 512), nn.ReLU(), nn.Dropout(0.1), nn.Linear(512, 512),
+        nn.GELU(), nn.Linear(512, 256), nn.SiLU(), nn.LayerNorm(256), nn.Linear(256, 10),
+        nn.LogSoftmax(-1)).eval()
+
+
+def export(torch, model, x, path, exporter, opset=None):
+    """The file torch writes, the batch dimension left free."""
+    if exporter == "dynamo":
+        pytest.importorskip("onnxscript", reason="torch's default ONNX exporter "
+                                                 "(dynamo=True) needs onnxscript")
+        torch.onnx.export(model, (x,), str(path), dynamo=True,
+                          dynamic_shapes=({0: torch.export.Dim("batch")},))
+    else:
+        torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=opset,
+                          input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}})
+    return path
+
+
+EXPORTERS = [("torchscript", 13), ("torchscript", 17), ("torchscript", 20), ("dynamo", 20)]
+
+
+@pytest.mark.parametrize("exporter, opset", EXPORTERS)
+def test_torch_export_matches_torch_and_onnxruntime(tmp_path, exporter, opset):
+    torch = pytest.importorskip("torch")
+    model = torch_mlp(torch)
+    path = export(torch, model, torch.randn(3, 1, 28, 28), tmp_path / "mlp.onnx",
+                  exporter, opset)
+    ours = load_onnx(path)
+    kinds = [type(m).__name__ for m in ours.modules]
+    assert [k for k in kinds if k not in ("Identity", "Dropout")] == [
+        "Flatten", "Linear", "ReLU", "Linear", "GELU", "Linear", "SiLU", "LayerNorm",
+        "Linear", "LogSoftmax"]
+    x = torch.randn(7, 1, 28, 28)  # another batch than the exported one
+    with torch.no_grad():
+        expected = model(x).numpy()
+    y = ours(x.numpy())
+    assert y.dtype == np.float32 and y.shape == (7, 10)
+    assert_near(y, expected, 784)
+    assert_near(y, run_ort(path, x.numpy()), 784)
+
+
+def torch_mlp64(torch):
+    nn = torch.nn
+    torch.manual_seed(1)
+    return nn.Sequential(
+        nn.Linear(48, 64), nn.GELU("tanh"), nn.LeakyReLU(0.2), nn.Linear(64, 32), nn.Tanh(),
+        nn.Linear(32, 16), nn.Sigmoid(), nn.LayerNorm(16), nn.Linear(16, 8, bias=False),
+        nn.Softmax(-1)).double().eval()
+
+
+@pytest.mark.parametrize("exporter, opset", EXPORTERS)
+def test_torch_float64_export(tmp_path, exporter, opset):
+    """float64 weights give a float64 model; the float32 attributes (LeakyRelu's 0.2,
+    LayerNorm's 1e-5) are read as the decimals they were written as. ONNX Runtime has
+    no float64 LeakyRelu: torch is the reference."""
+    torch = pytest.importorskip("torch")
+    model = torch_mlp64(torch)
+    path = export(torch, model, torch.randn(3, 48, dtype=torch.float64),
+                  tmp_path / "mlp64.onnx", exporter, opset)
+    ours = load_onnx(path)
+    assert [type(m).__name__ for m in ours.modules] == [
+        "Linear", "GELU", "LeakyReLU", "Linear", "Tanh", "Linear", "Sigmoid", "LayerNorm",
+        "Linear", "Softmax"]
+    assert ours[1].approximate == "tanh" and ours[2].negative_slope == 0.2
+    assert ours[7].eps == 1e-5
+    x = torch.randn(9, 48, dtype=torch.float64)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    y = ours(x.numpy())
+    assert y.dtype == np.float64
+    assert_near(y, expected, 64)
+    assert load_onnx(path, dtype=np.float32)(x.numpy()).dtype == np.float32
+
+
+# -- files ONNX Runtime's tools write ---------------------------------------------------
+def torch_gelus(torch):
+    nn = torch.nn
+    torch.manual_seed(2)
+    return nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 16), nn.GELU("tanh"),
+                         nn.Linear(16, 4)).eval()
+
+
+@pytest.mark.parametrize("case", ["optimizer static", "optimizer level 2",
+                                  "quant_pre_process"])
+def test_onnxruntime_tools_output(tmp_path, case):
+    """The fusions of onnxruntime.transformers' optimizer (com.microsoft Gelu, FastGelu,
+    BiasGelu; Reshape around a Gemm for 3-D input) and quant_pre_process's file."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnxruntime")
+    model = torch_gelus(torch)
+    x = torch.randn(2, 3, 8)
+    src, out = tmp_path / "src.onnx", tmp_path / "out.onnx"
+    if case == "optimizer static":  # fixed shapes: the optimizer writes Reshape, Gemm
+        torch.onnx.export(model, (x,), str(src), dynamo=False, opset_version=13)
+    else:
+        export(torch, model, x, src, "torchscript", 13)
+    if case == "quant_pre_process":
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+        quant_pre_process(str(src), str(out))
+        expected_ops = {"Erf", "Tanh"}
+    else:
+        from onnxruntime.transformers.optimizer import optimize_model
+        level = 2 if case == "optimizer level 2" else None
+        optimize_model(str(src), model_type="bert", num_heads=0, hidden_size=0,
+                       opt_level=level).save_model_to_file(str(out))
+        expected_ops = {"BiasGelu", "FastGelu"} if level else {"Reshape", "Gelu", "FastGelu"}
+    ops = set(op_types(out))
+    assert expected_ops <= ops, f"this ONNX Runtime no longer writes {expected_ops - ops}"
+    ours = load_onnx(out)
+    assert [repr(m) for m in ours.modules if not isinstance(m, fl.Linear)] == [
+        "GELU(approximate='none')", "GELU(approximate='tanh')"]
+    with torch.no_grad():
+        expected = model(x).numpy()
+    assert_near(ours(x.numpy()), expected, 16)
+    assert_near(ours(x.numpy()), run_ort(out, x.numpy()), 16)
+
+
+# -- graphs built by hand ---------------------------------------------------------------
+def node(op, inputs, output, domain=None, **attrs):
+    """A node named after its output, so that errors can be matched."""
+    return helper.make_node(op, list(inputs), [output], name=f"{output}_node", domain=domain,
+                            **attrs)
+
+
+def write(tmp_path, nodes, consts=(), *, shape=("batch", 6), const_nodes=False,
+          elem=TensorProto.FLOAT, opset=17, outputs=("y",), name="model.onnx"):
+    """A model from x to y; consts (name -> array) as initializers or Constant nodes."""
+    consts = dict(consts)
+    tensors = [numpy_helper.from_array(np.asarray(a), n) for n, a in consts.items()]
+    if const_nodes:
+        nodes = [helper.make_node("Constant", [], [t.name], name=f"{t.name}_const", value=t)
+                 for t in tensors] + list(nodes)
+        tensors = []
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", elem, shape)],
+        [helper.make_tensor_value_info(o, elem, None) for o in outputs], initializer=tensors)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset),
+                                                    helper.make_opsetid("com.microsoft", 1)])
+    model.ir_version = 8  # what ONNX Runtime reads
+    path = tmp_path / name
+    onnx.save(model, str(path))
+    return path
+
+
+def f32(v):
+    return np.array(v, np.float32)
+
+
+S2, C, HALF, ONE = f32(math.sqrt(2)), f32(1 / math.sqrt(2)), f32(0.5), f32(1.0)
+ERF_GELUS = {
+    "torchscript": [node("Div", ["x", "s2"], "d"), node("Erf", ["d"], "e"),
+                    node("Add", ["e", "one"], "a"), node("Mul", ["x", "a"], "m"),
+                    node("Mul", ["m", "half"], "y")],
+    "mul by 1/sqrt2, operands swapped": [
+        node("Mul", ["c", "x"], "d"), node("Erf", ["d"], "e"), node("Add", ["one", "e"], "a"),
+        node("Mul", ["a", "x"], "m"), node("Mul", ["half", "m"], "y")],
+    "half of x first": [
+        node("Mul", ["x", "half"], "h"), node("Mul", ["x", "c"], "d"), node("Erf", ["d"], "e"),
+        node("Add", ["e", "one"], "a"), node("Mul", ["h", "a"], "y")],
+    "half of the factor": [
+        node("Div", ["x", "s2"], "d"), node("Erf", ["d"], "e"), node("Add", ["e", "one"], "a"),
+        node("Mul", ["a", "half"], "h"), node("Mul", ["x", "h"], "y")],
+}
+
+
+@pytest.mark.parametrize("const_nodes", [False, True])
+@pytest.mark.parametrize("form", sorted(ERF_GELUS))
+def test_erf_gelu_written_out(tmp_path, form, const_nodes):
+    path = write(tmp_path, ERF_GELUS[form], dict(s2=S2, c=C, half=HALF, one=ONE),
+                 const_nodes=const_nodes)
+    ours = load_onnx(path)
+    assert repr(list(ours.modules)) == "[GELU(approximate='none')]"
+    x = np.random.default_rng(0).standard_normal((5, 6)).astype(np.float32) * 3
+    assert_near(ours(x), run_ort(path, x), 1)
+
+
+@pytest.mark.parametrize("operands", [["x", "s"], ["s", "x"]])
+def test_silu_written_out(tmp_path, operands):
+    path = write(tmp_path, [node("Sigmoid", ["x"], "s"), node("Mul", operands, "y")])
+    assert repr(list(load_onnx(path).modules)) == "[SiLU()]"
+    x = np.linspace(-8, 8, 12, dtype=np.float32).reshape(2, 6)
+    assert_near(load_onnx(path)(x), run_ort(path, x), 1)
+
+
+def linear_consts(rng, k=6, n=4):
+    return rng.standard_normal((k, n)).astype(np.float32), \
+        rng.standard_normal(n).astype(np.float32)
+
+
+@pytest.mark.parametrize("order", ["data first", "bias first"])
+def test_matmul_add_is_a_linear_with_bias(tmp_path, order):
+    w, b = linear_consts(np.random.default_rng(0))
+    add = ["mm", "b"] if order == "data first" else ["b", "mm"]
+    path = write(tmp_path, [node("MatMul", ["x", "w"], "mm"), node("Add", add, "y")],
+                 dict(w=w, b=b))
+    ours = load_onnx(path)
+    assert len(ours) == 1 and ours[0].in_features == 6 and ours[0].out_features == 4
+    np.testing.assert_array_equal(ours[0].weight, w.T)
+    np.testing.assert_array_equal(ours[0].bias, b)
+    x = np.random.default_rng(1).standard_normal((3, 6)).astype(np.float32)
+    assert_near(ours(x), run_ort(path, x), 6)
+
+
+def test_matmul_alone_has_no_bias(tmp_path):
+    w, _ = linear_consts(np.random.default_rng(0))
+    ours = load_onnx(write(tmp_path, [node("MatMul", ["x", "w"], "y")], dict(w=w)))
+    assert ours[0].bias is None
+    np.testing.assert_array_equal(ours[0].weight, w.T)
+
+
+@pytest.mark.parametrize("trans_b", [0, 1])
+@pytest.mark.parametrize("c_shape", [(4,), (1, 4), (), None])
+def test_gemm(tmp_path, trans_b, c_shape):
+    rng = np.random.default_rng(0)
+    w, b = linear_consts(rng)
+    consts = dict(B=w.T if trans_b else w)
+    inputs = ["x", "B"]
+    if c_shape is not None:
+        consts["C"] = b[:1].reshape(c_shape) if c_shape == () else b.reshape(c_shape)
+        inputs.append("C")
+    path = write(tmp_path, [node("Gemm", inputs, "y", transB=trans_b, alpha=0.5, beta=2.0)],
+                 consts)
+    ours = load_onnx(path)
+    x = rng.standard_normal((3, 6)).astype(np.float32)
+    assert_near(ours(x), run_ort(path, x), 6)
+
+
+def test_constants_folded_and_reshape_from_shape(tmp_path):
+    """A weight as Transpose of a Constant node; the x.view(x.size(0), -1) subgraph that
+    exporters write (Shape, Gather, Unsqueeze, Concat, Reshape) -> Flatten."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((4, 6)).astype(np.float32)  # (out, in): transposed in-graph
+    nodes = [node("Shape", ["x"], "shape"), node("Gather", ["shape", "zero"], "n", axis=0),
+             node("Unsqueeze", ["n", "axes"], "n1"), node("Concat", ["n1", "rest"], "target",
+                                                          axis=0),
+             node("Reshape", ["x", "target"], "flat"),
+             node("Transpose", ["wt"], "w", perm=[1, 0]), node("MatMul", ["flat", "w"], "y")]
+    path = write(tmp_path, nodes, dict(zero=np.array(0), axes=np.array([0]),
+                                       rest=np.array([-1]), wt=w),
+                 shape=("batch", 2, 3), const_nodes=True)
+    ours = load_onnx(path)
+    assert [type(m).__name__ for m in ours.modules] == ["Flatten", "Linear"]
+    x = rng.standard_normal((5, 2, 3)).astype(np.float32)
+    assert_near(ours(x), run_ort(path, x), 6)
+
+
+def test_float16_weights_are_kept(tmp_path):
+    rng = np.random.default_rng(0)
+    w, b = (a.astype(np.float16) for a in linear_consts(rng))
+    path = write(tmp_path, [node("MatMul", ["x", "w"], "mm"), node("Add", ["mm", "b"], "y")],
+                 dict(w=w, b=b), elem=TensorProto.FLOAT16)
+    ours = load_onnx(path)
+    assert "weight_dtype='float16'" in repr(ours[0])
+    x = rng.standard_normal((3, 6)).astype(np.float32)
+    expected = x.astype(np.float64) @ w.astype(np.float64) + b.astype(np.float64)
+    assert_near(ours(x), expected, 6)
+
+
+def test_layernorm_ops_and_dropout(tmp_path):
+    rng = np.random.default_rng(0)
+    scale, bias = rng.standard_normal(6).astype(np.float32), f32(rng.standard_normal(6))
+    nodes = [node("Dropout", ["x", "ratio"], "d"),
+             helper.make_node("LayerNormalization", ["d", "scale", "bias"], ["ln", "mean"],
+                              name="ln_node", epsilon=1e-3),
+             node("LogSoftmax", ["ln"], "y", axis=1)]
+    path = write(tmp_path, nodes, dict(ratio=f32(0.25), scale=scale, bias=bias))
+    ours = load_onnx(path)
+    assert repr(ours[0]) == "Dropout(p=0.25, inplace=False)" and ours[1].eps == 1e-3
+    x = rng.standard_normal((4, 6)).astype(np.float32)
+    assert_near(ours(x), run_ort(path, x), 6)
+
+
+# -- files that must be refused ---------------------------------------------------------
+def test_truncated_and_foreign_files(tmp_path):
+    good = write(tmp_path, [node("Relu", ["x"], "y")])
+    data = good.read_bytes()
+    cut = tmp_path / "cut.onnx"
+    cut.write_bytes(data[:len(data) // 2])
+    text = tmp_path / "notes.onnx"
+    text.write_text("this is not an ONNX model\n" * 20)
+    for path in (cut, text):
+        with pytest.raises(ValueError, match=rf"{path.name}: not a readable ONNX model"):
+            load_onnx(path)
+    empty = tmp_path / "empty.onnx"
+    empty.write_bytes(b"")  # parses as an empty model
+    with pytest.raises(ValueError, match=r"empty.onnx: the graph has 0 inputs"):
+        load_onnx(empty)
+    with pytest.raises(TypeError, match="path must be a file path"):
+        load_onnx(3.5)
+
+
+def huge_tensor():
+    t = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[2 ** 40, 2 ** 40])
+    t.raw_data = b"\0" * 16
+    return t
+
+
+def test_dims_larger_than_the_data_fail_fast(tmp_path):
+    graph = helper.make_graph([node("MatMul", ["x", "w"], "y")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              initializer=[huge_tensor()])
+    path = tmp_path / "huge.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    tracemalloc.start()
+    start = time.perf_counter()
+    try:
+        with pytest.raises(ValueError, match=r"huge.onnx: node 'y_node' \(MatMul\): "
+                                             r"initializer 'w': dims \[1099511627776, "
+                                             r"1099511627776\] of float32 call for \d+ "
+                                             r"bytes, it holds 16"):
+            load_onnx(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * 2 ** 20 and time.perf_counter() - start < 5
+
+
+def test_typed_values_fewer_than_the_dims(tmp_path):
+    t = helper.make_tensor("w", TensorProto.FLOAT, [6, 4], [1.0] * 24)
+    del t.float_data[3:]
+    graph = helper.make_graph([node("MatMul", ["x", "w"], "y")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              initializer=[t])
+    path = tmp_path / "short.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    with pytest.raises(ValueError, match=r"'y_node' \(MatMul\): initializer 'w': dims "
+                                         r"\[6, 4\] call for 24 values, it holds 3"):
+        load_onnx(path)
+
+
+def test_shapes_that_do_not_fit(tmp_path):
+    rng = np.random.default_rng(0)
+    w, b = linear_consts(rng)
+    gemm = write(tmp_path, [node("Gemm", ["x", "B", "C"], "y")], dict(B=w, C=b[:3]),
+                 name="gemm.onnx")
+    with pytest.raises(ValueError, match=r"gemm.onnx: node 'y_node' \(Gemm\): its bias of "
+                                         r"shape \(3,\) does not match the 4 outputs"):
+        load_onnx(gemm)
+    chain = write(tmp_path, [node("MatMul", ["x", "w1"], "h"), node("Relu", ["h"], "r"),
+                             node("MatMul", ["r", "w2"], "y")],
+                  dict(w1=w, w2=rng.standard_normal((5, 3)).astype(np.float32)),
+                  name="chain.onnx")
+    with pytest.raises(ValueError, match=r"node 'y_node' \(MatMul\): its weight takes 5 "
+                                         r"inputs, the data before it has 4 per row"):
+        load_onnx(chain)
+    first = write(tmp_path, [node("MatMul", ["x", "w"], "y")], dict(w=w[:5]),
+                  name="first.onnx")  # against the declared input width 6
+    with pytest.raises(ValueError, match=r"takes 5 inputs, the data before it has 6"):
+        load_onnx(first)
+    ints = write(tmp_path, [node("MatMul", ["x", "w"], "y")], dict(w=np.ones((6, 4), np.int64)),
+                 name="ints.onnx")
+    with pytest.raises(TypeError, match=r"'y_node' \(MatMul\): its weight holds int64"):
+        load_onnx(ints)
+
+
+@pytest.mark.parametrize("nodes, consts, message", [
+    ([node("Conv", ["x", "k"], "y")], dict(k=np.ones((1, 1, 1), np.float32)),
+     r"node 'y_node' \(Conv\): this operator is not supported"),
+    ([node("Relu", ["x"], "a"), node("Sigmoid", ["x"], "b"), node("Add", ["a", "b"], "y")],
+     {}, r"node 'a_node' \(Relu\): 'x' feeds 2 nodes \(node 'a_node' \(Relu\), "
+         r"node 'b_node' \(Sigmoid\)\)"),
+    ([node("Gemm", ["x", "w"], "y", transA=1)], dict(w=np.ones((6, 4), np.float32)),
+     r"'y_node' \(Gemm\): transA=1"),
+    ([node("Softmax", ["x"], "y", axis=0)], {}, r"'y_node' \(Softmax\): axis=0 on 2-D data"),
+    ([node("Dropout", ["x", "r", "t"], "y")], dict(r=f32(0.1), t=np.array(True)),
+     r"'y_node' \(Dropout\): runs in training mode"),
+    ([node("Div", ["x", "s2"], "d"), node("Erf", ["d"], "e"), node("Add", ["e", "one"], "a"),
+      node("Mul", ["x", "a"], "m"), node("Mul", ["m", "bad"], "y")],
+     dict(s2=S2, one=ONE, bad=f32(0.6)),
+     r"node 'd_node' \(Div\): it and the element-wise nodes after it do not compute an "
+     r"activation"),
+    ([node("Gelu", ["x"], "y", domain="com.example")], {},
+     r"'y_node' \(com.example.Gelu\): this operator is not supported"),
+    ([node("Reshape", ["x", "s"], "y")], dict(s=np.array([3, 4])),
+     r"'y_node' \(Reshape\): reshapes \['batch', 6\] to \[3, 4\]"),
+])
+def test_unsupported_graphs_name_the_node(tmp_path, nodes, consts, message):
+    path = write(tmp_path, nodes, consts, opset=20)
+    with pytest.raises(ValueError, match=message):
+        load_onnx(path)
+
+
+@pytest.mark.parametrize("nodes, consts, elem, message", [
+    ([node("Gemm", ["x", "w"], "y", transB="yes")], dict(w=np.ones((4, 6), np.float32)),
+     TensorProto.FLOAT, r"'y_node' \(Gemm\): its attribute 'transB' is not an int"),
+    ([node("Cast", ["x"], "y", to=TensorProto.INT32)], {}, TensorProto.FLOAT,
+     r"'y_node' \(Cast\): casts to type 6"),
+    ([node("Relu", ["x"], "y")], {}, TensorProto.INT64,
+     r"the graph's input 'x' holds INT64"),
+    ([node("MatMul", ["x", "w"], "y")], dict(w=np.array([["a"] * 4] * 6)), TensorProto.FLOAT,
+     r"'y_node' \(MatMul\): initializer 'w' has data type 8"),
+])
+def test_wrong_types_name_the_node(tmp_path, nodes, consts, elem, message):
+    with pytest.raises(TypeError, match=message):
+        load_onnx(write(tmp_path, nodes, consts, elem=elem))
+
+
+def test_constant_node_data_checked_and_unnamed_nodes(tmp_path):
+    t = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[6, 2 ** 50])
+    t.raw_data = b"\0" * 8
+    nodes = [helper.make_node("Constant", [], ["w"], name="w_const", value=t),
+             node("MatMul", ["x", "w"], "y")]
+    with pytest.raises(ValueError, match=r"'y_node' \(MatMul\): the value of node "
+                                         r"'w_const' \(Constant\): dims \[6, "):
+        load_onnx(write(tmp_path, nodes, name="const.onnx"))
+    unnamed = write(tmp_path, [helper.make_node("Relu", ["x"], ["r"]),
+                               helper.make_node("Conv", ["r", "k"], ["y"])],
+                    dict(k=np.ones((1, 1, 1), np.float32)), name="unnamed.onnx")
+    with pytest.raises(ValueError, match=r"node #1 \(Conv\): this operator is not "):
+        load_onnx(unnamed)
+
+
+def test_layer_options(tmp_path):
+    w, b = linear_consts(np.random.default_rng(0), k=64, n=8)
+    path = write(tmp_path, [node("MatMul", ["x", "w"], "mm"), node("Add", ["mm", "b"], "y")],
+                 dict(w=w, b=b), shape=("batch", 64))
+    int8 = load_onnx(path, weight_dtype="int8", backend="native")
+    assert "weight_dtype='int8'" in repr(int8[0]) and "backend='native'" in repr(int8[0])
+    assert load_onnx(path, dtype="float64")[0].dtype == np.float64
+    with pytest.raises(ValueError, match="unknown backend"):
+        load_onnx(path, backend="gpu")
+    with pytest.raises(ValueError, match="weight_dtype 'int8' needs dtype=np.float32"):
+        load_onnx(path, dtype=np.float64, weight_dtype="int8")
+
+
+def test_two_outputs_and_a_dead_end(tmp_path):
+    two = write(tmp_path, [node("Relu", ["x"], "y"), node("Tanh", ["y"], "z")],
+                outputs=("y", "z"), name="two.onnx")
+    with pytest.raises(ValueError, match=r"two.onnx: the graph has 1 inputs \['x'\] and 2 "
+                                         r"outputs \['y', 'z'\]"):
+        load_onnx(two)
+    side = write(tmp_path, [node("Relu", ["x"], "y"), node("Tanh", ["y"], "z")],
+                 name="side.onnx")  # y is the output and feeds a node too
+    with pytest.raises(ValueError, match=r"node 'z_node' \(Tanh\): reads the graph's output"):
+        load_onnx(side)
+
+
+def test_rows_regrouped_and_not_restored(tmp_path):
+    w, _ = linear_consts(np.random.default_rng(0))
+    path = write(tmp_path, [node("Reshape", ["x", "s"], "r"), node("MatMul", ["r", "w"], "y")],
+                 dict(s=np.array([6, 6]), w=w), shape=(2, 3, 6))
+    with pytest.raises(ValueError, match=r"node 'r_node' \(Reshape\): regroups the rows to "
+                                         r"\[6, 4\], and nothing after it restores"):
+        load_onnx(path)
+
+
+def save_external(tmp_path, folder="model"):
+    rng = np.random.default_rng(0)
+    w, b = linear_consts(rng)
+    (tmp_path / folder).mkdir()
+    model = onnx.load(str(write(tmp_path, [node("MatMul", ["x", "w"], "mm"),
+                                           node("Add", ["mm", "b"], "y")], dict(w=w, b=b))))
+    path = tmp_path / folder / "model.onnx"
+    onnx.save_model(model, str(path), save_as_external_data=True, location="weights.bin",
+                    size_threshold=0)
+    return path, w
+
+
+def set_location(path, location, length=None):
+    model = onnx.load(str(path), load_external_data=False)
+    entries = model.graph.initializer[0].external_data
+    for e in entries:
+        if e.key == "location":
+            e.value = location
+        if e.key == "length" and length is not None:
+            e.value = str(length)
+    onnx.save(model, str(path))
+
+
+def test_external_data_inside_the_folder(tmp_path):
+    path, w = save_external(tmp_path)
+    ours = load_onnx(path)
+    np.testing.assert_array_equal(ours[0].weight, w.T)
+    x = np.random.default_rng(1).standard_normal((3, 6)).astype(np.float32)
+    assert_near(ours(x), run_ort(path, x), 6)
+
+
+@pytest.mark.parametrize("where", ["parent", "absolute", "link out", "too long"])
+def test_external_data_outside_the_folder_is_refused(tmp_path, where):
+    path, _ = save_external(tmp_path)
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes((path.parent / "weights.bin").read_bytes())
+    if where == "parent":
+        set_location(path, "../outside.bin")
+    elif where == "absolute":
+        set_location(path, str(outside))
+    elif where == "link out":
+        try:
+            os.symlink(outside, path.parent / "link.bin")
+        except OSError:
+            pytest.skip("this file system has no symbolic links")
+        set_location(path, "link.bin")
+    else:
+        set_location(path, "weights.bin", length=10 ** 12)
+    message = r"its dims call for 96 bytes, its external data has 1000000000000" \
+        if where == "too long" else r"is not a file inside the model's folder"
+    with pytest.raises(ValueError, match=rf"model.onnx: node 'mm_node' \(MatMul\): "
+                                         rf"initializer 'w': .*{message}"):
+        load_onnx(path)
+
+
+def test_without_onnx_installed(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnx", None)  # any import of onnx now fails
+    with pytest.raises(ImportError, match=r"pip install fastlinear\[onnx\]"):
+        load_onnx(tmp_path / "model.onnx")
