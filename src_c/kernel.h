@@ -72,10 +72,16 @@ typedef struct {
 typedef void fl_activator(const fl_epilogue *ep, fl_dtype dtype, void *y, size_t ldy,
                           size_t m, size_t n);
 
+/* One row of a model's row-wise step st (AFFINE, LAYERNORM, SOFTMAX, LOGSOFTMAX): n
+ * values of x into y: the ISA's instance of rowops.h's fl_row_body. */
+typedef void fl_row_step(const fl_step *st, fl_dtype dtype, size_t n, const char *x,
+                         char *y);
+
 typedef struct {
     const char *name;
     int (*cpu_has)(void);   /* 1 when this CPU can run it */
     fl_activator *activate;
+    fl_row_step *row;
     fl_kernel k[FL_NDTYPES]; /* indexed by fl_dtype; compressed formats share float32's
                                 blocking, as they run on its kernel for large batches */
 } fl_isa;

@@ -2,152 +2,15 @@
  * threads, a block of rows at a time, the rows between steps in two per-call buffers.
  * Each row's values are computed by the same operations whatever the block, the team or
  * the thread that takes it: Linear steps by the GEMM driver's tiles, the other steps one
- * row at a time, by one thread. */
+ * row at a time, by one thread (the ISA's activate and row: activation.h, rowops.h). */
 #include <stdlib.h>
 #include <string.h>
-#include "activation.h"
 #include "blocking.h"
 #include "driver.h"
 
+enum { FL_BUFFER_SKEW = 17 * 64 };  /* bytes between the buffers' 4 KiB offsets */
+
 static size_t min_sz(size_t a, size_t b) { return a < b ? a : b; }
-
-/* Row sums in float64 over 8 fixed lanes (lane = index mod 8), then a fixed tree: the
- * same operations for a row wherever it lies. */
-typedef double lanes8 __attribute__((vector_size(64)));
-typedef int64_t lanes8_i __attribute__((vector_size(64)));
-
-/* Values [j, j + 8) of a row as float64, 0 past n. */
-static lanes8 load8(fl_dtype dt, const char *row, size_t j, size_t n)
-{
-    lanes8 v = {0};
-    const size_t count = min_sz(8, n - j);
-    if (dt == FL_F64) {
-        memcpy(&v, row + j * 8, count * 8);
-    } else {
-        float f[8] = {0};
-        memcpy(f, row + j * 4, count * 4);
-        for (size_t i = 0; i < 8; i++)
-            v[i] = f[i];
-    }
-    return v;
-}
-
-static double sum8(const lanes8 *v)
-{
-    return (((*v)[0] + (*v)[4]) + ((*v)[2] + (*v)[6]))
-           + (((*v)[1] + (*v)[5]) + ((*v)[3] + (*v)[7]));
-}
-
-static double value(fl_dtype dt, const char *row, size_t j)
-{
-    if (dt == FL_F64)
-        return ((const double *)row)[j];
-    return ((const float *)row)[j];
-}
-
-static void store(fl_dtype dt, char *row, size_t j, double v)
-{
-    if (dt == FL_F64)
-        ((double *)row)[j] = v;
-    else
-        ((float *)row)[j] = (float)v;
-}
-
-/* log(s) for s >= 1 (a softmax's sum), NaN and inf kept: s = 2^e f, f in [sqrt(1/2),
- * sqrt(2)), log f = 2 atanh(z), z = (f - 1)/(f + 1), |z| <= 0.172, by its series to z^21. */
-static double log_sum(double s)
-{
-    if (!(s < __builtin_inf()))
-        return s;
-    uint64_t bits;
-    memcpy(&bits, &s, 8);
-    int64_t e = (int64_t)(bits >> 52) - 1023;
-    bits = (bits & 0x000fffffffffffffULL) | 0x3ff0000000000000ULL;
-    double f;
-    memcpy(&f, &bits, 8);
-    if (f > 1.4142135623730951) {
-        f *= 0.5;
-        e += 1;
-    }
-    const double z = (f - 1.0) / (f + 1.0), z2 = z * z;
-    double q = 1.0 / 21;
-    for (int k = 19; k >= 1; k -= 2)
-        q = q * z2 + 1.0 / k;
-    /* ln2 in two parts: e times the first is exact */
-    return (double)e * 0.69314718036912381649 + ((double)e * 1.9082149292705877000e-10
-                                                 + 2.0 * z * q);
-}
-
-static void row_affine(fl_dtype dt, size_t n, const char *x, char *y, const char *a,
-                       const char *b)
-{
-    if (dt == FL_F64) {
-        for (size_t j = 0; j < n; j++)
-            ((double *)y)[j] = ((const double *)x)[j] * ((const double *)a)[j]
-                               + ((const double *)b)[j];
-    } else {
-        for (size_t j = 0; j < n; j++)
-            ((float *)y)[j] = ((const float *)x)[j] * ((const float *)a)[j]
-                              + ((const float *)b)[j];
-    }
-}
-
-/* Mean and variance (biased, as torch) in float64, two passes; the result rounded once. */
-static void row_layernorm(fl_dtype dt, size_t n, const char *x, char *y, const char *a,
-                          const char *b, double eps)
-{
-    lanes8 s = {0};
-    for (size_t j = 0; j < n; j += 8)
-        s += load8(dt, x, j, n);
-    const double mean = sum8(&s) / (double)n;
-    const lanes8_i lane = {0, 1, 2, 3, 4, 5, 6, 7};
-    lanes8 v = {0};
-    for (size_t j = 0; j < n; j += 8) {
-        const lanes8 d = load8(dt, x, j, n) - mean;
-        v += (lanes8)((lanes8_i)(d * d) & (lane < (int64_t)(n - j)));
-    }
-    const double rstd = 1.0 / __builtin_sqrt(sum8(&v) / (double)n + eps);
-    for (size_t j = 0; j < n; j++) {
-        double r = (value(dt, x, j) - mean) * rstd;
-        if (a)
-            r = r * value(dt, a, j) + value(dt, b, j);
-        store(dt, y, j, r);
-    }
-}
-
-/* softmax or log-softmax of one row, in float64 throughout (exp of activation.h on
- * the float64 differences, so float32 rows lose nothing to a rounded x - max), rounded
- * once: the largest value first (NaN leaves it, then spreads through the sum), the sum
- * of exp(x - max) over fixed lanes, then each value again. */
-static void row_softmax(fl_dtype dt, size_t n, const char *x, char *y, int log)
-{
-    enum { LANES = FL_VBYTES / 8 };
-    double top = -__builtin_inf();
-    for (size_t j = 0; j < n; j++) {
-        const double v = value(dt, x, j);
-        top = v > top ? v : top;
-    }
-    lanes8 s = {0};
-    for (size_t j = 0; j < n; j += LANES) {
-        const size_t count = min_sz(LANES, n - j);
-        fl_vd v = {0};
-        for (size_t i = 0; i < count; i++)
-            v[i] = value(dt, x, j + i);
-        v = vd_exp(v - top);
-        for (size_t i = 0; i < count; i++)
-            s[(j + i) % 8] += v[i];
-    }
-    const double sum = sum8(&s), lse = log ? log_sum(sum) : 0.0;
-    for (size_t j = 0; j < n; j += LANES) {
-        const size_t count = min_sz(LANES, n - j);
-        fl_vd v = {0};
-        for (size_t i = 0; i < count; i++)
-            v[i] = value(dt, x, j + i);
-        v = log ? (v - top) - lse : vd_exp(v - top) / sum;
-        for (size_t i = 0; i < count; i++)
-            store(dt, y, j + i, v[i]);
-    }
-}
 
 typedef struct {
     const fl_step *steps;
@@ -182,15 +45,11 @@ static void run_step(const fl_model_call *c, const fl_step *st, size_t width, si
     for (size_t i = r0; i < r1; i++) {
         const char *xr = in + i * ldin * size;
         char *yr = out + i * ldout * size;
-        switch (st->kind) {
-        case FL_STEP_ACT:
+        if (st->kind == FL_STEP_ACT) {
             memcpy(yr, xr, width * size);
             fl_current_isa()->activate(&st->ep, dt, yr, 0, 1, width);
-            break;
-        case FL_STEP_AFFINE: row_affine(dt, width, xr, yr, st->a, st->b); break;
-        case FL_STEP_LAYERNORM: row_layernorm(dt, width, xr, yr, st->a, st->b, st->eps); break;
-        case FL_STEP_SOFTMAX: row_softmax(dt, width, xr, yr, 0); break;
-        default: row_softmax(dt, width, xr, yr, 1); break;
+        } else {
+            fl_current_isa()->row(st, dt, width, xr, yr);
         }
     }
 }
@@ -246,7 +105,10 @@ int fl_model_forward(const fl_step *steps, size_t nsteps, fl_dtype dtype, size_t
             const size_t need = fl_plan_gemm(steps[s].linear, rows, threads).buf_bytes;
             c.scratch_bytes = need > c.scratch_bytes ? need : c.scratch_bytes;
         }
-    const size_t buf_bytes = (rows * c.widest * size + 63) / 64 * 64;
+    /* Each buffer rounded up to whole cache lines, then FL_BUFFER_SKEW: a row's value in
+     * one buffer and in the other then never share their address modulo 4 KiB, which
+     * would make the loads of a step wait on its stores (4K aliasing). */
+    const size_t buf_bytes = (rows * c.widest * size + 63) / 64 * 64 + FL_BUFFER_SKEW;
     char *mem = NULL;
     if (2 * buf_bytes + threads * c.scratch_bytes > 0) {
         mem = fl_aligned_alloc(1, 2 * buf_bytes + threads * c.scratch_bytes);

@@ -19,6 +19,7 @@
 #include "../blocking.h"
 #define FL_VBYTES 32  /* activations: one ymm per vector */
 #include "../activation.h"
+#include "../rowops.h"
 
 #define AVX2 __attribute__((target("avx2,fma,f16c")))
 #define INLINE static inline __attribute__((always_inline)) AVX2
@@ -312,9 +313,15 @@ static AVX2 void activate(const fl_epilogue *ep, fl_dtype dt, void *y, size_t ld
     fl_activate_body(ep, dt, y, ldy, m, n);
 }
 
+/* The row-wise steps (rowops.h) in the same vectors. */
+static AVX2 void row(const fl_step *st, fl_dtype dt, size_t n, const char *x, char *y)
+{
+    fl_row_body(st, dt, n, x, y);
+}
+
 #define F32_BLOCKS MR, NV * 8, FL_AVX2_F32_KC, FL_AVX2_F32_MC, FL_AVX2_F32_NC
 const fl_isa fl_isa_avx2 = {
-    "avx2", cpu_has_avx2, activate,
+    "avx2", cpu_has_avx2, activate, row,
     {[FL_F32] = {avx2_f32, NULL, F32_BLOCKS, 1},
      [FL_F64] = {avx2_f64, NULL, MR, NV * 4, FL_AVX2_F64_KC, FL_AVX2_F64_MC,
                   FL_AVX2_F64_NC, 1},

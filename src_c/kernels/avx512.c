@@ -12,6 +12,7 @@
 #include "../blocking.h"
 #define FL_VBYTES 64  /* activations: one zmm per vector */
 #include "../activation.h"
+#include "../rowops.h"
 
 #define AVX512 __attribute__((target("avx512f,fma")))
 #define INLINE static inline __attribute__((always_inline)) AVX512
@@ -293,9 +294,15 @@ static AVX512 void activate(const fl_epilogue *ep, fl_dtype dt, void *y, size_t 
     fl_activate_body(ep, dt, y, ldy, m, n);
 }
 
+/* The row-wise steps (rowops.h) in the same vectors. */
+static AVX512 void row(const fl_step *st, fl_dtype dt, size_t n, const char *x, char *y)
+{
+    fl_row_body(st, dt, n, x, y);
+}
+
 #define F32_BLOCKS MR, NV * 16, FL_AVX512_F32_KC, FL_AVX512_F32_MC, FL_AVX512_F32_NC
 const fl_isa fl_isa_avx512 = {
-    "avx512", cpu_has_avx512, activate,
+    "avx512", cpu_has_avx512, activate, row,
     {[FL_F32] = {avx512_f32, NULL, F32_BLOCKS, 1},
      [FL_F64] = {avx512_f64, NULL, MR, NV * 8, FL_AVX512_F64_KC, FL_AVX512_F64_MC,
                   FL_AVX512_F64_NC, 1},

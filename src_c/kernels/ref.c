@@ -7,6 +7,7 @@
 #include "../blocking.h"
 #define FL_VBYTES 16  /* activations: one SSE register (x86-64 baseline) per vector */
 #include "../activation.h"
+#include "../rowops.h"
 
 typedef float f32x4 __attribute__((vector_size(16)));
 typedef double f64x2 __attribute__((vector_size(16)));
@@ -134,9 +135,15 @@ static void activate(const fl_epilogue *ep, fl_dtype dt, void *y, size_t ldy, si
     fl_activate_body(ep, dt, y, ldy, m, n);
 }
 
+/* The row-wise steps (rowops.h) in the same vectors. */
+static void row(const fl_step *st, fl_dtype dt, size_t n, const char *x, char *y)
+{
+    fl_row_body(st, dt, n, x, y);
+}
+
 #define F32_BLOCKS FL_REF_F32_MR, FL_REF_F32_NR, FL_REF_F32_KC, FL_REF_F32_MC, FL_REF_F32_NC
 const fl_isa fl_isa_ref = {
-    "ref", cpu_has_ref, activate,
+    "ref", cpu_has_ref, activate, row,
     {[FL_F32] = {ukernel_f32, NULL, F32_BLOCKS, 0},
      [FL_F64] = {ukernel_f64, NULL, FL_REF_F64_MR, FL_REF_F64_NR, FL_REF_F64_KC, FL_REF_F64_MC,
                  FL_REF_F64_NC, 0},
