@@ -89,7 +89,13 @@ class _Segment:
         return [tuple(s) for s in steps]
 
     def run(self, x):
+        if self.plain is not None:
+            y = self.plain.forward_fast(x)  # the common case, without Python steps
+            if y is not None:
+                return y
         arr = as_array(x, "input")
+        if not self.entries:
+            return arr
         if arr.ndim == 0:
             raise ValueError("input must have at least 1 dimension (*, features), got a "
                              "0-d array")
@@ -155,10 +161,6 @@ class Sequential:
 
     def __call__(self, x):
         program = self._program()
-        if program is not None and len(program) == 1 and program[0].plain is not None:
-            y = program[0].plain.forward_fast(x)  # the common case, without Python steps
-            if y is not None:
-                return y
         if program is None:
             for _, m in self._flat():
                 x = m(x)
