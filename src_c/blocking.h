@@ -108,9 +108,13 @@ _Static_assert(FL_REF_F32_KC % FL_I4_MAX_GROUP == 0 && FL_AVX2_F32_KC % FL_I4_MA
 #define FL_PARALLEL_MIN_MADDS (1u << 17)
 
 /* The model runner (model.c) takes this many rows through all its steps before the next
- * block: a block's values between steps (128 rows x 512 floats = 256 KiB per buffer)
- * stay in L2, and each Linear step still gets whole MC blocks of rows. */
-#define FL_MODEL_ROWS 128
+ * block: a block's values between steps (64 rows x 512 floats = 128 KiB per buffer)
+ * stay in L2, and x stays under FL_DIRECT_X_MAX_BYTES for K up to 1024, so each Linear
+ * reads it in place and its threads split the weight panels (no packing). Measured, the
+ * 784-512-512-256-10 MLP at batch 1024, 2 threads, AVX-512 (AVX2) path, ms, best of
+ * noisy runs: 32 rows 4.40 (7.42), 64 rows 3.53 (7.03), 96 rows 3.64 (7.36), 128 rows
+ * 4.19 (7.63), 256 rows 3.90, 1024 rows 3.94. */
+#define FL_MODEL_ROWS 64
 
 /* For the one-thread threshold above, a value of a row-wise step (an activation,
  * LayerNorm, softmax: a few dozen vector operations per 16 values) counts as this many
