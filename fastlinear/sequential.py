@@ -162,8 +162,11 @@ class Sequential:
     def __call__(self, x):
         program = self._program()
         if program is None:
-            for _, m in self._flat():
-                x = m(x)
+            for path, m in self._flat():
+                try:
+                    x = m(x)
+                except ValueError as exc:
+                    raise ValueError(f"module {path} ({m!r}): {exc}") from None
             return as_array(x, "input")
         for part in program:
             x = part(x) if isinstance(part, Flatten) else part.run(x)
