@@ -45,11 +45,7 @@ class _Segment:
 
     def __init__(self, entries):
         self.entries = entries  # [(path, module)]
-        linears = [(p, m) for p, m in entries if isinstance(m, Linear)]
-        dtypes = {m.dtype for _, m in linears}
-        if len(dtypes) > 1:
-            raise TypeError("the Linear layers of a Sequential must share one dtype, got "
-                            + ", ".join(f"{p}: {m.dtype}" for p, m in linears))
+        dtypes = {m.dtype for _, m in entries if isinstance(m, Linear)}
         self.dtype = dtypes.pop() if dtypes else None
         self.softmax_dims = [(p, m) for p, m in entries if isinstance(m, _RowSoftmax)]
         self.batchnorms = [p for p, m in entries if isinstance(m, BatchNorm1d)]
@@ -122,6 +118,10 @@ class Sequential:
         for i, m in enumerate(modules):
             _check_module(i, m)
         self.modules = tuple(modules)  # fixed: the compiled program follows them
+        linears = [(p, m) for p, m in self._flat() if isinstance(m, Linear)]
+        if len({m.dtype for _, m in linears}) > 1:
+            raise TypeError("the Linear layers of a Sequential must share one dtype, got "
+                            + ", ".join(f"{p}: {m.dtype}" for p, m in linears))
         self._params_of = [m for _, m in self._flat() if hasattr(m, "_params")]
         self._cache = None
 

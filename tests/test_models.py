@@ -257,7 +257,7 @@ def test_bad_models_name_the_module():
                                          r"(takes 6 values per row and gets 5|=6, got 5)"):
         model(np.zeros((1, 4), np.float32))
     with pytest.raises(TypeError, match="share one dtype"):
-        fl.Sequential(fl.Linear(4, 4), fl.Linear(4, 4, dtype=np.float64))(np.zeros(4))
+        fl.Sequential(fl.Linear(4, 4), fl.Linear(4, 4, dtype=np.float64))
     with pytest.raises(ValueError, match="last dimension only"):
         fl.LayerNorm((3, 4))
     with pytest.raises(ValueError, match="last dimension only"):
