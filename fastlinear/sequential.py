@@ -48,7 +48,7 @@ class _Segment:
         dtypes = {m.dtype for _, m in entries if isinstance(m, Linear)}
         self.dtype = dtypes.pop() if dtypes else None
         self.softmax_dims = [(p, m) for p, m in entries if isinstance(m, _RowSoftmax)]
-        self.batchnorms = [p for p, m in entries if isinstance(m, BatchNorm1d)]
+        self.batchnorms = [(p, m) for p, m in entries if isinstance(m, BatchNorm1d)]
         self.models = {}
         # The model for the plain case (fast()): the width the first Linear takes, its
         # dtype, no module whose check depends on the input's dimensions.
@@ -100,9 +100,10 @@ class _Segment:
                 raise ValueError(f"module {path} ({m!r}) on a {arr.ndim}-D input: "
                                  f"fastlinear computes over the last dimension only")
         if self.batchnorms and arr.ndim != 2:
-            raise ValueError(f"module {self.batchnorms[0]} (BatchNorm1d) normalizes dim 1 "
-                             f"of its input; inside a Sequential fastlinear runs it on "
-                             f"(N, features) input only, got shape {arr.shape}")
+            path, m = self.batchnorms[0]
+            raise ValueError(f"module {path} ({m!r}) normalizes dim 1 of its input; inside "
+                             f"a Sequential fastlinear runs it on (N, features) input only, "
+                             f"got shape {arr.shape}")
         dtype = self.dtype or _steps.data_dtype(arr)
         return _steps.run(self.model(arr.shape[-1], dtype), arr)
 

@@ -231,7 +231,7 @@ def test_batchnorm_standalone_matches_torch():
         np.testing.assert_allclose(ours(x), bn(torch.from_numpy(x)).detach().numpy(),
                                    atol=1e-5)
     assert set(ours.state_dict()) == set(bn.state_dict())
-    with pytest.raises(ValueError, match="BatchNorm1d"):
+    with pytest.raises(ValueError, match=r"module 1 \(BatchNorm1d\(6"):
         fl.Sequential(fl.Linear(6, 6), ours)(np.zeros((2, 3, 6), np.float32))
 
 
