@@ -162,9 +162,15 @@ class LayerNorm:
     normalized_shape = property(lambda self: (self._n,))
     dtype = property(lambda self: self._dtype)
     weight = property(lambda self: self._param(0),
-                      lambda self, v: self._set(v, self._param(1)))
+                      lambda self, v: self._assign(v, self._param(1), "weight"))
     bias = property(lambda self: self._param(1) if self._with_bias else None,
-                    lambda self, v: self._set(self._param(0), v))
+                    lambda self, v: self._assign(self._param(0), v, "bias"))
+
+    def _assign(self, weight, bias, name):
+        if name not in self._state_keys():
+            raise AttributeError(f"this LayerNorm has no {name} (elementwise_affine="
+                                 f"{self.elementwise_affine}, bias={self._with_bias})")
+        self._set(weight, bias)
 
     def _param(self, i):
         if not self.elementwise_affine:

@@ -307,7 +307,8 @@ FL_AINLINE void fl_activate_body(const fl_epilogue *ep, fl_dtype dt, void *y, si
     case FL_ACT_LEAKY_RELU:
         fl_act_rows(FL_ACT_LEAKY_RELU, dt, ep->alpha, y, ldy, m, n); break;
     case FL_ACT_GELU: fl_act_rows(FL_ACT_GELU, dt, ep->alpha, y, ldy, m, n); break;
-    case FL_ACT_GELU_TANH: fl_act_rows(FL_ACT_GELU_TANH, dt, ep->alpha, y, ldy, m, n); break;
+    case FL_ACT_GELU_TANH:
+        fl_act_rows(FL_ACT_GELU_TANH, dt, ep->alpha, y, ldy, m, n); break;
     case FL_ACT_SILU: fl_act_rows(FL_ACT_SILU, dt, ep->alpha, y, ldy, m, n); break;
     case FL_ACT_SIGMOID: fl_act_rows(FL_ACT_SIGMOID, dt, ep->alpha, y, ldy, m, n); break;
     case FL_ACT_TANH: fl_act_rows(FL_ACT_TANH, dt, ep->alpha, y, ldy, m, n); break;

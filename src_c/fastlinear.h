@@ -117,7 +117,8 @@ typedef struct {
  * LINEAR steps' weights must take width_in (or the previous step's width) values. x and
  * y must not overlap; no steps copy x. Returns FL_OK or FL_ENOMEM (y untouched then). */
 int fl_model_forward(const fl_step *steps, size_t nsteps, fl_dtype dtype, size_t width_in,
-                     size_t m, const void *x, size_t ldx, void *y, size_t ldy, int nthreads);
+                     size_t m, const void *x, size_t ldx, void *y, size_t ldy,
+                     int nthreads);
 
 /* Name of the micro-kernel ISA that fl_alloc() uses now: the best one this CPU supports,
  * picked on first use. Weights already packed keep the kernel they were packed for. */

@@ -272,8 +272,9 @@ int fl_forward(const fl_packed *p, size_t m, const void *x, size_t ldx, void *y,
         {
             /* The team may be smaller than asked for (nesting, OMP_THREAD_LIMIT). */
             const size_t t = (size_t)fl_thread_id();
-            fl_gemm_share(p, &pl, NULL, m, x, ldx, y, ldy, buf ? buf + t * pl.buf_bytes : NULL,
-                          t, (size_t)fl_team_size());
+            char *scratch = buf ? buf + t * pl.buf_bytes : NULL;
+            fl_gemm_share(p, &pl, NULL, m, x, ldx, y, ldy, scratch, t,
+                          (size_t)fl_team_size());
         }
     }
     free(buf);

@@ -8,7 +8,7 @@
 #include "blocking.h"
 #include "driver.h"
 
-enum { FL_BUFFER_SKEW = 17 * 64 };  /* bytes between the buffers' 4 KiB offsets */
+enum { FL_BUFFER_SKEW = 17 * 64 };  /* the buffers' offset modulo 4 KiB: whole lines */
 
 static size_t min_sz(size_t a, size_t b) { return a < b ? a : b; }
 
@@ -105,10 +105,12 @@ int fl_model_forward(const fl_step *steps, size_t nsteps, fl_dtype dtype, size_t
             const size_t need = fl_plan_gemm(steps[s].linear, rows, threads).buf_bytes;
             c.scratch_bytes = need > c.scratch_bytes ? need : c.scratch_bytes;
         }
-    /* Each buffer rounded up to whole cache lines, then FL_BUFFER_SKEW: a row's value in
-     * one buffer and in the other then never share their address modulo 4 KiB, which
-     * would make the loads of a step wait on its stores (4K aliasing). */
-    const size_t buf_bytes = (rows * c.widest * size + 63) / 64 * 64 + FL_BUFFER_SKEW;
+    /* Each buffer rounded up to whole 4 KiB pages, then FL_BUFFER_SKEW more: a row's
+     * value in one buffer and in the other then never share their address modulo 4 KiB,
+     * which would make the loads of a step wait on its stores (4K aliasing). */
+    const size_t page = 4096, values = rows * c.widest * size;
+    const size_t buf_bytes = nsteps > 1 ? (values + page - 1) / page * page + FL_BUFFER_SKEW
+                                        : 0;
     char *mem = NULL;
     if (2 * buf_bytes + threads * c.scratch_bytes > 0) {
         mem = fl_aligned_alloc(1, 2 * buf_bytes + threads * c.scratch_bytes);
