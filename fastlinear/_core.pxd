@@ -34,6 +34,8 @@ cdef extern from "fastlinear.h" nogil:
     ctypedef struct fl_epilogue:
         fl_act act
         double alpha
+        const void *scale
+        const void *shift
     ctypedef enum fl_step_kind:
         FL_STEP_LINEAR
         FL_STEP_ACT

@@ -227,7 +227,9 @@ _ROW_STEPS = {"affine": FL_STEP_AFFINE, "layernorm": FL_STEP_LAYERNORM,
 
 cdef class Model:
     """A chain of steps run by fl_model_forward in one call, built once from tuples:
-      ("linear", PackedWeights, act or None, alpha)  y = act(x @ W.T + b)
+      ("linear", PackedWeights, act or None, alpha, scale, shift)
+                                                     y = act((x @ W.T + b) * scale + shift),
+                                                     scale and shift None or (N,) arrays
       ("act", act, alpha)                            y = act(x)
       ("affine", a, b)                               y = x * a + b
       ("layernorm", a or None, b or None, eps)       over the row
@@ -270,6 +272,10 @@ cdef class Model:
                 st.ep.act = ACTS[step[2]] if step[2] is not None else FL_ACT_NONE
                 st.ep.alpha = step[3]
                 self._keep.append(packed)
+                if step[4] is not None:
+                    self._check_row_arrays(i, step[4:6], width)
+                    st.ep.scale = cnp.PyArray_DATA(<cnp.ndarray>step[4])
+                    st.ep.shift = cnp.PyArray_DATA(<cnp.ndarray>step[5])
             elif kind == "act":
                 st.kind = FL_STEP_ACT
                 st.ep.act = ACTS[step[1]]
@@ -277,20 +283,24 @@ cdef class Model:
             elif kind in _ROW_STEPS:
                 st.kind = _ROW_STEPS[kind]
                 if kind in ("affine", "layernorm") and step[1] is not None:
-                    a, b = step[1], step[2]
-                    for arr in (a, b):
-                        if (not isinstance(arr, np.ndarray) or arr.dtype != self.dtype
-                                or arr.shape != (width,) or not arr.flags.c_contiguous):
-                            raise ValueError(f"step {i}: parameters must be C-contiguous "
-                                             f"({width},) arrays of {self.dtype}")
-                    st.a = cnp.PyArray_DATA(<cnp.ndarray>a)
-                    st.b = cnp.PyArray_DATA(<cnp.ndarray>b)
-                    self._keep += [a, b]
+                    self._check_row_arrays(i, step[1:3], width)
+                    st.a = cnp.PyArray_DATA(<cnp.ndarray>step[1])
+                    st.b = cnp.PyArray_DATA(<cnp.ndarray>step[2])
                 if kind == "layernorm":
                     st.eps = step[3]
             else:
                 raise ValueError(f"step {i}: unknown kind {kind!r}")
         self.out_features = width
+
+    def _check_row_arrays(self, i, arrays, width):
+        """ValueError unless each is a C-contiguous (width,) array of the model's dtype;
+        the model keeps them."""
+        for arr in arrays:
+            if (not isinstance(arr, np.ndarray) or arr.dtype != self.dtype
+                    or arr.shape != (width,) or not arr.flags.c_contiguous):
+                raise ValueError(f"step {i}: parameters must be C-contiguous ({width},) "
+                                 f"arrays of {self.dtype}")
+        self._keep += list(arrays)
 
     def __dealloc__(self):
         PyMem_Free(self._steps)

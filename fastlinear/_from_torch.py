@@ -60,35 +60,15 @@ _CONVERT = {
 }
 
 
-def _fold(linear, bn, kw):
-    """The Linear followed by the eval-mode BatchNorm1d, as one Linear (in float64)."""
-    if linear.out_features != bn.num_features:
-        raise ValueError(f"BatchNorm1d({bn.num_features}) after a Linear of "
-                         f"{linear.out_features} outputs")
-    scale, shift = bn.factors()
-    w = _array(linear.weight) * scale[:, None]
-    b = (0 if linear.bias is None else _array(linear.bias)) * scale + shift
-    weight_dtype = kw["weight_dtype"]
-    kind = str(linear.weight.dtype).replace("torch.", "")
-    if weight_dtype is None and kind in ("bfloat16", "float16"):
-        weight_dtype = kind
-    dtype = _float_dtype(linear, kw["dtype"])
-    return Linear._from_parameters(w, b, dtype, kw["backend"], weight_dtype,
-                                   kw["group_size"])
-
-
 def convert(module, kw, prefix=""):
     from .sequential import Sequential
     if type(module).__name__ != "Sequential":
         raise TypeError(f"expected a torch.nn.Sequential, got {type(module).__name__}")
-    converted, children = [], list(module.named_children())
-    for i, (name, m) in enumerate(children):
+    converted = []
+    for name, m in module.named_children():
         path, kind = f"{prefix}{name}", type(m).__name__
         if kind == "Sequential":
             converted.append(convert(m, kw, f"{path}."))
-        elif kind == "BatchNorm1d" and i and type(children[i - 1][1]).__name__ == "Linear":
-            converted[-1] = _fold(children[i - 1][1], _batchnorm(m, kw), kw)
-            converted.append(Identity())
         elif kind in _CONVERT:
             try:
                 converted.append(_CONVERT[kind](m, kw))

@@ -92,12 +92,19 @@ class _RowSoftmax:
     def __init__(self, dim=-1):
         self.dim = _last_dim(dim, type(self).__name__)
 
+    def check(self, ndim):
+        """ValueError unless this module's dim is the last of an ndim-D input (dim=None
+        means it for 1-D and 2-D input only: torch's legacy rule takes dim 0 of 3-D
+        input and dim 1 of 4-D)."""
+        nd = max(ndim, 1)
+        if self.dim in (-1, nd - 1) or (self.dim is None and nd <= 2):
+            return
+        raise ValueError(f"{self!r} on a {ndim}-D input: fastlinear computes over the last "
+                         f"dimension only")
+
     def __call__(self, x):
         arr = as_array(x, "input")
-        nd = max(arr.ndim, 1)
-        if self.dim is not None and self.dim not in (-1, nd - 1):
-            raise ValueError(f"{type(self).__name__}(dim={self.dim}) on a {arr.ndim}-D "
-                             f"input: fastlinear computes over the last dimension only")
+        self.check(arr.ndim)
         return _steps.apply(self, arr)
 
     forward = __call__

@@ -64,22 +64,27 @@ class _Segment:
         return self.models[key]
 
     def steps(self, width, dtype):
+        """The native steps: each Linear takes the BatchNorm1d and then the activation
+        right after it into its epilogue; other modules are steps of their own."""
         steps = []
         for path, m in self.entries:
             if isinstance(m, Linear):
                 if width != m.in_features:
                     raise ValueError(f"module {path} ({m!r}) takes {m.in_features} values "
                                      f"per row and gets {width}")
-                steps.append(["linear", m._packed(), None, 0.0])
+                steps.append(["linear", m._packed(), None, 0.0, None, None])
                 width = m.out_features
                 continue
             try:
                 new = m._steps(width, dtype)
             except ValueError as exc:
-                raise ValueError(f"module {path}: {exc}") from None
-            if (isinstance(m, _Activation) and steps and steps[-1][0] == "linear"
-                    and steps[-1][2] is None):  # the Linear's epilogue
-                steps[-1][2:] = [m._act, m._alpha]
+                raise ValueError(f"module {path} ({m!r}): {exc}") from None
+            epilogue = steps[-1] if steps and steps[-1][0] == "linear" else None
+            if isinstance(m, _Activation) and epilogue and epilogue[2] is None:
+                epilogue[2:4] = [m._act, m._alpha]
+            elif isinstance(m, BatchNorm1d) and epilogue and epilogue[2] is None \
+                    and epilogue[4] is None:
+                epilogue[4:6] = new[0][1:3]  # the affine step's scale and shift
             else:
                 steps += new
         return [tuple(s) for s in steps]
@@ -96,9 +101,10 @@ class _Segment:
             raise ValueError("input must have at least 1 dimension (*, features), got a "
                              "0-d array")
         for path, m in self.softmax_dims:
-            if m.dim not in (None, -1, arr.ndim - 1):
-                raise ValueError(f"module {path} ({m!r}) on a {arr.ndim}-D input: "
-                                 f"fastlinear computes over the last dimension only")
+            try:
+                m.check(arr.ndim)
+            except ValueError as exc:
+                raise ValueError(f"module {path}: {exc}") from None
         if self.batchnorms and arr.ndim != 2:
             path, m = self.batchnorms[0]
             raise ValueError(f"module {path} ({m!r}) normalizes dim 1 of its input; inside "
@@ -187,11 +193,10 @@ class Sequential:
     def from_torch(cls, module, *, dtype=None, weight_dtype=None, group_size=None,
                    backend="auto"):
         """From a torch.nn.Sequential (nested ones too) of the modules fastlinear has
-        (see fastlinear.Sequential), as in eval mode. dtype, weight_dtype and group_size
-        apply to every Linear (see Linear.from_torch). A BatchNorm1d right after a Linear
-        is folded into it (its index then holds an Identity); elsewhere it becomes one
-        multiply-add per value. A module it cannot convert raises TypeError naming its
-        path in the model."""
+        (see fastlinear.Sequential), as in eval mode whatever module.training says.
+        dtype, weight_dtype and group_size apply to every Linear (see
+        Linear.from_torch). The result has the same indices and state_dict keys. A
+        module it cannot convert raises TypeError naming its path in the model."""
         from ._from_torch import convert
         return convert(module, dict(dtype=dtype, weight_dtype=weight_dtype,
                                     group_size=group_size, backend=backend))

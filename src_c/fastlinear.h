@@ -89,13 +89,17 @@ typedef enum {
 typedef struct {
     fl_act act;
     double alpha;  /* LEAKY_RELU's negative slope */
+    /* A Linear's only: NULL, or N values each (the activations' type) that make each
+     * output y[j] * scale[j] + shift[j] (a multiply, then an add) after the bias and
+     * before the activation: a BatchNorm1d fused into the Linear before it. */
+    const void *scale, *shift;
 } fl_epilogue;
 
 /* A model: steps applied in order to each row of x; each row is computed alone (the
  * promise above holds for the whole chain). Values are float64 where dtype is FL_F64,
  * else float32 (the weights of LINEAR steps may be any format of that family). */
 typedef enum {
-    FL_STEP_LINEAR,     /* y = x @ W.T + b, then ep */
+    FL_STEP_LINEAR,     /* y = x @ W.T + b, then ep (scale and shift, activation) */
     FL_STEP_ACT,        /* y = ep(x) */
     FL_STEP_AFFINE,     /* y[j] = x[j] * a[j] + b[j] (a folded BatchNorm1d) */
     FL_STEP_LAYERNORM,  /* y = (x - mean) / sqrt(var + eps) (* a[j] + b[j] when a, b) */

@@ -59,6 +59,29 @@ static fl_weights weights(const fl_packed *p, size_t q, size_t pc, size_t kc, fl
                         (const char *)p->w + q * p->panel_bytes + fl_panel_offset(p, pc)};
 }
 
+/* ep on the m x n tile of y whose first column is j0: the scale and shift, then the
+ * activation. */
+static void epilogue(const fl_packed *p, const fl_epilogue *ep, char *y, size_t ldy,
+                     size_t m, size_t j0, size_t n)
+{
+    const fl_dtype dt = p->dtype == FL_F64 ? FL_F64 : FL_F32;
+    for (size_t i = 0; ep->scale && i < m; i++) {
+        if (dt == FL_F64) {
+            const double *s = (const double *)ep->scale + j0, *t = (const double *)ep->shift + j0;
+            double *yi = (double *)y + i * ldy;
+            for (size_t j = 0; j < n; j++)
+                yi[j] = yi[j] * s[j] + t[j];
+        } else {
+            const float *s = (const float *)ep->scale + j0, *t = (const float *)ep->shift + j0;
+            float *yi = (float *)y + i * ldy;
+            for (size_t j = 0; j < n; j++)
+                yi[j] = yi[j] * s[j] + t[j];
+        }
+    }
+    if (ep->act != FL_ACT_NONE)
+        p->isa->activate(ep, dt, y, ldy, m, n);
+}
+
 /* Rows [row, row + m) (m <= MR) of weight panels q .. q + np - 1 (np = 2 only for one
  * row, with kernels of two_panels) for k in [pc, pc + kc), the scale and bias after the
  * last k block. Rows are independent, so fewer than MR rows run as tiles whose heights
@@ -84,8 +107,7 @@ static void run_tile(const fl_job *jb, fl_weights wt, size_t q, size_t np, size_
         wt.run(kc, a, a_rs, a_cs, wt.w, (ptrdiff_t)p->panel_bytes, p->group, yt, jb->ldy,
                h, n, pc == 0, sq, bq);
         if (last && jb->ep)  /* the epilogue, while the tile is in L1 */
-            p->isa->activate(jb->ep, p->dtype == FL_F64 ? FL_F64 : FL_F32, yt, jb->ldy, h,
-                             n);
+            epilogue(p, jb->ep, yt, jb->ldy, h, q * nr, n);
         a += (ptrdiff_t)h * a_rs * (ptrdiff_t)size;
         row += h;
         m -= h;
@@ -174,7 +196,8 @@ void fl_gemm_share(const fl_packed *p, const fl_plan *pl, const fl_epilogue *ep,
 {
     if (m == 0 || p->n == 0)
         return;
-    const fl_job jb = {p, ep && ep->act != FL_ACT_NONE ? ep : NULL, m, x, ldx, y, ldy};
+    const int any = ep && (ep->act != FL_ACT_NONE || ep->scale);
+    const fl_job jb = {p, any ? ep : NULL, m, x, ldx, y, ldy};
     run_share(&jb, pl, scratch, t, team);
 }
 

@@ -153,10 +153,20 @@ def test_mlp_from_torch_matches_torch(dtype_name):
     assert y.dtype == np.dtype(dtype_name) and y.shape == (37, 10)
     eps = np.finfo(y.dtype).eps
     np.testing.assert_allclose(y, expected, rtol=0, atol=200 * 48 * eps)
-    # the BatchNorm1d after a Linear is folded (an Identity keeps its index); the one
-    # after GELU is an affine step
-    assert isinstance(ours[5], fl.Identity) and isinstance(ours[13], fl.BatchNorm1d)
+    # the BatchNorm1d after a Linear runs in its epilogue, the one after GELU as an
+    # affine step; both keep their modules, indices and keys
+    assert isinstance(ours[5], fl.BatchNorm1d) and isinstance(ours[13], fl.BatchNorm1d)
     assert isinstance(ours[7], fl.Sequential) and len(ours[7]) == 4
+    same = fl.Sequential.from_torch(_mlp(torch, getattr(torch, dtype_name)))
+    same.load_state_dict({k: v.numpy() for k, v in model.state_dict().items()})
+    assert np.array_equal(same(x), y)
+    # torch's BatchNorm1d takes (N, C) or (N, C, L) with C its features: rows of (N, L, C)
+    # would be normalized along the wrong axis, so they are refused, as 1-D input is
+    small = fl.Sequential.from_torch(torch.nn.Sequential(
+        torch.nn.Linear(8, 8), torch.nn.BatchNorm1d(8)).to(getattr(torch, dtype_name)))
+    for bad in (np.ones((4, 8, 8)), np.ones(8)):
+        with pytest.raises(ValueError, match=r"module 1 \(BatchNorm1d\(8"):
+            small(bad)
 
 
 @pytest.mark.parametrize("threads_n", [1, 2, 3])
@@ -262,6 +272,10 @@ def test_bad_models_name_the_module():
         fl.LayerNorm((3, 4))
     with pytest.raises(ValueError, match="last dimension only"):
         fl.Softmax(dim=0)(np.zeros((2, 3)))
+    # dim=None is torch's legacy rule: the last dimension of 1-D and 2-D input only
+    assert fl.Softmax(None)(np.zeros((2, 3))).shape == (2, 3)
+    with pytest.raises(ValueError, match="last dimension only"):
+        fl.Sequential(fl.Linear(3, 3), fl.Softmax(None))(np.zeros((2, 2, 3)))
     torch = pytest.importorskip("torch")
     bad = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Sequential(
         torch.nn.ReLU(), torch.nn.Conv1d(1, 1, 1)))
