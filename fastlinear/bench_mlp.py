@@ -14,6 +14,8 @@ Each .onnx file given runs with fastlinear (fastlinear.load_onnx) and ONNX Runti
 N(0, 1) input shaped as the graph's input says (the batch its first dimension); its
 float64 reference is fastlinear's float64 load of the file.
 """
+import os
+
 import numpy as np
 
 import fastlinear as fl
@@ -185,7 +187,10 @@ def run_onnx_file(path, threads, rounds, budget, settle, rng):
     import onnx
     graph_input = onnx.load(path, load_external_data=False).graph.input[0]
     dims = [d.dim_value for d in graph_input.type.tensor_type.shape.dim][1:]
-    ours, ref = fl.load_onnx(path), fl.load_onnx(path, dtype=np.float64)
+    try:
+        ours, ref = fl.load_onnx(path), fl.load_onnx(path, dtype=np.float64)
+    except (OSError, TypeError, ValueError) as exc:
+        raise SystemExit(f"--mlp: cannot run {path}: {exc}") from None
     ort_run = ort_runner(path, threads)
 
     def runs_for(x):
@@ -197,6 +202,6 @@ def run_onnx_file(path, threads, rounds, budget, settle, rng):
     def input_for(m):
         return rng.standard_normal((m, *dims)).astype(np.float32)
 
-    title = path.rsplit("/", 1)[-1][-12:]
+    title = os.path.basename(path)[:12]
     return measure_model(title, runs_for, lambda x: ref(x.astype(np.float64)), input_for,
                          threads, rounds, budget, settle)

@@ -139,13 +139,21 @@ class _Params:
 
 class LayerNorm:
     """(x - mean) / sqrt(var + eps) * weight + bias over the last dimension, like
-    torch.nn.LayerNorm with normalized_shape of one dimension; mean and (biased)
-    variance in float64, the result rounded once."""
+    torch.nn.LayerNorm with normalized_shape of one dimension (an int or a one-int
+    sequence); mean and (biased) variance in float64, the result rounded once. Alone it
+    computes in its dtype (float32 unless given; inputs are cast); inside a Sequential,
+    in the model's. weight and bias are read-only arrays; assign new ones to replace
+    them."""
 
     def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True, *,
                  dtype=np.float32):
-        shape = (normalized_shape,) if isinstance(normalized_shape, int) \
-            else tuple(normalized_shape)
+        if isinstance(normalized_shape, (int, np.integer)):
+            shape = (normalized_shape,)
+        elif isinstance(normalized_shape, (tuple, list)):
+            shape = tuple(normalized_shape)
+        else:
+            raise TypeError(f"normalized_shape must be an int or a sequence of one int, "
+                            f"got {normalized_shape!r}")
         if len(shape) != 1:
             raise ValueError(f"LayerNorm over {len(shape)} dimensions {shape}: fastlinear "
                              f"normalizes over the last dimension only")

@@ -11,6 +11,7 @@ maps, in ONNX's default domain unless named:
 * activations written out in element-wise nodes, as older exporters write them:
   x * Sigmoid(x) -> SiLU; GELU's erf and tanh forms -> GELU. They are recognised by
   evaluating the nodes, so the order of the operands does not matter.
+* BatchNormalization (inference, of (N, C) data) -> BatchNorm1d
 * LayerNormalization, and LayerNorm written out (ReduceMean, Sub, Pow, ReduceMean, Add,
   Sqrt, Div, then Mul and Add by its weight and bias: opsets < 17) -> LayerNorm
 * Softmax and LogSoftmax over the last axis, Flatten and Reshape that merge the
@@ -32,7 +33,8 @@ from . import _config, _formats
 from ._validate import layer_dtype
 from .activations import GELU, LeakyReLU, ReLU, Sigmoid, SiLU, Tanh
 from .linear import Linear
-from .modules import Dropout, Flatten, Identity, LayerNorm, LogSoftmax, Softmax
+from .modules import (BatchNorm1d, Dropout, Flatten, Identity, LayerNorm, LogSoftmax,
+                      Softmax)
 
 __all__ = ["load_onnx"]
 
@@ -47,6 +49,7 @@ _DEFAULT = ("", "ai.onnx")      # the names of ONNX's default domain
 _MAX_PATTERN = 40               # nodes in one written-out activation (GELU's tanh form: 11)
 # The most inputs each operator read takes (ONNX Runtime refuses more too)
 _MOST_INPUTS = {"Gemm": 3, "MatMul": 2, "Add": 2, "Dropout": 3, "LayerNormalization": 3,
+                "BatchNormalization": 5,
                 "Reshape": 2, "com.microsoft.BiasGelu": 2, "com.microsoft.FastGelu": 2}
 # AttributeProto types of the attributes read, by the kind asked for
 _ATTRIBUTE_TYPES = {float: (1, "a float"), int: (2, "an int"), str: (3, "a string"),
@@ -54,8 +57,8 @@ _ATTRIBUTE_TYPES = {float: (1, "a float"), int: (2, "an int"), str: (3, "a strin
 
 
 def load_onnx(path, *, dtype=None, weight_dtype=None, group_size=None, backend="auto"):
-    """A Sequential running the MLP in the ONNX file at `path` (see this module's
-    docstring for the operators it reads). dtype: float64 when the file's weights are
+    """A Sequential running the MLP in the ONNX file at `path` (see
+    help(fastlinear.onnx) for the operators it reads). dtype: float64 when the file's weights are
     float64, else float32, unless given. weight_dtype, group_size and backend apply to
     every Linear as in Linear.from_torch: by default float16 and bfloat16 weights are
     kept as they are in a float32 model, other weights take the model's dtype.
@@ -71,6 +74,11 @@ def load_onnx(path, *, dtype=None, weight_dtype=None, group_size=None, backend="
         name = os.fspath(path)
     except TypeError:
         raise TypeError(f"path must be a file path, got {type(path).__name__}") from None
+    if isinstance(name, bytes):
+        if b"\0" in name:  # a model's bytes rather than a path
+            raise TypeError("path must be a file path, got bytes holding a NUL (the bytes "
+                            "of a model? load_onnx reads a file: write them to one)")
+        name = os.fsdecode(name)
     _config.check_backend(backend)
     if dtype is not None:
         dtype = layer_dtype(dtype)
@@ -79,6 +87,9 @@ def load_onnx(path, *, dtype=None, weight_dtype=None, group_size=None, backend="
     except (ProtobufError, ValueError, UnicodeDecodeError) as exc:
         raise ValueError(f"{name}: not a readable ONNX model, or a truncated one "
                          f"({type(exc).__name__}: {exc})") from None
+    if not model.HasField("graph"):
+        raise ValueError(f"{name}: holds no ONNX graph (an empty file, or not an ONNX "
+                         f"model)")
     if dtype is None:
         dtype = _default_dtype(model.graph)
     _formats.check(weight_dtype, dtype, group_size)  # argument errors before any layer
@@ -281,6 +292,7 @@ class _Converter:
             "Softmax": lambda n: self.softmax(n, Softmax),
             "LogSoftmax": lambda n: self.softmax(n, LogSoftmax),
             "LayerNormalization": self.layer_normalization,
+            "BatchNormalization": self.batch_normalization,
             "Flatten": self.flatten, "Reshape": self.reshape,
             "Identity": lambda n: self.simple(n, Identity()),
             "Dropout": self.dropout, "Cast": self.cast,
@@ -647,6 +659,33 @@ class _Converter:
                             f"and float64 only (the model computes in {self.dtype.name})",
                       TypeError)
         self.data_input(node)
+        self.advance(node)
+
+    def batch_normalization(self, node):
+        """Inference BatchNormalization of (N, C) data -> BatchNorm1d (which a Linear
+        right before it takes into its epilogue)."""
+        self.data_input(node)
+        if self.attr(node, "training_mode", 0, int):
+            self.fail(node, "runs in training mode; load_onnx reads inference models")
+        self.unused_outputs(node)
+        rank = len(self.shape) if self.shape is not None else None
+        if rank is not None and rank != 2:
+            self.fail(node, f"normalizes dim 1 of {rank}-D data; load_onnx reads it on "
+                            f"(N, features) data only")
+        names = ("scale", "B", "input_mean", "input_var")
+        params = [self.const_input(node, i, what) for i, what in enumerate(names, 1)]
+        n = self.width if self.width is not None else params[0].size
+        for p, what in zip(params, names):
+            if p.size != n:
+                self.fail(node, f"its {what} of shape {p.shape} does not match the {n} "
+                                f"features")
+        values = [np.asarray(p, np.float64).reshape(n) for p in params]
+        if not (values[3] >= 0).all():
+            self.fail(node, "its input_var has negative or NaN values")
+        layer = BatchNorm1d(n, _f32(self.attr(node, "epsilon", 1e-5)), dtype=self.dtype)
+        layer._load(*values, 0)
+        self.emit(layer)
+        self.width = n
         self.advance(node)
 
     def layer_normalization(self, node):

@@ -116,10 +116,18 @@ class _Segment:
 
 class Sequential:
     """Calls its modules in order: y = modules[-1](... modules[0](x)), as one native
-    call: each Linear's activation applied as the tiles are written, the rows between
-    layers in per-call buffers, one team of threads for all. A row's result does not
-    depend on the batch or the thread count. Where a Linear runs on BLAS (backend
-    "blas", or "auto" on a CPU without a tuned kernel) the modules run one by one."""
+    call: each Linear's BatchNorm1d and activation right after it applied as its tiles
+    are written, the rows between layers in per-call buffers, one team of threads for
+    all. A row's result does not depend on the batch or the thread count. Where a Linear
+    runs on BLAS (backend "blas", or "auto" on a CPU without a tuned kernel) the modules
+    run one by one.
+
+    Modules: Linear, ReLU, LeakyReLU, GELU, SiLU, Sigmoid, Tanh, Identity, Dropout,
+    Flatten, LayerNorm, Softmax, LogSoftmax, BatchNorm1d and nested Sequentials, fixed
+    when built. Input: (*, features), any real dtype (cast to the Linear layers' dtype,
+    float32 or float64); LayerNorm, Softmax and LogSoftmax act on the last dimension
+    (dim=None: 1-D and 2-D input only, as torch's legacy rule), BatchNorm1d on (N,
+    features) input."""
 
     def __init__(self, *modules):
         for i, m in enumerate(modules):
@@ -205,8 +213,8 @@ class Sequential:
         return [(p, m) for p, m in self._flat() if hasattr(m, "_state_keys")]
 
     def state_dict(self):
-        """torch-style keys: '<index>.weight', '<index>.bias', '<index>.<sub>.weight'
-        for nested Sequentials ..."""
+        """torch's keys: '<index>.<name>' for each module's parameters ('0.weight',
+        '0.bias', '3.running_mean', ...), '<index>.<sub>.<name>' inside nested ones."""
         return {f"{p}.{key}": value for p, m in self._stateful()
                 for key, value in m.state_dict().items()}
 

@@ -84,6 +84,32 @@ def test_torch_export_matches_torch_and_onnxruntime(tmp_path, exporter, opset):
     assert_near(y, run_ort(path, x.numpy()), 784)
 
 
+@pytest.mark.parametrize("exporter, opset", EXPORTERS)
+def test_torch_export_with_batchnorm(tmp_path, exporter, opset):
+    """BatchNormalization after a Gemm (the exporter may fold it in itself) and after a
+    Relu: the same results as torch and ONNX Runtime."""
+    torch = pytest.importorskip("torch")
+    nn = torch.nn
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Linear(16, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.BatchNorm1d(8),
+                          nn.Linear(8, 4)).eval()
+    with torch.no_grad():
+        for bn in (model[1], model[3]):
+            bn.running_mean.normal_()
+            bn.running_var.uniform_(0.5, 2)
+            bn.weight.normal_()
+            bn.bias.normal_()
+    path = export(torch, model, torch.randn(3, 16), tmp_path / "bn.onnx", exporter, opset)
+    ours = load_onnx(path)
+    assert any(isinstance(m, fl.BatchNorm1d) for m in ours.modules)
+    x = torch.randn(5, 16)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    y = ours(x.numpy())
+    assert_near(y, expected, 16)
+    assert_near(y, run_ort(path, x.numpy()), 16)
+
+
 def torch_mlp64(torch):
     nn = torch.nn
     torch.manual_seed(1)
