@@ -354,7 +354,7 @@ def test_truncated_and_foreign_files(tmp_path):
             load_onnx(path)
     empty = tmp_path / "empty.onnx"
     empty.write_bytes(b"")  # parses as an empty model
-    with pytest.raises(ValueError, match=r"empty.onnx: holds no ONNX graph \\(an empty file"):
+    with pytest.raises(ValueError, match=r"empty.onnx: holds no ONNX graph \(an empty file"):
         load_onnx(empty)
     with pytest.raises(TypeError, match="path must be a file path"):
         load_onnx(3.5)
