@@ -203,8 +203,8 @@ def _external(tensor, nbytes, what, folder):
         with open(target, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             if offset < 0 or offset + nbytes > size:
-                raise ValueError(f"{what}: {location!r} holds {size} bytes, not "
-                                 f"{nbytes} from offset {offset}")
+                raise ValueError(f"{what}: needs bytes {offset} to {offset + nbytes} of "
+                                 f"{location!r}, which holds {size}")
             f.seek(offset)
             return f.read(nbytes)
     except OSError as exc:
