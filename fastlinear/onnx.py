@@ -5,6 +5,7 @@ maps, in ONNX's default domain unless named:
 
 * Gemm (transA=0; alpha and beta folded in), MatMul by a constant (K, N) matrix, and an
   Add of a constant right after either (its bias) -> Linear
+* com.microsoft FusedGemm (ONNX Runtime's optimizer output) -> Linear and its activation
 * Relu, LeakyRelu, Sigmoid, Tanh, Gelu, com.microsoft Gelu, BiasGelu and FastGelu
   -> ReLU, LeakyReLU, Sigmoid, Tanh, GELU (a BiasGelu's or FastGelu's bias goes into
   the Linear before it)
@@ -48,7 +49,7 @@ _EXTERNAL = 1                   # TensorProto.EXTERNAL
 _DEFAULT = ("", "ai.onnx")      # the names of ONNX's default domain
 _MAX_PATTERN = 40               # nodes in one written-out activation (GELU's tanh form: 11)
 # The most inputs each operator read takes (ONNX Runtime refuses more too)
-_MOST_INPUTS = {"Gemm": 3, "MatMul": 2, "Add": 2, "Dropout": 3, "LayerNormalization": 3,
+_MOST_INPUTS = {"Gemm": 3, "com.microsoft.FusedGemm": 3, "MatMul": 2, "Add": 2, "Dropout": 3, "LayerNormalization": 3,
                 "BatchNormalization": 5,
                 "Reshape": 2, "com.microsoft.BiasGelu": 2, "com.microsoft.FastGelu": 2}
 # AttributeProto types of the attributes read, by the kind asked for
@@ -289,6 +290,7 @@ class _Converter:
             "com.microsoft.Gelu": lambda n: self.simple(n, GELU()),
             "com.microsoft.BiasGelu": lambda n: self.biased(n, GELU()),
             "com.microsoft.FastGelu": lambda n: self.biased(n, GELU("tanh")),
+            "com.microsoft.FusedGemm": self.fused_gemm,
             "Softmax": lambda n: self.softmax(n, Softmax),
             "LogSoftmax": lambda n: self.softmax(n, LogSoftmax),
             "LayerNormalization": self.layer_normalization,
@@ -582,6 +584,19 @@ class _Converter:
         c = self.const_input(node, 2, "C", optional=True)
         bias = None if c is None else self.bias(node, c, weight.shape[0]) * beta
         self.linear(node, weight, bias)
+
+    def fused_gemm(self, node):
+        """com.microsoft.FusedGemm (ONNX Runtime's optimizer: a Gemm and the activation
+        after it, as one node) -> Linear and the activation."""
+        kind = self.attr(node, "activation", "", str)
+        acts = {"Relu": ReLU, "Sigmoid": Sigmoid, "Tanh": Tanh,
+                "LeakyRelu": lambda: LeakyReLU(_f32(self.attr(node, "activation_alpha",
+                                                              0.01)))}
+        if kind not in acts:
+            self.fail(node, f"its activation {kind!r} is not one load_onnx reads "
+                            f"({', '.join(sorted(acts))})")
+        self.gemm(node)
+        self.emit(acts[kind]())
 
     def matmul(self, node):
         if len(node.input) == 2 and node.input[1] == self.value:

@@ -576,3 +576,26 @@ def test_without_onnx_installed(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnx", None)  # any import of onnx now fails
     with pytest.raises(ImportError, match=r"pip install fastlinear\[onnx\]"):
         load_onnx(tmp_path / "model.onnx")
+
+
+def test_onnxruntime_optimized_model_with_fused_gemm(tmp_path):
+    """A file ONNX Runtime's session optimizer writes (optimized_model_filepath): each
+    Gemm and its activation as one com.microsoft FusedGemm."""
+    torch = pytest.importorskip("torch")
+    ort = pytest.importorskip("onnxruntime")
+    nn = torch.nn
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 8), nn.LeakyReLU(0.2),
+                          nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 4), nn.Sigmoid()).eval()
+    path = export(torch, model, torch.randn(3, 16), tmp_path / "plain.onnx", "torchscript",
+                  17)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    assert "FusedGemm" in op_types(tmp_path / "optimized.onnx")
+    ours = load_onnx(tmp_path / "optimized.onnx")
+    x = torch.randn(5, 16)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    assert_near(ours(x.numpy()), expected, 16)
