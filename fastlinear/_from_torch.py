@@ -1,4 +1,6 @@
 """torch.nn modules -> fastlinear modules (fastlinear.Sequential.from_torch)."""
+import warnings
+
 import numpy as np
 
 from .activations import GELU, LeakyReLU, ReLU, Sigmoid, SiLU, Tanh
@@ -64,6 +66,11 @@ def convert(module, kw, prefix=""):
     from .sequential import Sequential
     if type(module).__name__ != "Sequential":
         raise TypeError(f"expected a torch.nn.Sequential, got {type(module).__name__}")
+    if not prefix and any(m.training for m in module.modules()
+                          if type(m).__name__ in ("Dropout", "BatchNorm1d")):
+        warnings.warn("the torch model is in training mode; fastlinear converts it as in "
+                      "eval mode (Dropout the identity, BatchNorm1d with its running "
+                      "statistics): call model.eval() first to silence this", stacklevel=3)
     converted = []
     for name, m in module.named_children():
         path, kind = f"{prefix}{name}", type(m).__name__

@@ -283,6 +283,17 @@ def test_bad_models_name_the_module():
         fl.Sequential.from_torch(bad)
 
 
+def test_training_mode_warns():
+    torch = torch_or_skip()
+    model = _mlp(torch, torch.float32).train()
+    with pytest.warns(UserWarning, match="training mode"):
+        ours = fl.Sequential.from_torch(model)
+    x = np.random.default_rng(0).standard_normal((3, 48)).astype(np.float32)
+    with torch.no_grad():
+        expected = model.eval()(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(ours(x), expected, atol=1e-5)
+
+
 def test_state_dict_round_trip_and_repr():
     torch = torch_or_skip()
     model = _mlp(torch, torch.float32)
