@@ -63,7 +63,7 @@ def test_sequential_from_torch_matches_torch(dtype_name, backend):
 def test_sequential_rejects_unknown_modules():
     torch = pytest.importorskip("torch")
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Sequential(
-        torch.nn.Dropout(0.1), torch.nn.PReLU()))
+        torch.nn.Dropout(0.1), torch.nn.PReLU())).eval()
     with pytest.raises(TypeError, match=r"cannot convert module '1.1' \(PReLU\)"):
         fl.Sequential.from_torch(model)
 
