@@ -101,7 +101,7 @@ typedef struct {
 typedef enum {
     FL_STEP_LINEAR,     /* y = x @ W.T + b, then ep (scale and shift, activation) */
     FL_STEP_ACT,        /* y = ep(x) */
-    FL_STEP_AFFINE,     /* y[j] = x[j] * a[j] + b[j] (a folded BatchNorm1d) */
+    FL_STEP_AFFINE,     /* y[j] = x[j] * a[j] + b[j] (a BatchNorm1d not after a Linear) */
     FL_STEP_LAYERNORM,  /* y = (x - mean) / sqrt(var + eps) (* a[j] + b[j] when a, b) */
     FL_STEP_SOFTMAX,    /* y = exp(x - max) / sum(exp(x - max)) */
     FL_STEP_LOGSOFTMAX  /* y = (x - max) - log(sum(exp(x - max))) */

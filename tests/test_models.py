@@ -163,7 +163,8 @@ def test_mlp_from_torch_matches_torch(dtype_name):
     # torch's BatchNorm1d takes (N, C) or (N, C, L) with C its features: rows of (N, L, C)
     # would be normalized along the wrong axis, so they are refused, as 1-D input is
     small = fl.Sequential.from_torch(torch.nn.Sequential(
-        torch.nn.Linear(8, 8), torch.nn.BatchNorm1d(8)).to(getattr(torch, dtype_name)).eval())
+        torch.nn.Linear(8, 8), torch.nn.BatchNorm1d(8)).to(getattr(torch, dtype_name)).eval(),
+        backend="native")
     for bad in (np.ones((4, 8, 8)), np.ones(8)):
         with pytest.raises(ValueError, match=r"module 1 \(BatchNorm1d\(8"):
             small(bad)
