@@ -59,24 +59,20 @@ static fl_weights weights(const fl_packed *p, size_t q, size_t pc, size_t kc, fl
                         (const char *)p->w + q * p->panel_bytes + fl_panel_offset(p, pc)};
 }
 
-/* ep on the m x n tile of y whose first column is j0: the scale and shift, then the
+/* ep on the m x n tile of y whose first column is j0: the scale and shift (the AFFINE
+ * row step, in place: the same operations as a BatchNorm1d step of its own), then the
  * activation. */
 static void epilogue(const fl_packed *p, const fl_epilogue *ep, char *y, size_t ldy,
                      size_t m, size_t j0, size_t n)
 {
     const fl_dtype dt = p->dtype == FL_F64 ? FL_F64 : FL_F32;
-    for (size_t i = 0; ep->scale && i < m; i++) {
-        if (dt == FL_F64) {
-            const double *s = (const double *)ep->scale + j0, *t = (const double *)ep->shift + j0;
-            double *yi = (double *)y + i * ldy;
-            for (size_t j = 0; j < n; j++)
-                yi[j] = yi[j] * s[j] + t[j];
-        } else {
-            const float *s = (const float *)ep->scale + j0, *t = (const float *)ep->shift + j0;
-            float *yi = (float *)y + i * ldy;
-            for (size_t j = 0; j < n; j++)
-                yi[j] = yi[j] * s[j] + t[j];
-        }
+    const size_t size = fl_dtype_size(dt);
+    if (ep->scale) {
+        fl_step affine = {FL_STEP_AFFINE};
+        affine.a = (const char *)ep->scale + j0 * size;
+        affine.b = (const char *)ep->shift + j0 * size;
+        for (size_t i = 0; i < m; i++)
+            p->isa->row(&affine, dt, n, y + i * ldy * size, y + i * ldy * size);
     }
     if (ep->act != FL_ACT_NONE)
         p->isa->activate(ep, dt, y, ldy, m, n);

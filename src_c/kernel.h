@@ -73,7 +73,8 @@ typedef void fl_activator(const fl_epilogue *ep, fl_dtype dtype, void *y, size_t
                           size_t m, size_t n);
 
 /* One row of a model's row-wise step st (AFFINE, LAYERNORM, SOFTMAX, LOGSOFTMAX): n
- * values of x into y: the ISA's instance of rowops.h's fl_row_body. */
+ * values of x into y (apart, but for AFFINE, which may run in place): the ISA's
+ * instance of rowops.h's fl_row_body. */
 typedef void fl_row_step(const fl_step *st, fl_dtype dtype, size_t n, const char *x,
                          char *y);
 

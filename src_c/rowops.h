@@ -139,7 +139,8 @@ FL_AINLINE void fl_row_softmax(fl_dtype dt, size_t n, const char *x, char *y, in
     }
 }
 
-/* One row of a row-wise step: n values of x into y (they may not overlap). */
+/* One row of a row-wise step: n values of x into y (they may not overlap, but for
+ * AFFINE, which may run in place: each value is read before it is written). */
 FL_AINLINE void fl_row_body(const fl_step *st, fl_dtype dt, size_t n, const char *x,
                             char *y)
 {
