@@ -50,11 +50,14 @@ class _Segment:
         self.softmax_dims = [(p, m) for p, m in entries if isinstance(m, _RowSoftmax)]
         self.batchnorms = [(p, m) for p, m in entries if isinstance(m, BatchNorm1d)]
         self.models = {}
-        # The model for the plain case (fast()): the width the first Linear takes, its
-        # dtype, no module whose check depends on the input's dimensions.
+        # The model for plain inputs, which run() tries first: the width the first
+        # Linear takes, its dtype. Where a module's rule depends on the input's
+        # dimensions (BatchNorm1d, a softmax over dim 1) it takes 2-D input only.
         self.plain = None
-        if (entries and isinstance(entries[0][1], Linear) and not self.batchnorms
-                and all(m.dim in (None, -1) for _, m in self.softmax_dims)):
+        self.plain_2d = bool(self.batchnorms) or any(
+            m.dim not in (None, -1) for _, m in self.softmax_dims)
+        if (entries and isinstance(entries[0][1], Linear)
+                and all(m.dim in (None, -1, 1) for _, m in self.softmax_dims)):
             self.plain = self.model(entries[0][1].in_features, self.dtype)
 
     def model(self, width, dtype):
@@ -90,7 +93,8 @@ class _Segment:
         return [tuple(s) for s in steps]
 
     def run(self, x):
-        if self.plain is not None:
+        if self.plain is not None and (not self.plain_2d or (
+                type(x) is np.ndarray and x.ndim == 2)):
             y = self.plain.forward_fast(x)  # the common case, without Python steps
             if y is not None:
                 return y
