@@ -55,3 +55,15 @@ def packed_from(dtype, k):
 
 def random_layer(k, n, dtype, bias=True, backend="native", seed=0):
     return fl.Linear(k, n, bias, dtype=dtype, rng=seed, backend=backend)
+
+
+def randomize_batchnorm(*modules):
+    """Running statistics and affine parameters of torch BatchNorm1d modules drawn from
+    torch's generator, so that a BatchNorm is not the identity it starts as."""
+    import torch
+    with torch.no_grad():
+        for bn in modules:
+            bn.running_mean.normal_()
+            bn.running_var.uniform_(0.5, 2)
+            bn.weight.normal_()
+            bn.bias.normal_()

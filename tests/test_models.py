@@ -8,6 +8,7 @@ import pytest
 from scipy.special import erfc
 
 import fastlinear as fl
+from conftest import randomize_batchnorm
 from fastlinear import _core
 
 ACTIVATIONS = {
@@ -132,12 +133,7 @@ def _mlp(torch, dtype):
         nn.LeakyReLU(0.1), nn.Linear(30, 20), nn.Tanh(), nn.Linear(20, 20),
         nn.GELU("tanh"), nn.BatchNorm1d(20), nn.Sigmoid(), nn.Linear(20, 10),
         nn.LogSoftmax(dim=1)).to(dtype).eval()
-    with torch.no_grad():
-        for bn in (model[5], model[13]):
-            bn.running_mean.normal_()
-            bn.running_var.uniform_(0.5, 2)
-            bn.weight.normal_()
-            bn.bias.normal_()
+    randomize_batchnorm(model[5], model[13])
     return model
 
 
@@ -231,10 +227,7 @@ def test_softmax_nan_and_inf():
 def test_batchnorm_standalone_matches_torch():
     torch = torch_or_skip()
     bn = torch.nn.BatchNorm1d(6).eval()
-    with torch.no_grad():
-        bn.running_mean.normal_()
-        bn.running_var.uniform_(0.5, 2)
-        bn.weight.normal_()
+    randomize_batchnorm(bn)
     ours = fl.Sequential.from_torch(torch.nn.Sequential(bn))[0]
     assert isinstance(ours, fl.BatchNorm1d)
     for shape in ((5, 6), (5, 6, 4)):

@@ -13,6 +13,7 @@ onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 import fastlinear as fl  # noqa: E402
+from conftest import randomize_batchnorm  # noqa: E402
 from fastlinear.onnx import load_onnx  # noqa: E402
 
 # the files of torch's older exporter are among those load_onnx reads
@@ -93,12 +94,7 @@ def test_torch_export_with_batchnorm(tmp_path, exporter, opset):
     torch.manual_seed(2)
     model = nn.Sequential(nn.Linear(16, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.BatchNorm1d(8),
                           nn.Linear(8, 4)).eval()
-    with torch.no_grad():
-        for bn in (model[1], model[3]):
-            bn.running_mean.normal_()
-            bn.running_var.uniform_(0.5, 2)
-            bn.weight.normal_()
-            bn.bias.normal_()
+    randomize_batchnorm(model[1], model[3])
     path = export(torch, model, torch.randn(3, 16), tmp_path / "bn.onnx", exporter, opset)
     ours = load_onnx(path)
     assert any(isinstance(m, fl.BatchNorm1d) for m in ours.modules)
