@@ -80,6 +80,13 @@ class Flatten:
         return f"Flatten(start_dim={self.start_dim}, end_dim={self.end_dim})"
 
 
+def _eps(eps):
+    """A normalization's eps as a float, ValueError unless it is a number >= 0."""
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0:
+        raise ValueError(f"eps must be a number >= 0, got {eps!r}")
+    return float(eps)
+
+
 def _last_dim(dim, name):
     if dim not in (-1, None) and (isinstance(dim, bool) or not isinstance(dim, int)):
         raise TypeError(f"{name}: dim must be an int, got {dim!r}")
@@ -158,9 +165,7 @@ class LayerNorm:
             raise ValueError(f"LayerNorm over {len(shape)} dimensions {shape}: fastlinear "
                              f"normalizes over the last dimension only")
         self._n = positive_int(shape[0], "normalized_shape")
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0:
-            raise ValueError(f"eps must be a number >= 0, got {eps!r}")
-        self.eps = float(eps)
+        self.eps = _eps(eps)
         self._dtype = layer_dtype(dtype)
         self.elementwise_affine, self._with_bias = bool(elementwise_affine), bool(bias)
         self._set(np.ones(self._n), np.zeros(self._n))
@@ -234,13 +239,12 @@ class BatchNorm1d:
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
                  track_running_stats=True, *, dtype=np.float32):
         self._n = positive_int(num_features, "num_features")
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0:
-            raise ValueError(f"eps must be a number >= 0, got {eps!r}")
+        eps = _eps(eps)
         if not track_running_stats:
             raise ValueError("BatchNorm1d without running statistics normalizes with the "
                              "batch's own, which inference does not do; fastlinear needs "
                              "track_running_stats=True")
-        self.eps, self.momentum, self.affine = float(eps), momentum, bool(affine)
+        self.eps, self.momentum, self.affine = eps, momentum, bool(affine)
         self._dtype = layer_dtype(dtype)
         n = self._n
         self._load(np.ones(n), np.zeros(n), np.zeros(n), np.ones(n), 0)
