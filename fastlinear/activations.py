@@ -9,6 +9,11 @@ __all__ = ["ReLU", "LeakyReLU", "GELU", "SiLU", "Sigmoid", "Tanh"]
 
 
 class _Activation:
+    # What each module class declares for the converters (their tables are built from
+    # these): torch_names, the torch.nn classes it is converted from; torch_args, the
+    # attributes of that torch module its constructor takes, in order; onnx_ops, the ONNX
+    # operators (domain.op_type outside the default domain) read as this one module.
+    torch_names, torch_args, onnx_ops = (), (), ()
     _act = None     # its name in fastlinear._core.ACTS
     _alpha = 0.0
 
@@ -29,27 +34,33 @@ class _Activation:
 
 class ReLU(_Activation):
     """max(x, 0); NaN stays NaN."""
+    torch_names, onnx_ops = ("ReLU",), ("Relu",)
     _act = "relu"
 
 
 class SiLU(_Activation):
     """x * sigmoid(x)."""
+    torch_names = ("SiLU",)  # ONNX writes it out: x * Sigmoid(x)
     _act = "silu"
 
 
 class Sigmoid(_Activation):
     """1 / (1 + exp(-x))."""
+    torch_names, onnx_ops = ("Sigmoid",), ("Sigmoid",)
     _act = "sigmoid"
 
 
 class Tanh(_Activation):
     """tanh(x)."""
+    torch_names, onnx_ops = ("Tanh",), ("Tanh",)
     _act = "tanh"
 
 
 class LeakyReLU(_Activation):
     """x if x > 0 else negative_slope * x (the slope held as a float32 for float32 data,
     as torch does)."""
+    torch_names, torch_args = ("LeakyReLU",), ("negative_slope",)
+    onnx_ops = ("LeakyRelu",)
     _act = "leaky_relu"
 
     def __init__(self, negative_slope=0.01):
@@ -67,6 +78,8 @@ class LeakyReLU(_Activation):
 
 class GELU(_Activation):
     """x * Phi(x): approximate="none" with erf, "tanh" with torch's tanh approximation."""
+    torch_names, torch_args = ("GELU",), ("approximate",)
+    onnx_ops = ("Gelu", "com.microsoft.Gelu")
 
     def __init__(self, approximate="none"):
         if approximate not in ("none", "tanh"):

@@ -41,6 +41,9 @@ class Linear:
     each access); assign new arrays to replace them (they are converted to the layer's
     dtype and weight_dtype and packed once).
     """
+    # For the converters, as fastlinear.activations._Activation states (its parameters
+    # come through from_torch, so no torch_args).
+    torch_names, onnx_ops = ("Linear",), ("Gemm", "MatMul")
 
     def __init__(self, in_features, out_features, bias=True, *, dtype=np.float32,
                  weight_dtype=None, group_size=None, rng=None, backend="auto"):

@@ -15,6 +15,8 @@ __all__ = ["Identity", "Dropout", "Flatten", "LayerNorm", "Softmax", "LogSoftmax
 
 class Identity:
     """Returns its input (as an array)."""
+    # For the converters, as fastlinear.activations._Activation states.
+    torch_names, torch_args, onnx_ops = ("Identity",), (), ("Identity",)
 
     def __init__(self, *args, **kwargs):  # torch's Identity ignores its arguments
         pass
@@ -36,6 +38,7 @@ class Identity:
 
 class Dropout(Identity):
     """The identity: dropout acts only in training, and fastlinear runs inference."""
+    torch_names, torch_args, onnx_ops = ("Dropout",), ("p",), ("Dropout",)
 
     def __init__(self, p=0.5, inplace=False):
         if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
@@ -48,6 +51,7 @@ class Dropout(Identity):
 
 class Flatten:
     """Merges dimensions start_dim .. end_dim into one, like torch.nn.Flatten."""
+    torch_names, torch_args, onnx_ops = ("Flatten",), ("start_dim", "end_dim"), ("Flatten",)
 
     def __init__(self, start_dim=1, end_dim=-1):
         for name, v in (("start_dim", start_dim), ("end_dim", end_dim)):
@@ -94,6 +98,7 @@ def _last_dim(dim, name):
 
 
 class _RowSoftmax:
+    torch_args = ("dim",)
     _kind = None
 
     def __init__(self, dim=-1):
@@ -128,11 +133,13 @@ class _RowSoftmax:
 
 class Softmax(_RowSoftmax):
     """exp(x - max) / sum(exp(x - max)) over the last dimension (sums in float64)."""
+    torch_names, onnx_ops = ("Softmax",), ("Softmax",)
     _kind = "softmax"
 
 
 class LogSoftmax(_RowSoftmax):
     """(x - max) - log(sum(exp(x - max))) over the last dimension (in float64)."""
+    torch_names, onnx_ops = ("LogSoftmax",), ("LogSoftmax",)
     _kind = "logsoftmax"
 
 
@@ -151,6 +158,8 @@ class LayerNorm:
     computes in its dtype (float32 unless given; inputs are cast); inside a Sequential,
     in the model's. weight and bias are read-only arrays; assign new ones to replace
     them."""
+    # Converted with their parameters: the converters build them, so no torch_args.
+    torch_names, onnx_ops = ("LayerNorm",), ("LayerNormalization",)
 
     def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True, *,
                  dtype=np.float32):
@@ -234,6 +243,7 @@ class BatchNorm1d:
     * weight + bias over the features of (N, C) or (N, C, L) input, computed as one
     multiply and one add per value (the factors formed in float64 once)."""
 
+    torch_names, onnx_ops = ("BatchNorm1d",), ("BatchNormalization",)
     _KEYS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
