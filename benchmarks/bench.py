@@ -1,5 +1,5 @@
 """The benchmark, runnable from the repository root (where `python -m fastlinear.bench`
 would import the unbuilt sources instead of the installed package)."""
-from fastlinear.bench import main
+from fastlinear.bench.__main__ import main
 
 main()

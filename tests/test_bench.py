@@ -6,7 +6,9 @@ import tempfile
 
 import pytest
 
-from fastlinear import _core, _limits as limits, bench
+from fastlinear import _core
+from fastlinear.bench import compressed, harness, limits, linear
+from fastlinear.bench.__main__ import main
 
 
 def test_benchmark_writes_table_json_and_plot(tmp_path, capsys):
@@ -20,7 +22,7 @@ def test_benchmark_writes_table_json_and_plot(tmp_path, capsys):
         argv += ["--plot", str(png), "--plot-kn", "16x8"]
     except ImportError:
         has_plot = False
-    bench.main(argv)
+    main(argv)
     text = capsys.readouterr().out
     assert "3x20x9" in text and "/best" in text and "out=" in text
     assert f"ISA path {_core.isa_name()}" in text
@@ -32,23 +34,23 @@ def test_benchmark_writes_table_json_and_plot(tmp_path, capsys):
         assert set(row["us"]) >= {"fastlinear", "fastlinear out=", "fastlinear-blas", "numpy"}
         assert all(t > 0 for t in row["us"].values())
         rival = row["best_rival"]
-        assert rival in bench.RIVALS and row["us"][rival] == min(
-            row["us"][name] for name in bench.RIVALS if name in row["us"])
+        assert rival in linear.RIVALS and row["us"][rival] == min(
+            row["us"][name] for name in linear.RIVALS if name in row["us"])
         assert row["ratio_best"] == pytest.approx(row["us"]["fastlinear"] / row["us"][rival])
         if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx"):
             assert "onnxruntime" in row["us"]  # it ran and agreed with the reference
     if has_plot:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        assert len(data["sweep"]) == len(bench.SWEEP_M)
+        assert len(data["sweep"]) == len(linear.SWEEP_M)
 
 
 def test_bad_shape_is_refused():
     with pytest.raises(SystemExit, match="bad shape"):
-        bench.parse_shapes("1x2")
+        harness.parse_shapes("1x2")
 
 
 def test_wide_table_has_every_ratio(capsys):
-    bench.main(["--shapes", "2x8x4", "--rounds", "1", "--budget", "0.001", "--settle", "0",
+    main(["--shapes", "2x8x4", "--rounds", "1", "--budget", "0.001", "--settle", "0",
                 "--threads", "1", "--wide"])
     header = capsys.readouterr().out.splitlines()[2]
     assert "blas" in header and "/numpy" in header and "GB/s" in header
@@ -69,7 +71,7 @@ def test_probe_leaves_no_folder_behind(tmp_path, monkeypatch):
 
 def test_help_names_the_command_and_its_defaults(capsys):
     with pytest.raises(SystemExit):
-        bench.main(["--help"])
+        main(["--help"])
     text = capsys.readouterr().out
     assert "usage: python -m fastlinear.bench" in text
     assert "--threads" in text and "(default: 2)" in text
@@ -85,7 +87,7 @@ def test_compressed_weights_table(weight_dtype, tmp_path, capsys):
     with finite errors of the size its quantization gives; then fastlinear in the format,
     once fl.Linear takes weight_dtype."""
     out = tmp_path / "results.json"
-    bench.main(["--weight-dtype", weight_dtype, "--shapes", "2x64x48", "--rounds", "1",
+    main(["--weight-dtype", weight_dtype, "--shapes", "2x64x48", "--rounds", "1",
                 "--budget", "0.001", "--settle", "0", "--threads", "1", "--json", str(out)])
     text = capsys.readouterr().out
     assert max(len(line) for line in text.splitlines()) <= 100, text
@@ -97,7 +99,7 @@ def test_compressed_weights_table(weight_dtype, tmp_path, capsys):
                 "int4": {"onnxruntime int4": ("onnx", "onnxruntime", "onnx_ir"),
                          "onnxruntime int4 acc4": ("onnx", "onnxruntime", "onnx_ir")},
                 "bfloat16": {"torch bf16": ("torch",)}}[weight_dtype]
-    assert set(bench.compressed.rival_names(weight_dtype)) == set(expected)
+    assert set(compressed.rival_names(weight_dtype)) == set(expected)
     rivals = [name for name, modules in expected.items() if _installed(*modules)]
     # the quantization's relative error at K = 64: int4 ~ 1/16, int8 ~ 1/256, bf16 ~ 2^-8
     limit = {"int8": 0.05, "int4": 0.25, "bfloat16": 0.02}[weight_dtype]
@@ -107,7 +109,7 @@ def test_compressed_weights_table(weight_dtype, tmp_path, capsys):
     header = text.splitlines()[-2]
     assert "fl f32" in header and "/f32" in header and "/best" in header
     for name in rivals:
-        assert bench.compressed.TITLES[name] in header
+        assert compressed.TITLES[name] in header
     if rivals:
         assert row["best_rival"] == min(rivals, key=row["us"].get)
     ours = f"fastlinear {weight_dtype}"
@@ -119,6 +121,6 @@ def test_compressed_weights_table(weight_dtype, tmp_path, capsys):
 
 def test_compressed_options_are_checked():
     with pytest.raises(SystemExit):
-        bench.main(["--weight-dtype", "int8", "--group-size", "64"])
+        main(["--weight-dtype", "int8", "--group-size", "64"])
     with pytest.raises(SystemExit):
-        bench.main(["--weight-dtype", "int4", "--dtype", "float64"])
+        main(["--weight-dtype", "int4", "--dtype", "float64"])

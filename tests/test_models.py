@@ -329,11 +329,11 @@ def test_compressed_weights_in_a_model():
 
 
 def test_benchmark_mlp_agrees_with_float64():
-    from fastlinear import bench_mlp
-    layers = bench_mlp.mlp_weights(np.random.default_rng(0))
+    from fastlinear.bench import harness, mlp
+    layers = mlp.mlp_weights(np.random.default_rng(0))
     x = np.random.default_rng(1).standard_normal((3, 784)).astype(np.float32)
-    assert bench_mlp.error(bench_mlp.fastlinear_model(layers)(x),
-                           bench_mlp.reference(layers, x)) < 784 * np.finfo(np.float32).eps
+    assert harness.rel_error(mlp.fastlinear_model(layers)(x),
+                             mlp.reference(layers, x)) < 784 * np.finfo(np.float32).eps
 
 
 def test_model_shapes_layouts_and_backends():

@@ -30,10 +30,9 @@ import numpy as np
 
 import fastlinear as fl
 
-FORMATS = ("bfloat16", "float16", "int8", "int4")
+from .harness import Progress, best_times, format_us, ort_session, rel_error, torch_linear
+
 DEFAULT_SHAPES = "1x4096x4096,8x4096x4096,128x768x3072"
-GROUP_SIZES = (32, 64, 128)
-DEFAULT_GROUP_SIZE = 32
 # Table titles of the contenders (8 characters at most): fl fastlinear, pt PyTorch,
 # ort ONNX Runtime.
 SHORT = {"bfloat16": "bf16", "float16": "f16", "int8": "i8", "int4": "i4"}
@@ -82,15 +81,7 @@ def _quiet():
 # not installed (a note says so on stderr).
 
 def _torch_float(x, w, b, name, dtype_name):
-    import torch
-    dt = getattr(torch, dtype_name)
-    tx, tw, tb = (torch.from_numpy(a).to(dt) for a in (x, w, b))
-    linear = torch.nn.functional.linear
-
-    def run():
-        with torch.inference_mode():
-            return linear(tx, tw, tb)
-    return {name: (run, lambda y: y.double().numpy())}
+    return {name: (torch_linear(x, w, b, dtype_name), lambda y: y.double().numpy())}
 
 
 def _torch_int8(x, w, b):
@@ -159,7 +150,6 @@ def ort_int4_model(w, b, block_size, accuracy_level=None):
 
 
 def _ort_runs(x, models, threads):
-    from .bench import ort_session
     runs = {}
     for name, model in models.items():
         session = ort_session(model, threads)
@@ -241,15 +231,8 @@ def _check_own_weights(layer, y, x, name):
         raise SystemExit(f"{name} disagrees with its own layer.weight (float64 reference)")
 
 
-def rel_error(y, y64):
-    """max|y - y64| / max|y64| (inf or nan where y is not finite)."""
-    with np.errstate(invalid="ignore"):
-        return float(np.max(np.abs(y - y64)) / np.max(np.abs(y64)))
-
-
 def measure(shape, weight_dtype, threads, group_size, rounds, budget, settle, rng):
     """One shape of one format's table: time and error per contender, and the ratios."""
-    from .bench import best_times
     m, k, n = shape
     bound = 1.0 / np.sqrt(k)
     x = rng.standard_normal((m, k)).astype(np.float32)
@@ -280,10 +263,6 @@ def measure(shape, weight_dtype, threads, group_size, rounds, budget, settle, rn
 
 # -- the table ---------------------------------------------------------------------------
 
-def _us(t):
-    return "-" if t is None else f"{t:.2f}" if t < 10 else f"{t:.1f}" if t < 1e4 else f"{t:.0f}"
-
-
 def _ratio(r):
     return "-" if r is None else f"{r:.2f}"
 
@@ -296,7 +275,7 @@ def columns(weight_dtype):
     """(group, title, width, cell of a row) for a format's table."""
     names = ["fastlinear float32", f"fastlinear {weight_dtype}", *rival_names(weight_dtype)]
     cols = [("", "M x K x N", 12, lambda r: f"{r['m']}x{r['k']}x{r['n']}")]
-    cols += [("time", TITLES[name], 8, lambda r, name=name: _us(r["us"].get(name)))
+    cols += [("time", TITLES[name], 8, lambda r, name=name: format_us(r["us"].get(name)))
              for name in names]
     cols += [("ratio", "/f32", 5, lambda r: _ratio(r["ratio_float32"])),
              ("ratio", "/best", 5, lambda r: _ratio(r["ratio_best"]))]
@@ -337,9 +316,10 @@ def format_row(row):
     return " ".join(f"{cell(row):>{width}}" for _, _, width, cell in columns(row["weight_dtype"]))
 
 
-def run_tables(formats, shapes, group_size, threads, rounds, budget, settle, progress):
+def run_tables(formats, shapes, group_size, threads, rounds, budget, settle):
     """format -> rows, printing each format's table as it is measured. Every table draws
     its arrays from the same seed: the float32 weights are the same in each."""
+    progress = Progress(len(formats) * len(shapes))
     results = {}
     for weight_dtype in formats:
         print()

@@ -1,6 +1,6 @@
 """This machine's limits for a linear layer, measured for one ISA path of the native
 kernel: the multiply-add peak of its cores (GFLOP/s) and their read bandwidth (GB/s) for
-data of a given size (in cache or beyond it). The probe is C (_limits.c), compiled on
+data of a given size (in cache or beyond it). The probe is C (limits.c), compiled on
 first use with the system compiler for the vector width of the ISA path that runs
 (-mavx2 -mfma for "avx2", -mavx512f for "avx512", baseline x86-64 for "ref"), -O3
 -fopenmp, and loaded with ctypes: a benchmark aid, not part of the library's build.
@@ -10,7 +10,7 @@ runs of 12 independent FMA chains per thread, 50 million steps (0.05-0.1 s) each
 bandwidth is the best of 5 passes of about 1 GB read each, after one pass that faults
 the pages in.
 
-    python -m fastlinear._limits --threads 2 [--isa avx2]
+    python -m fastlinear.bench.limits --threads 2 [--isa avx2]
 """
 import argparse
 import ctypes
@@ -21,13 +21,14 @@ import tempfile
 
 import numpy as np
 
+from .. import _core
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 # The vector width of each ISA path, as compiler flags (x86-64); other CPUs get none.
 ISA_FLAGS = {"ref": [], "avx2": ["-mavx2", "-mfma"], "avx512": ["-mavx512f", "-mfma"]}
 
 
 def current_isa():
-    from . import _core
     return _core.isa_name()
 
 
@@ -38,7 +39,7 @@ def _probe(isa):
     with tempfile.TemporaryDirectory(prefix="fastlinear-limits-") as tmp:
         lib = os.path.join(tmp, "limits.so")
         cmd = [cc, "-O3", *ISA_FLAGS.get(isa, []), "-fopenmp", "-shared", "-fPIC",
-               os.path.join(HERE, "_limits.c"), "-o", lib]
+               os.path.join(HERE, "limits.c"), "-o", lib]
         try:
             subprocess.run(cmd, check=True, capture_output=True)
             probe = ctypes.CDLL(lib)  # stays mapped after the file is removed
@@ -90,7 +91,7 @@ def _read_bandwidth(nbytes, threads, isa):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(
-        prog="python -m fastlinear._limits", description=__doc__.split("\n\n")[0],
+        prog="python -m fastlinear.bench.limits", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--threads", type=int, default=2, help="threads of the probe")
     parser.add_argument("--isa", choices=sorted(ISA_FLAGS), default=None,

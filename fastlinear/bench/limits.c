@@ -1,5 +1,5 @@
 /* Probes of this machine's two limits for a linear layer: the multiply-add rate of its
- * cores and the rate at which they read memory. Built by _limits.py for one ISA path of the
+ * cores and the rate at which they read memory. Built by limits.py for one ISA path of the
  * native kernel (a probe of this machine, not part of the library's build). */
 #include <stddef.h>
 #include <time.h>
@@ -7,7 +7,7 @@
 #include <omp.h>
 #endif
 
-/* The vector width of the ISA path probed (_limits.py passes its flags). */
+/* The vector width of the ISA path probed (limits.py passes its flags). */
 #if defined(__AVX512F__)
 enum { VBYTES = 64 };
 #elif defined(__AVX__)

@@ -17,8 +17,11 @@ float64 reference is fastlinear's float64 load of the file.
 import os
 
 import numpy as np
+from scipy.special import erf
 
 import fastlinear as fl
+
+from .harness import best_times, ort_session, rel_error
 
 MLP = ((784, 512, "relu"), (512, 512, "gelu"), (512, 256, "relu"), (256, 10, None))
 BATCHES = (1, 8, 64, 1024)
@@ -36,7 +39,6 @@ def mlp_weights(rng):
 
 def reference(layers, x):
     """The MLP in float64."""
-    from scipy.special import erf
     y = x.astype(np.float64)
     for w, b, act in layers:
         y = y @ w.astype(np.float64).T + b
@@ -100,33 +102,22 @@ def onnx_model(layers):
 def ort_runner(model_or_path, threads):
     """A callable x -> y running ONNX Runtime, or None without it."""
     try:
-        import onnxruntime as ort
+        import onnxruntime  # noqa: F401
     except ImportError:
         return None
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    source = model_or_path if isinstance(model_or_path, str) \
-        else model_or_path.SerializeToString()
-    session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    session = ort_session(model_or_path, threads)
     name = session.get_inputs()[0].name
     return lambda x: session.run(None, {name: x})[0]
 
 
-def error(y, y64):
-    return float(np.max(np.abs(np.asarray(y, np.float64) - y64)) / np.max(np.abs(y64)))
-
-
 def measure_model(title, runs_for, ref_for, input_for, threads, rounds, budget, settle):
     """Rows of one model at each batch: times in microseconds and errors per contender."""
-    from .bench import best_times
     rows = []
     for m in BATCHES:
         x = input_for(m)
         runs = runs_for(x)
         y64 = ref_for(x)
-        errors = {name: error(run(), y64) for name, run in runs.items()}
+        errors = {name: rel_error(run(), y64) for name, run in runs.items()}
         best = best_times(runs, rounds, budget, settle)
         rows.append({"model": title, "batch": m,
                      "us": {name: t * 1e6 for name, t in best.items()}, "error": errors})

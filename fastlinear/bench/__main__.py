@@ -1,0 +1,142 @@
+"""fastlinear against numpy, PyTorch and ONNX Runtime, in one process, at one thread count.
+
+Each contender computes y = x @ W.T + b for the same arrays: fastlinear's Linear (default
+backend) returning a new array and writing into `out=`, numpy's `x @ W.T + b`, torch's
+`F.linear`, and ONNX Runtime running one Gemm node (transB=1, the bias as C) with
+`intra_op_num_threads` set to the same thread count. The contenders run
+interleaved, round after round, and each keeps its best time per call, so a noisy
+neighbour slows every contender alike rather than one of them. Before each contender's
+turn the process sleeps for --settle seconds: the thread pools of the others (OpenBLAS,
+OpenMP) spin for a while after their last call and would otherwise steal the cores.
+Ratios are fastlinear's time / the best rival's time (the fastest of numpy, torch and
+ONNX Runtime at that shape): below 1 means fastlinear is faster.
+
+    python -m fastlinear.bench                       # the default shape table, 2 threads
+    python -m fastlinear.bench --threads 1 --dtype float64 --shapes 1x4096x4096,64x512x512
+    python -m fastlinear.bench --json results.json --plot results.png --wide
+    python benchmarks/bench.py ...                   # the same, from the repository root
+    python -m fastlinear.bench --weight-dtype int8   # compressed weights (or all of them)
+    python -m fastlinear.bench --mlp [model.onnx]    # whole models (fastlinear/bench/mlp.py)
+
+--weight-dtype bfloat16, float16, int8, int4 or all prints, instead of this table, one
+table per format: fastlinear with float32 weights and with weights in that format against
+the rivals that compress weights alike (torch bfloat16 and dynamic int8, ONNX Runtime
+dynamic int8 and MatMulNBits int4), with each one's error against the float64 product of
+the unquantized weights. fastlinear/bench/compressed.py says how each is built.
+
+Each shape is also set against this machine's limits for the ISA path that runs
+(fastlinear.bench.limits): the time the FMA peak allows for its arithmetic and the time
+the read bandwidth allows for its weights, at their size. The larger of the two is the
+shape's bound; "limit" is that bound's share of fastlinear's time (100% = at the
+machine's limit). --wide adds the BLAS backend, every ratio and the weights' GB/s.
+
+Unset OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE for this command if your environment sets
+them: they pin numpy's OpenBLAS to slower kernels.
+"""
+import argparse
+import json
+
+import numpy as np
+
+# The formats and int4's group sizes are the library's.
+from fastlinear._formats import COMPRESSED, DEFAULT_GROUP, GROUP_SIZES
+
+from . import compressed, linear, mlp
+from .harness import describe, parse_shapes, run_meta, set_threads
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="python -m fastlinear.bench", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2,
+                        help="threads for every library (fastlinear, numpy's OpenBLAS, "
+                             "torch, ONNX Runtime)")
+    parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    parser.add_argument("--weight-dtype", default="float32",
+                        choices=["float32", *COMPRESSED, "all"],
+                        help="float32: the float32 table; bfloat16, float16, int8, int4 "
+                             "(all: each of them): a table per format, fastlinear against "
+                             "rivals that compress weights alike, with each one's error")
+    parser.add_argument("--group-size", type=int, choices=GROUP_SIZES,
+                        default=argparse.SUPPRESS,
+                        help="int4 weights: inputs per scale (default: "
+                             f"{DEFAULT_GROUP}; ONNX Runtime's block too)")
+    parser.add_argument("--shapes", default=argparse.SUPPRESS,
+                        help=f"comma-separated MxKxN (default: {linear.DEFAULT_SHAPES}; with a "
+                             f"compressed --weight-dtype: {compressed.DEFAULT_SHAPES})")
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds per shape")
+    parser.add_argument("--budget", type=float, default=0.05,
+                        help="seconds per contender per round")
+    parser.add_argument("--settle", type=float, default=0.1,
+                        help="seconds of sleep before each contender's turn")
+    parser.add_argument("--wide", action="store_true",
+                        help="more columns: the BLAS backend, the weights' GB/s, the ratio "
+                             "to each rival")
+    parser.add_argument("--mlp", nargs="*", metavar="FILE.onnx", default=None,
+                        help="instead of the tables: a 784-512-512-256-10 MLP (and each "
+                             ".onnx file given) at batch 1, 8, 64, 1024 against torch eager "
+                             "and ONNX Runtime (fastlinear/bench/mlp.py)")
+    parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--plot", help="also sweep M for --plot-kn and save a PNG here")
+    parser.add_argument("--plot-kn", default="768x3072", help="K x N of the plot's sweep")
+    args = parser.parse_args(argv)
+    if args.mlp is not None:
+        return main_mlp(args)
+    if args.weight_dtype != "float32":
+        return main_compressed(parser, args)
+    if hasattr(args, "group_size"):
+        parser.error("--group-size is for --weight-dtype int4")
+
+    dtype = np.dtype(args.dtype)
+    limits_set = set_threads(args.threads)
+    print(describe(dtype, args.threads))
+    shapes = parse_shapes(getattr(args, "shapes", linear.DEFAULT_SHAPES))
+    sweep_kn = tuple(int(v) for v in args.plot_kn.split("x")) if args.plot else None
+    results, sweep = linear.run_table(shapes, sweep_kn, args.plot, dtype, args.threads,
+                                      args.rounds, args.budget, args.settle, args.wide)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"meta": run_meta(args, limits_set), "results": results,
+                       "sweep": sweep}, f, indent=1)
+    return results
+
+
+def main_mlp(args):
+    """--mlp: the whole-model table (mlp.py); returns its rows."""
+    limits_set = set_threads(args.threads)
+    print(describe(np.dtype(np.float32), args.threads))
+    rows = mlp.run_mlp(args.mlp, args.threads, args.rounds, args.budget, args.settle)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"meta": run_meta(args, limits_set), "mlp": rows}, f, indent=1)
+    return rows
+
+
+def main_compressed(parser, args):
+    """--weight-dtype other than float32: a table per format (compressed.py); returns
+    {format: rows}."""
+    if args.dtype != "float32":
+        parser.error("compressed weights run with float32 inputs: drop --dtype float64")
+    if args.plot:
+        parser.error("--plot sweeps the float32 table: drop --weight-dtype")
+    formats = COMPRESSED if args.weight_dtype == "all" else (args.weight_dtype,)
+    group_size = getattr(args, "group_size", None)
+    if group_size is not None and "int4" not in formats:
+        parser.error("--group-size is for --weight-dtype int4")
+    group_size = group_size or DEFAULT_GROUP
+    limits_set = set_threads(args.threads)
+    print(describe(np.dtype(np.float32), args.threads))
+    shapes = parse_shapes(getattr(args, "shapes", compressed.DEFAULT_SHAPES))
+    results = compressed.run_tables(formats, shapes, group_size, args.threads, args.rounds,
+                                    args.budget, args.settle)
+    if args.json:
+        meta = run_meta(args, limits_set)
+        meta["group_size"] = group_size
+        with open(args.json, "w") as f:
+            json.dump({"meta": meta, "compressed": results}, f, indent=1)
+    return results
+
+
+if __name__ == "__main__":
+    main()

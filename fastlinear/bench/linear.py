@@ -1,0 +1,204 @@
+"""The benchmark's float32/float64 table (`python -m fastlinear.bench`), and its sweep of
+the batch size for --plot.
+
+Each contender computes y = x @ W.T + b for the same arrays: fastlinear's Linear (default
+backend) returning a new array and writing into `out=`, numpy's `x @ W.T + b`, torch's
+`F.linear`, and ONNX Runtime running one Gemm node (transB=1, the bias as C). Each shape
+is also set against this machine's limits for the ISA path that runs (limits.py).
+"""
+import sys
+
+import numpy as np
+
+import fastlinear as fl
+
+from . import limits
+from .harness import Progress, best_times, cpu_model, format_us, ort_session, torch_linear
+
+DEFAULT_SHAPES = ("1x100x50,140x100x50,1x768x3072,1x4096x4096,8x4096x4096,32x768x3072,"
+                  "128x768x3072,512x1024x1024,2048x2048x2048")
+SWEEP_M = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+RIVALS = ("numpy", "torch", "onnxruntime")
+
+
+def contenders(x, w, b, dtype, threads):
+    """name -> zero-argument callable computing x @ w.T + b. Rivals whose package is not
+    installed are left out."""
+    native = fl.Linear(w.shape[1], w.shape[0], dtype=dtype)
+    native.load_state_dict({"weight": w, "bias": b})
+    blas = fl.Linear(w.shape[1], w.shape[0], dtype=dtype, backend="blas")
+    blas.load_state_dict({"weight": w, "bias": b})
+    out = np.empty((x.shape[0], w.shape[0]), dtype)
+    runs = {
+        "fastlinear": lambda: native(x),
+        "fastlinear out=": lambda: native(x, out=out),
+        "fastlinear-blas": lambda: blas(x),
+        "numpy": lambda: x @ w.T + b,
+    }
+    run_torch = torch_linear(x, w, b)
+    if run_torch is not None:
+        runs["torch"] = run_torch
+    session = onnx_gemm(w, b, threads)
+    if session is not None:
+        runs["onnxruntime"] = lambda: session.run(None, {"x": x})[0]
+    return runs
+
+
+def onnx_gemm(w, b, threads):
+    """An ONNX Runtime session computing x @ w.T + b with one Gemm node, or None without
+    onnx and onnxruntime."""
+    try:
+        import onnxruntime  # noqa: F401
+        from onnx import helper, numpy_helper
+    except ImportError:
+        return None
+    elem = helper.np_dtype_to_tensor_dtype(w.dtype)
+    node = helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=1)
+    graph = helper.make_graph(
+        [node], "linear",
+        [helper.make_tensor_value_info("x", elem, ["m", w.shape[1]])],
+        [helper.make_tensor_value_info("y", elem, ["m", w.shape[0]])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    return ort_session(model, threads)
+
+
+def check_agreement(runs, x, w, b):
+    """Every contender computes the same thing (within float32/64 rounding)."""
+    exact = x.astype(np.float64) @ w.astype(np.float64).T + b
+    scale = np.abs(x).astype(np.float64) @ np.abs(w).astype(np.float64).T + np.abs(b)
+    tol = 2 * (x.shape[1] + 2) * np.finfo(x.dtype).eps * scale
+    for name, run in runs.items():
+        y = np.asarray(run())
+        if not np.all(np.abs(y - exact) <= tol):
+            raise SystemExit(f"{name} disagrees with the float64 reference")
+
+
+def machine_bound(m, k, n, dtype, threads):
+    """(name, seconds) of the slower of the two limits for this shape, or None."""
+    peak = limits.fma_peak(dtype, threads)
+    weight_bytes = n * k * np.dtype(dtype).itemsize
+    bandwidth = limits.read_bandwidth(weight_bytes, threads)
+    if peak is None or bandwidth is None:
+        return None
+    return max(("FMA", 2.0 * m * k * n / peak / 1e9),
+               ("BW", weight_bytes / bandwidth / 1e9), key=lambda b: b[1])
+
+
+def measure(shape, dtype, threads, bound, rounds, budget, settle, rng):
+    """One shape: best time per contender, derived rates and ratios; `bound` is
+    machine_bound's for the shape."""
+    m, k, n = shape
+    x = rng.standard_normal((m, k)).astype(dtype)
+    w = (rng.standard_normal((n, k)) / np.sqrt(k)).astype(dtype)
+    b = rng.standard_normal(n).astype(dtype)
+    runs = contenders(x, w, b, dtype, threads)
+    check_agreement(runs, x, w, b)
+    best = best_times(runs, rounds, budget, settle)
+    ours = best["fastlinear"]
+    rival = min((name for name in RIVALS if name in best), key=best.get)
+    row = {"m": m, "k": k, "n": n,
+           "us": {name: t * 1e6 for name, t in best.items()},
+           "gflops": {name: 2.0 * m * k * n / t / 1e9 for name, t in best.items()},
+           "weight_gbs": n * k * dtype.itemsize / ours / 1e9,
+           "best_rival": rival,
+           "ratio_best": ours / best[rival],
+           "ratio_best_out": best["fastlinear out="] / best[rival],
+           "ratio": {name: ours / best[name] for name in best if name != "fastlinear"}}
+    if bound is not None:
+        row["bound"], row["limit_fraction"] = bound[0], bound[1] / ours
+    return row
+
+
+# The table's columns: (title, width, cell of a row). The default fits 100 columns.
+def _us(row, name):
+    return format_us(row["us"].get(name))
+
+
+def _limit(row):
+    return f"{row['bound']} {100 * row['limit_fraction']:.0f}%" if "bound" in row else "n/a"
+
+
+COLUMNS = [
+    ("M x K x N", 14, lambda r: f"{r['m']}x{r['k']}x{r['n']}"),
+    ("fastlinear", 10, lambda r: _us(r, "fastlinear")),
+    ("out=", 9, lambda r: _us(r, "fastlinear out=")),
+    ("numpy", 9, lambda r: _us(r, "numpy")),
+    ("torch", 9, lambda r: _us(r, "torch")),
+    ("onnxrt", 9, lambda r: _us(r, "onnxruntime")),
+    ("/best", 6, lambda r: f"{r['ratio_best']:.2f}"),
+    ("out=/best", 9, lambda r: f"{r['ratio_best_out']:.2f}"),
+    ("GFLOP/s", 8, lambda r: f"{r['gflops']['fastlinear']:.1f}"),
+    ("limit", 8, _limit),
+]
+WIDE_COLUMNS = [
+    ("blas", 9, lambda r: _us(r, "fastlinear-blas")),
+    ("GB/s", 6, lambda r: f"{r['weight_gbs']:.1f}"),
+    *[(f"/{name[:6]}", 7, lambda r, name=name: f"{r['ratio'][name]:.2f}"
+       if name in r["ratio"] else "-") for name in RIVALS],
+]
+
+
+def print_row(row, header, wide=False):
+    columns = COLUMNS + (WIDE_COLUMNS if wide else [])
+    if header:
+        print(" ".join(f"{title:>{width}}" for title, width, _ in columns))
+    print(" ".join(f"{cell(row):>{width}}" for _, width, cell in columns), flush=True)
+
+
+def plot(rows, path, k, n, dtype, threads):
+    """GFLOP/s against M for one K x N, a line per contender."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot", file=sys.stderr)
+        return
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name in rows[0]["gflops"]:
+        ax.plot([r["m"] for r in rows], [r["gflops"][name] for r in rows], marker="o",
+                label=name)
+    peak = limits.fma_peak(dtype, threads)
+    if peak:
+        ax.axhline(peak, color="grey", linestyle="--",
+                   label=f"FMA peak of {fl._core.isa_name()} (probe)")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch size M")
+    ax.set_ylabel("GFLOP/s")
+    ax.set_title(f"y = x @ W.T + b, K x N = {k} x {n}, {dtype}, {threads} threads\n"
+                 f"ISA path {fl._core.isa_name()}, {cpu_model()}", fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"plot written to {path}")
+
+
+def run_table(shapes, sweep_kn, plot_path, dtype, threads, rounds, budget, settle, wide):
+    """The table of `shapes`, then (with `sweep_kn`, a (k, n)) the sweep of M for that
+    K x N and its plot at `plot_path`, printing each row as it is measured; returns
+    (rows, sweep rows)."""
+    sweep_shapes = [(m, *sweep_kn) for m in SWEEP_M] if sweep_kn else []
+    # The probes run now, while no other library's threads spin on the cores.
+    bounds = {shape: machine_bound(*shape, dtype, threads) for shape in shapes + sweep_shapes}
+    rng = np.random.default_rng(0)
+    progress = Progress(len(shapes) + len(sweep_shapes))
+    results = []
+    for shape in shapes:
+        progress.show(shape)
+        row = measure(shape, dtype, threads, bounds[shape], rounds, budget, settle, rng)
+        progress.clear()
+        print_row(row, header=not results, wide=wide)
+        results.append(row)
+    sweep = []
+    if sweep_shapes:
+        print(f"sweep of M for K x N = {sweep_kn[0]} x {sweep_kn[1]}:")
+        for shape in sweep_shapes:
+            progress.show(shape)
+            row = measure(shape, dtype, threads, bounds[shape], rounds, budget, settle, rng)
+            progress.clear()
+            print_row(row, header=not sweep, wide=wide)
+            sweep.append(row)
+        plot(sweep, plot_path, *sweep_kn, dtype.name, threads)
+    return results, sweep
