@@ -23,6 +23,7 @@ C_SOURCES = [
     "src_c/gemm.c",
     "src_c/model.c",
     "src_c/dispatch.c",
+    "src_c/threads.c",
     "src_c/kernels/ref.c",
     "src_c/kernels/avx2.c",
     "src_c/kernels/avx512.c",
@@ -80,7 +81,7 @@ class BuildExt(build_ext):
 extensions = [
     Extension("fastlinear._core", ["fastlinear/_core.pyx", *C_SOURCES],
               include_dirs=["src_c", numpy.get_include()],
-              depends=sorted(glob.glob("src_c/*.h")),  # a changed header rebuilds all
+              depends=sorted(glob.glob("src_c/*.h") + glob.glob("src_c/kernels/*.h")),  # rebuild all
               define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]),
     Extension("fastlinear._blas", ["fastlinear/_blas.pyx"]),
 ]

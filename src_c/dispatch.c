@@ -3,9 +3,6 @@
 #include <string.h>
 #include "blocking.h"
 #include "kernel.h"
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 /* Worst first; the last one this CPU supports is the default. */
 static const fl_isa *const all_isas[] = {
@@ -59,22 +56,4 @@ void fl_get_blocking(fl_dtype dtype, fl_blocking *out)
 {
     const fl_kernel *k = &fl_current_isa()->k[dtype];
     *out = (fl_blocking){k->mr, k->nr, k->kc, k->mc, k->nc, FL_DIRECT_X_MAX_BYTES};
-}
-
-int fl_openmp_enabled(void)
-{
-#ifdef _OPENMP
-    return 1;
-#else
-    return 0;
-#endif
-}
-
-int fl_default_threads(void)
-{
-#ifdef _OPENMP
-    return omp_get_max_threads();
-#else
-    return 1;
-#endif
 }

@@ -4,6 +4,7 @@
 #define FL_DRIVER_H
 
 #include "kernel.h"
+#include "threads.h"
 
 /* How one product of m rows is cut among `team` threads: each takes a share of `parts`,
  * which are row micro-panels (split_rows) or weight panels. */
@@ -22,15 +23,5 @@ fl_plan fl_plan_gemm(const fl_packed *p, size_t m, size_t team);
 void fl_gemm_share(const fl_packed *p, const fl_plan *pl, const fl_epilogue *ep, size_t m,
                    const void *x, size_t ldx, void *y, size_t ldy, void *scratch, size_t t,
                    size_t team);
-
-/* Threads for a call of `madds` multiply-adds asked to use nthreads: 1 for small calls,
- * after a fork (gemm.c), or without OpenMP; calls running at once share the cores.
- * Every fl_threads_begin() is paired with one fl_threads_end(). */
-size_t fl_threads_begin(double madds, int nthreads);
-void fl_threads_end(void);
-/* Marks that an OpenMP team is about to run (see the fork note in gemm.c). */
-void fl_team_starting(void);
-int fl_thread_id(void);
-int fl_team_size(void);
 
 #endif

@@ -1,34 +1,9 @@
-/* The blocked loop nest and its threads: y = x @ W.T + b over packed weights.
+/* The blocked loop nest and how its work is cut among threads: y = x @ W.T + b over
+ * packed weights (the threads themselves: threads.c).
  * BLIS loop names: jc (NC columns) > pc (KC of k) > ic (MC rows) > jr (NR) > ir (MR). */
-#include <stdatomic.h>
 #include <stdlib.h>
 #include "blocking.h"
 #include "driver.h"
-#ifdef _OPENMP
-#include <omp.h>
-#include <pthread.h>
-
-/* libgomp cannot restart its thread team in a child forked after the team ran: the
- * child's first parallel region waits forever for threads that were not copied. So a
- * child forked after any team ran here computes on its calling thread alone (the same
- * bits; only slower). */
-static volatile int team_started, forked_after_team;
-
-static void after_fork_in_child(void) { forked_after_team = team_started; }
-
-static void __attribute__((constructor)) watch_forks(void)
-{
-    pthread_atfork(NULL, NULL, after_fork_in_child);
-}
-#endif
-
-/* Calls running now, from any threads. Calls made at once from several threads (a
- * thread pool of the caller's) share the cores: each takes nthreads / running threads,
- * as teams larger than the machine spin against each other (measured, 2 pool workers on
- * 2 cores at 140x100x50: 0.30 of one caller's speed without this, 0.44 with; the pool's
- * own cost per task is most of the rest). The bits do not depend on it. */
-static atomic_int running_calls;
-
 typedef struct {
     const fl_packed *p;
     const fl_epilogue *ep;  /* NULL, or applied to each tile after its last k block */
@@ -65,8 +40,8 @@ static fl_weights weights(const fl_packed *p, size_t q, size_t pc, size_t kc, fl
 static void epilogue(const fl_packed *p, const fl_epilogue *ep, char *y, size_t ldy,
                      size_t m, size_t j0, size_t n)
 {
-    const fl_dtype dt = p->dtype == FL_F64 ? FL_F64 : FL_F32;
-    const size_t size = fl_dtype_size(dt);
+    const fl_dtype dt = fl_formats[p->dtype].values;
+    const size_t size = fl_value_size(dt);
     if (ep->scale) {
         fl_step affine = {FL_STEP_AFFINE};
         affine.a = (const char *)ep->scale + j0 * size;
@@ -87,7 +62,7 @@ static void run_tile(const fl_job *jb, fl_weights wt, size_t q, size_t np, size_
                      size_t m)
 {
     const fl_packed *p = jb->p;
-    const size_t size = fl_dtype_size(p->dtype), nr = p->kern->nr;
+    const size_t size = fl_value_size(p->dtype), nr = p->kern->nr;
     const int last = pc + kc == p->k;
     const char *bq = last && p->bias ? (const char *)p->bias + q * nr * size : NULL;
     const float *sq = last && p->scale ? p->scale + q * nr : NULL;
@@ -119,7 +94,7 @@ static void run_direct(const fl_job *jb, size_t r0, size_t r1, size_t q0, size_t
                        float *wbuf)
 {
     const fl_kernel *kr = jb->p->kern;
-    const size_t size = fl_dtype_size(jb->p->dtype), k = jb->p->k;
+    const size_t size = fl_value_size(jb->p->dtype), k = jb->p->k;
     const size_t step = r1 - r0 == 1 && kr->two_panels && !wbuf ? 2 : 1;
     for (size_t q = q0; q < q1; q += step) {
         const size_t np = min_sz(step, q1 - q);
@@ -143,7 +118,7 @@ static void run_packed(const fl_job *jb, size_t r0, size_t r1, size_t q0, size_t
 {
     const fl_packed *p = jb->p;
     const fl_kernel *kr = p->kern;
-    const size_t size = fl_dtype_size(p->dtype), mr = kr->mr, k = p->k;
+    const size_t size = fl_value_size(p->dtype), mr = kr->mr, k = p->k;
     const size_t nc_panels = kr->nc / kr->nr;
     for (size_t jc = q0; jc < q1; jc += nc_panels) {
         const size_t jc_end = min_sz(jc + nc_panels, q1);
@@ -197,60 +172,18 @@ void fl_gemm_share(const fl_packed *p, const fl_plan *pl, const fl_epilogue *ep,
     run_share(&jb, pl, scratch, t, team);
 }
 
-int fl_team_size(void)
-{
-#ifdef _OPENMP
-    return omp_get_num_threads();
-#else
-    return 1;
-#endif
-}
-
-int fl_thread_id(void)
-{
-#ifdef _OPENMP
-    return omp_get_thread_num();
-#else
-    return 0;
-#endif
-}
-
-void fl_team_starting(void)
-{
-#ifdef _OPENMP
-    team_started = 1;
-#endif
-}
-
-size_t fl_threads_begin(double madds, int nthreads)
-{
-    size_t threads = nthreads > 1 ? (size_t)nthreads : 1;
-    if (madds < FL_PARALLEL_MIN_MADDS)
-        threads = 1;
-#ifdef _OPENMP
-    if (forked_after_team)
-        threads = 1;
-#else
-    threads = 1;
-#endif
-    const size_t running = (size_t)atomic_fetch_add(&running_calls, 1) + 1;
-    return threads > running ? threads / running : 1;
-}
-
-void fl_threads_end(void) { atomic_fetch_sub(&running_calls, 1); }
-
 fl_plan fl_plan_gemm(const fl_packed *p, size_t m, size_t team)
 {
     const fl_kernel *kr = p->kern;
-    const size_t size = fl_dtype_size(p->dtype);
+    const size_t size = fl_value_size(p->dtype);
     fl_plan pl = {0};
     pl.pack_x = (double)m * (double)p->k * (double)size > FL_DIRECT_X_MAX_BYTES
                 || (kr->widen_rows && m >= kr->widen_rows);
     /* Compressed weights are widened into a buffer where their kernel is missing, and
      * for packed x, where MC rows reuse each widened block; for fewer rows, widening in
      * registers as the tiles read the weights measured faster, but for costly widenings
-     * (widen_rows, blocking.h). */
-    pl.widen = p->dtype != FL_F32 && p->dtype != FL_F64 && (pl.pack_x || !kr->run);
+     * (widen_rows, kernels/<isa>.c). */
+    pl.widen = fl_formats[p->dtype].widens && (pl.pack_x || !kr->run);
     /* Each thread takes a band of weight panels, so the weights are streamed (and
      * widened) once in total, unless there are too few panels to go round; except that
      * float weights with packed x split the rows, each thread packing its own blocks of

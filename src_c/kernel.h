@@ -42,6 +42,7 @@
 
 #include <stddef.h>
 #include "fastlinear.h"
+#include "formats.h"
 
 typedef void fl_ukernel(size_t kc, const void *a, ptrdiff_t a_rs, ptrdiff_t a_cs,
                         const void *w, ptrdiff_t w_next, size_t group, void *y, size_t ldy,
@@ -52,11 +53,11 @@ typedef void fl_ukernel(size_t kc, const void *a, ptrdiff_t a_rs, ptrdiff_t a_cs
  * micro-kernel gets them) into dst: kc x NR float32 values W(k, j), 64-byte aligned. */
 typedef void fl_widener(size_t kc, const void *w, size_t group, float *dst);
 
-/* One micro-kernel with the block sizes that suit it (reasons in blocking.h). */
+/* One micro-kernel with the block sizes that suit it (reasons in kernels/<isa>.c). */
 typedef struct {
     fl_ukernel *run;    /* NULL: the driver widens each block with fl_expand() and runs
-                           the float32 kernel (the portable path's compressed formats) */
-    fl_widener *widen;  /* compressed formats: what fl_expand() runs; NULL: portable C */
+                           the float32 kernel (int4 in clang builds, FL_INT4_TILES) */
+    fl_widener *widen;  /* compressed formats: what fl_expand() runs; NULL for floats */
     size_t mr, nr;      /* register tile */
     size_t kc;          /* k block: a KC x NR weight slice stays in L1 */
     size_t mc;          /* row block: an MC x KC block of packed x stays in L2 */
@@ -103,8 +104,7 @@ struct fl_packed {
 /* Byte offset of k row `pc` (a multiple of KC) in a panel of p. */
 size_t fl_panel_offset(const fl_packed *p, size_t pc);
 /* Widens rows [pc, pc + kc) of weight panel `q` to float32 values W(k, j): dst gets
- * kc x NR floats, 64-byte aligned: the kernel's widener, or portable C that defines
- * every format's values. */
+ * kc x NR floats, 64-byte aligned (the kernel's widener). */
 void fl_expand(const fl_packed *p, size_t q, size_t pc, size_t kc, float *dst);
 
 /* For the kernels' tile bodies: unrolls a loop of a constant trip count (at most 8)
@@ -118,7 +118,7 @@ void fl_expand(const fl_packed *p, size_t q, size_t pc, size_t kc, float *dst);
 #define FL_UNROLL _Pragma("GCC unroll 8")
 #endif
 
-/* Whether the x86 kernels have int4 tiles. clang 14 keeps their accumulators in memory
+/* Whether the kernels have int4 tiles. clang 14 keeps their accumulators in memory
  * however they are written (tests/test_disassembly.py), so its builds run int4 weights
  * through the widened buffer and the float32 kernel at every M, a slower path for one
  * row (the weights' widening and the FMAs no longer overlap). */
@@ -128,7 +128,7 @@ void fl_expand(const fl_packed *p, size_t q, size_t pc, size_t kc, float *dst);
 #define FL_INT4_TILES 1
 #endif
 
-/* Kernels, one file per ISA. */
+/* Kernels, one file per ISA (kernels/tile.h says what each defines). */
 extern const fl_isa fl_isa_ref;
 #if defined(__x86_64__) || defined(__i386__)
 extern const fl_isa fl_isa_avx2;
@@ -140,8 +140,6 @@ const fl_isa *fl_current_isa(void);
 
 /* 64-byte aligned, uninitialised; NULL on overflow or exhaustion; release with free(). */
 void *fl_aligned_alloc(size_t count, size_t size);
-/* Bytes of one x, y or bias value for weights of this type (4, or 8 for FL_F64). */
-size_t fl_dtype_size(fl_dtype dtype);
 
 /* Packs rows [0, m) x columns [0, kc) of x (row stride ldx) into micro-panels of MR rows:
  * element (i, k) goes to dst[(i / mr) * kc * mr + k * mr + i % mr]. */

@@ -34,7 +34,7 @@ static void run_step(const fl_model_call *c, const fl_step *st, size_t width, si
                      size_t team)
 {
     const fl_dtype dt = c->dtype;
-    const size_t size = dt == FL_F64 ? 8 : 4;
+    const size_t size = fl_value_size(dt);
     if (st->kind == FL_STEP_LINEAR) {
         const fl_plan pl = fl_plan_gemm(st->linear, rows, team);
         fl_gemm_share(st->linear, &pl, &st->ep, rows, in, ldin, out, ldout,
@@ -56,7 +56,7 @@ static void run_step(const fl_model_call *c, const fl_step *st, size_t width, si
 
 static void run_team(const fl_model_call *c, size_t t, size_t team)
 {
-    const size_t size = c->dtype == FL_F64 ? 8 : 4;
+    const size_t size = fl_value_size(c->dtype);
     for (size_t r0 = 0; r0 < c->m; r0 += FL_MODEL_ROWS) {
         const size_t rows = min_sz(FL_MODEL_ROWS, c->m - r0);
         const char *in = c->x + r0 * c->ldx * size;
@@ -79,7 +79,7 @@ static void run_team(const fl_model_call *c, size_t t, size_t team)
 int fl_model_forward(const fl_step *steps, size_t nsteps, fl_dtype dtype, size_t width_in,
                      size_t m, const void *x, size_t ldx, void *y, size_t ldy, int nthreads)
 {
-    const size_t size = dtype == FL_F64 ? 8 : 4, rows = min_sz(FL_MODEL_ROWS, m);
+    const size_t size = fl_value_size(dtype), rows = min_sz(FL_MODEL_ROWS, m);
     if (nsteps == 0) {  /* the identity */
         for (size_t i = 0; i < m; i++)
             memcpy((char *)y + i * ldy * size, (const char *)x + i * ldx * size,

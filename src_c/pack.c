@@ -1,5 +1,6 @@
 /* Packing: weights once per layer (fl_alloc, fl_pack_rows; fl_unpack gives them back),
- * their float values for the float32 kernel (fl_expand), blocks of x per call (fl_pack_x). */
+ * their float values for the float32 kernel (fl_expand, by the ISA's widener), blocks
+ * of x per call (fl_pack_x). */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,20 +28,7 @@ static void *aligned_zalloc(size_t count, size_t size)
 }
 
 /* Bytes of one stored weight (int4: see fl_panel_offset). */
-static size_t weight_size(fl_dtype dt)
-{
-    switch (dt) {
-    case FL_F64: return 8;
-    case FL_F32: return 4;
-    case FL_BF16: case FL_F16: return 2;
-    default: return 1;
-    }
-}
-
-size_t fl_dtype_size(fl_dtype dtype)
-{
-    return dtype == FL_F64 ? sizeof(double) : sizeof(float);
-}
+static size_t weight_size(fl_dtype dt) { return (fl_formats[dt].bits + 7) / 8; }
 
 /* int4: one group of a panel is NR float scales, then `group` rows of NR/2 bytes. */
 static size_t group_bytes(size_t nr, size_t group)
@@ -51,7 +39,8 @@ static size_t group_bytes(size_t nr, size_t group)
 size_t fl_panel_offset(const fl_packed *p, size_t pc)
 {
     const size_t nr = p->kern->nr;
-    return p->dtype == FL_I4 ? pc / p->group * group_bytes(nr, p->group)
+    return fl_formats[p->dtype].scale == FL_SCALE_GROUP
+               ? pc / p->group * group_bytes(nr, p->group)
                              : pc * nr * weight_size(p->dtype);
 }
 
@@ -93,7 +82,7 @@ static void transfer(fl_packed *p, size_t j0, size_t rows, void *w, ptrdiff_t rs
     for (size_t r = 0; r < rows; r++) {
         const size_t j = j0 + r, c = j % nr;
         unsigned char *panel = (unsigned char *)p->w + j / nr * p->panel_bytes;
-        if (p->dtype == FL_I4) {
+        if (fl_formats[p->dtype].scale == FL_SCALE_GROUP) {
             const size_t groups = (k + p->group - 1) / p->group;
             const unsigned shift = nibble_shift(c, nr);
             unsigned char *row = (unsigned char *)w + (ptrdiff_t)r * rs;
@@ -125,7 +114,7 @@ static void transfer(fl_packed *p, size_t j0, size_t rows, void *w, ptrdiff_t rs
             else
                 copy_value(wsize, plain, col + kk * nr * wsize);
         }
-        if (p->dtype == FL_I8) {
+        if (fl_formats[p->dtype].scale == FL_SCALE_ROW) {
             if (to_panel)
                 p->scale[j] = scale[r];
             else
@@ -147,20 +136,22 @@ fl_packed *fl_alloc(fl_dtype dtype, size_t n, size_t k, size_t group, int with_b
     p->dtype = dtype;
     p->n = n;
     p->k = k;
-    p->group = dtype == FL_I4 ? group : 0;
+    const int grouped = fl_formats[dtype].scale == FL_SCALE_GROUP;
+    p->group = grouped ? group : 0;
     p->panels = (n + nr - 1) / nr;
     /* The panel's bytes, checked against overflow (then rounded up to a cache line). */
-    const size_t unit = dtype == FL_I4 ? group_bytes(nr, group) : nr * weight_size(dtype);
-    const size_t units = dtype == FL_I4 ? (k + group - 1) / group : k;
+    const size_t unit = grouped ? group_bytes(nr, group) : nr * weight_size(dtype);
+    const size_t units = grouped ? (k + group - 1) / group : k;
     if (units > SIZE_MAX / 2 / unit)
         goto fail;
     p->panel_bytes = (units * unit + 63) / 64 * 64;
     p->w = aligned_zalloc(p->panels, p->panel_bytes);
     if (!p->w)
         goto fail;
-    if (dtype == FL_I8 && !(p->scale = aligned_zalloc(p->panels * nr, sizeof(float))))
+    if (fl_formats[dtype].scale == FL_SCALE_ROW
+        && !(p->scale = aligned_zalloc(p->panels * nr, sizeof(float))))
         goto fail;
-    if (with_bias && !(p->bias = aligned_zalloc(p->panels * nr, fl_dtype_size(dtype))))
+    if (with_bias && !(p->bias = aligned_zalloc(p->panels * nr, fl_value_size(dtype))))
         goto fail;
     return p;
 fail:
@@ -176,7 +167,7 @@ void fl_pack_rows(fl_packed *p, size_t j0, size_t rows, const void *w, ptrdiff_t
 
 void fl_pack_bias(fl_packed *p, const void *b, ptrdiff_t bs)
 {
-    const size_t size = fl_dtype_size(p->dtype);
+    const size_t size = fl_value_size(p->dtype);
     for (size_t j = 0; j < p->n; j++)
         copy_value(size, (char *)p->bias + j * size,
                    (const char *)b + (ptrdiff_t)j * bs * (ptrdiff_t)size);
@@ -184,12 +175,12 @@ void fl_pack_bias(fl_packed *p, const void *b, ptrdiff_t bs)
 
 void fl_unpack(const fl_packed *p, void *w, float *scale, void *b)
 {
-    const size_t row = p->dtype == FL_I4 ? (p->k + 1) / 2 : p->k;
-    if (p->dtype == FL_I4)
+    const size_t row = (p->k * fl_formats[p->dtype].bits + 7) / 8 / weight_size(p->dtype);
+    if (fl_formats[p->dtype].bits < 8)  /* nibbles are or-ed in */
         memset(w, 0, p->n * row);
     transfer((fl_packed *)p, 0, p->n, w, (ptrdiff_t)row, 1, scale, 0);
     if (b && p->bias)
-        memcpy(b, p->bias, p->n * fl_dtype_size(p->dtype));
+        memcpy(b, p->bias, p->n * fl_value_size(p->dtype));
 }
 
 void fl_free(fl_packed *p)
@@ -202,64 +193,10 @@ void fl_free(fl_packed *p)
     free(p);
 }
 
-/* float16 bits -> float32, exactly: normal numbers re-biased, subnormals scaled (an
- * integer below 2^10 times a power of two is exact), Inf and NaN kept. */
-static float f16_value(uint16_t h)
-{
-    const uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 31u, m = h & 1023u;
-    if (e == 0) {
-        const float v = (float)m * 0x1p-24f;
-        return sign ? -v : v;
-    }
-    const uint32_t bits = sign | (e == 31 ? 0x7f800000u : (e + 112) << 23) | m << 13;
-    float f;
-    memcpy(&f, &bits, sizeof f);
-    return f;
-}
-
-static float bf16_value(uint16_t h)
-{
-    const uint32_t bits = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &bits, sizeof f);
-    return f;
-}
-
 void fl_expand(const fl_packed *p, size_t q, size_t pc, size_t kc, float *dst)
 {
-    const size_t nr = p->kern->nr, count = kc * nr;
-    unsigned char *panel = (unsigned char *)p->w + q * p->panel_bytes;
-    const void *src = panel + fl_panel_offset(p, pc);
-    if (p->kern->widen) {
-        p->kern->widen(kc, src, p->group, dst);
-        return;
-    }
-    switch (p->dtype) {
-    case FL_BF16:
-        for (size_t i = 0; i < count; i++)
-            dst[i] = bf16_value(((const uint16_t *)src)[i]);
-        break;
-    case FL_F16:
-        for (size_t i = 0; i < count; i++)
-            dst[i] = f16_value(((const uint16_t *)src)[i]);
-        break;
-    case FL_I8:
-        for (size_t i = 0; i < count; i++)
-            dst[i] = (float)((const int8_t *)src)[i];
-        break;
-    case FL_I4:
-        for (size_t kk = 0; kk < kc; kk++) {
-            const unsigned char *row = i4_row(p, panel, pc + kk);
-            const float *s = i4_scales(p, panel, (pc + kk) / p->group);
-            for (size_t c = 0; c < nr; c++) {
-                const int nib = (row[nibble_byte(c, nr)] >> nibble_shift(c, nr)) & 15;
-                dst[kk * nr + c] = (float)(nib - (nib & 8) * 2) * s[c];
-            }
-        }
-        break;
-    default:  /* float weights are never widened (gemm.c) */
-        break;
-    }
+    const unsigned char *panel = (const unsigned char *)p->w + q * p->panel_bytes;
+    p->kern->widen(kc, panel + fl_panel_offset(p, pc), p->group, dst);
 }
 
 void fl_pack_x(fl_dtype dtype, size_t mr, size_t m, size_t kc, const void *x, size_t ldx,

@@ -1,155 +1,151 @@
-/* Portable micro-kernels: the reference every other ISA is tested against, and the path
- * for CPUs without a hand-written kernel. GCC/Clang vector types of 16 bytes map onto
- * SSE2, NEON or plain scalars; built with -ffp-contract=off, every step is a multiply
- * then an add (two roundings) on every compiler and CPU. */
+/* Portable micro-kernels (kernel.h contract): the reference every other ISA is tested
+ * against, and the path for CPUs without a hand-written kernel. The tile, the entry
+ * points and the ISA table are kernels/tile.h's; this file gives its primitives in
+ * GCC/clang vectors of 16 bytes, which map onto SSE2, NEON or plain scalars. Built with
+ * -ffp-contract=off, every step is a multiply then an add (two roundings) on every
+ * compiler and CPU. */
+#include <stdint.h>
 #include <string.h>
 #include "../kernel.h"
 #include "../blocking.h"
-#define FL_VBYTES 16  /* activations: one SSE register (x86-64 baseline) per vector */
-#include "../activation.h"
-#include "../rowops.h"
 
-typedef float f32x4 __attribute__((vector_size(16)));
-typedef double f64x2 __attribute__((vector_size(16)));
-/* The same vectors, for loads and stores through float/double memory. */
-typedef float f32x4_mem __attribute__((vector_size(16), may_alias, aligned(4)));
-typedef double f64x2_mem __attribute__((vector_size(16), may_alias, aligned(8)));
+#define FL_ISA_ID ref
+#define FL_TARGET
+#define INLINE static inline __attribute__((always_inline))
+typedef float vec __attribute__((vector_size(16)));
+typedef double vecd __attribute__((vector_size(16)));
+typedef int32_t veci __attribute__((vector_size(16)));
+typedef uint32_t vecu __attribute__((vector_size(16)));
 
+/* 16 SSE registers of 4 floats or 2 doubles at baseline x86-64: 4 rows x 2 vectors
+ * (8 x 4 floats, 4 x 4 doubles) are 8 accumulators, 2 weight vectors and a broadcast. */
+enum { MR = 4, NV = 2, VBYTES = 16, WIDENED_ROWS = MR, TWO_PANELS = 0 };
+
+/* KC: 16 KiB of float32 weights + 8 KiB of x in L1 (16 + 16 KiB for float64); MC: 256 KiB
+ * of x in L2; NC: 8 MiB of weights in L3. */
 enum {
-    MR32 = FL_REF_F32_MR, NV32 = FL_REF_F32_NR / 4,  /* vectors per row of the tile */
-    MR64 = FL_REF_F64_MR, NV64 = FL_REF_F64_NR / 2,
+    F32_KC = 512, F32_MC = 128, F32_NC = 4096,
+    F64_KC = 512, F64_MC = 64, F64_NC = 2048,
+    I4_WIDEN_ROWS = 0,
 };
-_Static_assert(FL_REF_F32_NR % 4 == 0 && FL_REF_F64_NR % 2 == 0, "whole vectors per row");
-_Static_assert(MR32 == 4 && MR64 == 4, "one switch case per tile height below");
 
-/* `m` is a compile-time constant at every call site, so the row loops unroll and the
- * accumulators stay in registers. Edge tiles go through a full tile in memory: the
- * arithmetic of a column never depends on n. */
-static inline __attribute__((always_inline)) void
-tile_f32(const size_t m, size_t kc, const float *a, ptrdiff_t a_rs, ptrdiff_t a_cs,
-         const float *w, float *y, size_t ldy, size_t n, int first, const float *scale,
-         const float *bias)
+INLINE vec vzero(void) { return (vec){0}; }
+
+INLINE vec vload(const char *p)
 {
-    float edge[MR32][NV32 * 4] = {{0}};
-    f32x4 acc[MR32][NV32];
-    for (size_t i = 0; i < m; i++) {
-        if (!first)
-            memcpy(edge[i], y + i * ldy, n * sizeof(float));
-        for (size_t v = 0; v < NV32; v++)
-            acc[i][v] = *(const f32x4_mem *)&edge[i][v * 4];
+    vec v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+INLINE void vstore(char *p, vec v) { memcpy(p, &v, sizeof v); }
+
+INLINE vec vload_head(fl_dtype dt, const char *p, size_t bytes)
+{
+    (void)dt;
+    vec v = {0};
+    memcpy(&v, p, bytes);
+    return v;
+}
+
+INLINE void vstore_head(fl_dtype dt, char *p, size_t bytes, vec v)
+{
+    (void)dt;
+    memcpy(p, &v, bytes);
+}
+
+INLINE vec vbroadcast(fl_dtype dt, const char *p)
+{
+    if (dt == FL_F64) {
+        double d;
+        memcpy(&d, p, sizeof d);
+        return (vec)(vecd){d, d};
     }
-    for (size_t k = 0; k < kc; k++) {
-        const f32x4_mem *wk = (const f32x4_mem *)(w + k * NV32 * 4);
+    float f;
+    memcpy(&f, p, sizeof f);
+    return (vec){f, f, f, f};
+}
+
+/* a * b + c: a multiply, then an add. */
+INLINE vec vfma(fl_dtype dt, vec a, vec b, vec c)
+{
+    return dt == FL_F64 ? (vec)((vecd)a * (vecd)b + (vecd)c) : a * b + c;
+}
+
+INLINE vec vadd(fl_dtype dt, vec a, vec b)
+{
+    return dt == FL_F64 ? (vec)((vecd)a + (vecd)b) : a + b;
+}
+
+INLINE vec vmul(vec a, vec b) { return a * b; }
+
+/* Four consecutive stored values of `bytes` bytes each at p, zero-extended to 32 bits. */
+INLINE vecu load4(const char *p, size_t bytes)
+{
+    if (bytes == 2) {
+        uint16_t h[4];
+        memcpy(h, p, sizeof h);
+        return (vecu){h[0], h[1], h[2], h[3]};
+    }
+    uint8_t b[4];
+    memcpy(b, p, sizeof b);
+    return (vecu){b[0], b[1], b[2], b[3]};
+}
+
+/* float16 bits -> float32, exactly: normal numbers re-biased, subnormals scaled (an
+ * integer below 2^10 times a power of two is exact), Inf and NaN kept. */
+INLINE vec f16_values(vecu h)
+{
+    const vecu sign = (h & 0x8000u) << 16, e = (h >> 10) & 31u, m = h & 1023u;
+    const vecu zero = (vecu)(e == 0u), inf = (vecu)(e == 31u);  /* all ones where so */
+    const vecu exponent = (inf & 0x7f800000u) | (~inf & (e + 112u) << 23);
+    const vecu normal = sign | exponent | m << 13;
+    const vecu tiny = (vecu)(__builtin_convertvector(m, vec) * 0x1p-24f) | sign;
+    return (vec)((zero & tiny) | (~zero & normal));
+}
+
+INLINE vec weight(fl_dtype dt, const char *wk, size_t v, const char *sg, int tight)
+{
+    (void)tight;
+    switch (dt) {
+    case FL_BF16:
+        return (vec)(load4(wk + v * 8, 2) << 16);
+    case FL_F16:
+        return f16_values(load4(wk + v * 8, 2));
+    case FL_I8:
+        return __builtin_convertvector((veci)(load4(wk + v * 4, 1) << 24) >> 24, vec);
+    case FL_I4: {  /* low nibbles of the row's NV / 2 * 4 bytes, then the high ones */
+        const veci q = (veci)(load4(wk + v % (NV / 2) * 4, 1) << (v < NV / 2 ? 28 : 24)) >> 28;
+        return __builtin_convertvector(q, vec) * vload(sg + v * VBYTES);
+    }
+    default:
+        return vload(wk + v * VBYTES);
+    }
+}
+
+INLINE size_t row_bytes(fl_dtype dt);  /* tile.h */
+
+INLINE void steps(const fl_dtype dt, const size_t m, const size_t np, size_t kr,
+                  const char *a, const ptrdiff_t rs, const ptrdiff_t cs, const char *w,
+                  ptrdiff_t w_next, const char *sg, vec acc[MR][2 * NV])
+{
+    const size_t rb = row_bytes(dt);
+    for (size_t k = 0; k < kr; k++) {
+        const char *ak = a + (ptrdiff_t)k * cs, *wk = w + k * rb;
+        vec wv[2 * NV];
+FL_UNROLL
+        for (size_t v = 0; v < np * NV; v++)
+            wv[v] = weight(dt, wk + v / NV * w_next, v % NV, sg + v / NV * w_next, 0);
+FL_UNROLL
         for (size_t i = 0; i < m; i++) {
-            const float ai = a[(ptrdiff_t)i * a_rs + (ptrdiff_t)k * a_cs];
-            for (size_t v = 0; v < NV32; v++)
-                acc[i][v] += ai * wk[v];
+            const vec ai = vbroadcast(dt, ak + (ptrdiff_t)i * rs);
+FL_UNROLL
+            for (size_t v = 0; v < np * NV; v++)
+                acc[i][v] = vfma(dt, ai, wv[v], acc[i][v]);
         }
     }
-    if (scale) {  /* int8's scales, on the float32 kernel run over widened weights */
-        const f32x4_mem *sv = (const f32x4_mem *)scale;
-        for (size_t i = 0; i < m; i++)
-            for (size_t v = 0; v < NV32; v++)
-                acc[i][v] *= sv[v];
-    }
-    if (bias) {
-        const f32x4_mem *bv = (const f32x4_mem *)bias;
-        for (size_t i = 0; i < m; i++)
-            for (size_t v = 0; v < NV32; v++)
-                acc[i][v] += bv[v];
-    }
-    for (size_t i = 0; i < m; i++) {
-        for (size_t v = 0; v < NV32; v++)
-            *(f32x4_mem *)&edge[i][v * 4] = acc[i][v];
-        memcpy(y + i * ldy, edge[i], n * sizeof(float));
-    }
 }
 
-static void ukernel_f32(size_t kc, const void *a, ptrdiff_t a_rs, ptrdiff_t a_cs,
-                        const void *w, ptrdiff_t w_next, size_t group, void *y, size_t ldy,
-                        size_t m, size_t n, int first, const float *scale,
-                        const void *bias)
-{
-    (void)w_next, (void)group;  /* one panel at a time; compressed weights widened */
-    switch (m) {  /* the tile heights of kernel.h */
-    case MR32: tile_f32(MR32, kc, a, a_rs, a_cs, w, y, ldy, n, first, scale, bias); break;
-    case 2: tile_f32(2, kc, a, a_rs, a_cs, w, y, ldy, n, first, scale, bias); break;
-    default: tile_f32(1, kc, a, a_rs, a_cs, w, y, ldy, n, first, scale, bias); break;
-    }
-}
+static int cpu_has(void) { return 1; }
 
-static inline __attribute__((always_inline)) void
-tile_f64(const size_t m, size_t kc, const double *a, ptrdiff_t a_rs, ptrdiff_t a_cs,
-         const double *w, double *y, size_t ldy, size_t n, int first, const double *bias)
-{
-    double edge[MR64][NV64 * 2] = {{0}};
-    f64x2 acc[MR64][NV64];
-    for (size_t i = 0; i < m; i++) {
-        if (!first)
-            memcpy(edge[i], y + i * ldy, n * sizeof(double));
-        for (size_t v = 0; v < NV64; v++)
-            acc[i][v] = *(const f64x2_mem *)&edge[i][v * 2];
-    }
-    for (size_t k = 0; k < kc; k++) {
-        const f64x2_mem *wk = (const f64x2_mem *)(w + k * NV64 * 2);
-        for (size_t i = 0; i < m; i++) {
-            const double ai = a[(ptrdiff_t)i * a_rs + (ptrdiff_t)k * a_cs];
-            for (size_t v = 0; v < NV64; v++)
-                acc[i][v] += ai * wk[v];
-        }
-    }
-    if (bias) {
-        const f64x2_mem *bv = (const f64x2_mem *)bias;
-        for (size_t i = 0; i < m; i++)
-            for (size_t v = 0; v < NV64; v++)
-                acc[i][v] += bv[v];
-    }
-    for (size_t i = 0; i < m; i++) {
-        for (size_t v = 0; v < NV64; v++)
-            *(f64x2_mem *)&edge[i][v * 2] = acc[i][v];
-        memcpy(y + i * ldy, edge[i], n * sizeof(double));
-    }
-}
-
-static void ukernel_f64(size_t kc, const void *a, ptrdiff_t a_rs, ptrdiff_t a_cs,
-                        const void *w, ptrdiff_t w_next, size_t group, void *y, size_t ldy,
-                        size_t m, size_t n, int first, const float *scale,
-                        const void *bias)
-{
-    (void)w_next, (void)group, (void)scale;  /* no compressed float64 weights */
-    switch (m) {  /* the tile heights of kernel.h */
-    case MR64: tile_f64(MR64, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
-    case 2: tile_f64(2, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
-    default: tile_f64(1, kc, a, a_rs, a_cs, w, y, ldy, n, first, bias); break;
-    }
-}
-
-static int cpu_has_ref(void) { return 1; }
-
-/* Compressed formats have no kernel here: the driver widens their weights with
- * fl_expand() and runs the float32 one. */
-/* The activations (activation.h) in baseline vectors (four SSE registers per 16 floats on x86-64). */
-static void activate(const fl_epilogue *ep, fl_dtype dt, void *y, size_t ldy, size_t m,
-                     size_t n)
-{
-    fl_activate_body(ep, dt, y, ldy, m, n);
-}
-
-/* The row-wise steps (rowops.h) in the same vectors. */
-static void row(const fl_step *st, fl_dtype dt, size_t n, const char *x, char *y)
-{
-    fl_row_body(st, dt, n, x, y);
-}
-
-#define F32_BLOCKS FL_REF_F32_MR, FL_REF_F32_NR, FL_REF_F32_KC, FL_REF_F32_MC, FL_REF_F32_NC
-const fl_isa fl_isa_ref = {
-    "ref", cpu_has_ref, activate, row,
-    {[FL_F32] = {ukernel_f32, NULL, F32_BLOCKS, 0},
-     [FL_F64] = {ukernel_f64, NULL, FL_REF_F64_MR, FL_REF_F64_NR, FL_REF_F64_KC, FL_REF_F64_MC,
-                 FL_REF_F64_NC, 0},
-     [FL_BF16] = {NULL, NULL, F32_BLOCKS, 0},
-     [FL_F16] = {NULL, NULL, F32_BLOCKS, 0},
-     [FL_I8] = {NULL, NULL, F32_BLOCKS, 0},
-     [FL_I4] = {NULL, NULL, F32_BLOCKS, 0}},
-};
-#undef F32_BLOCKS
+#include "tile.h"

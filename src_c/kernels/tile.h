@@ -1,0 +1,245 @@
+/* What every ISA's micro-kernels share, written once: the tile (kernel.h's contract: the
+ * accumulators' start, the scale, the bias, the edge columns), the widening of a block of
+ * weights, the tile heights, the entry points of every weight format and the ISA's table.
+ * An include-template, as activation.h and rowops.h: each kernels/<isa>.c defines what
+ * differs and includes this file last, so that these always_inline functions are
+ * instantiated under its own target attribute, in its own registers.
+ *
+ * An ISA file defines, before including it:
+ *   FL_ISA_ID               the ISA's name as a bare word (avx2): its table is fl_isa_<ID>,
+ *                           its entry points <ID>_f32 ... (tests/test_disassembly.py reads
+ *                           them by name)
+ *   FL_TARGET               the target attribute of its functions (may be empty)
+ *   vec                     its vector type, VBYTES bytes, float lanes (doubles are the
+ *                           same bits reinterpreted)
+ *   MR, NV                  the tile: MR rows x NV vectors (NR = NV * lanes)
+ *   WIDENED_ROWS            rows per tile of compressed weights, MR unless registers say less
+ *   TWO_PANELS              1: single rows run over two panels (kernel.h's w_next)
+ *   F32_KC, F32_MC, F32_NC, F64_KC, F64_MC, F64_NC, I4_WIDEN_ROWS
+ *                           its block sizes (kernel.h's fl_kernel), with their reasons
+ *   vzero vload vstore vload_head vstore_head vbroadcast vfma vadd vmul
+ *                           its vector primitives (vmul on float lanes)
+ *   weight(dt, wk, v, sg, tight)
+ *                           vector v of the weights W(k, .) in the k row at wk, widened
+ *                           exactly to float32 (sg: the scales of its int4 group; tight:
+ *                           the tile has no register to spare)
+ *   steps(dt, m, np, kr, a, rs, cs, w, w_next, sg, acc)
+ *                           k rows [0, kr) of x and the weights accumulated into acc: its
+ *                           loop order, prefetches and register plan
+ *   cpu_has()               1 when this CPU runs the ISA
+ */
+#ifndef FL_TILE_H
+#define FL_TILE_H
+
+#include "../formats.h"
+#define FL_VBYTES VBYTES  /* activations and row steps in the same registers */
+#include "../activation.h"
+#include "../rowops.h"
+
+#define FL_CAT_(a, b) a##_##b
+#define FL_CAT(a, b) FL_CAT_(a, b)
+#define FL_STR_(a) #a
+#define FL_STR(a) FL_STR_(a)
+#define FL_ISA_FN(name) FL_CAT(FL_ISA_ID, name)  /* avx2_f32 */
+
+_Static_assert(MR >= 2 && MR < 8 && WIDENED_ROWS >= 1 && (int)WIDENED_ROWS <= (int)MR,
+               "the tile heights below: MR, then powers of two under it");
+_Static_assert(NV % 2 == 0, "int4 rows: the high nibbles fill the second half of the vectors");
+_Static_assert(F32_KC % FL_I4_MAX_GROUP == 0, "int4 groups within k blocks");
+
+/* Bytes of one k row of a packed panel (int4: of its nibbles): NR weights. */
+INLINE size_t row_bytes(fl_dtype dt)
+{
+    return NV * VBYTES / fl_value_size(dt) * fl_formats[dt].bits / 8;
+}
+
+/* Asks for the `bytes` of a k row of weights FL_PREFETCH_BYTES ahead of p (blocking.h). */
+INLINE void prefetch_row(const char *p, size_t bytes)
+{
+FL_UNROLL
+    for (size_t l = 0; l < bytes; l += 64)
+        __builtin_prefetch(p + FL_PREFETCH_BYTES + l, 0, 3);
+}
+
+/* `dt`, `m`, `np` and the x strides are compile-time constants at every call site below,
+ * so the loops over rows and vectors unroll completely, the accumulators live in
+ * registers and x addresses fold into the loads. Edge columns: full vectors load and
+ * store plainly, the one partial vector through vload_head/vstore_head, vectors wholly
+ * past n not at all. */
+INLINE void tile(const fl_dtype dt, const size_t m, const size_t np, size_t kc,
+                 const char *a, const ptrdiff_t a_rs, const ptrdiff_t a_cs, const char *w,
+                 ptrdiff_t w_next, size_t group, char *y, size_t ldy, size_t n, int first,
+                 const char *scale, const char *bias)
+{
+    const size_t size = fl_value_size(dt);
+    const size_t full = n * size / VBYTES, tail = n * size % VBYTES; /* vectors, bytes */
+    const ptrdiff_t rs = a_rs * (ptrdiff_t)size, cs = a_cs * (ptrdiff_t)size;
+    ldy *= size;
+    vec acc[MR][2 * NV];  /* np = 2 only for m = 1 */
+FL_UNROLL
+    for (size_t i = 0; i < m; i++)
+FL_UNROLL
+        for (size_t v = 0; v < np * NV; v++) {
+            const char *yv = y + i * ldy + v * VBYTES;
+            acc[i][v] = first                ? vzero()
+                        : v < full           ? vload(yv)
+                        : v == full && tail  ? vload_head(dt, yv, tail)
+                                             : vzero();
+        }
+    if (fl_formats[dt].scale == FL_SCALE_GROUP)  /* groups of k rows, each led by its NR scales */
+        for (size_t k0 = 0; k0 < kc; k0 += group, w += NV * VBYTES + group * row_bytes(dt))
+            steps(dt, m, np, kc - k0 < group ? kc - k0 : group, a + (ptrdiff_t)k0 * cs, rs,
+                  cs, w + NV * VBYTES, w_next, w, acc);
+    else
+        steps(dt, m, np, kc, a, rs, cs, w, w_next, w, acc);  /* sg unused */
+    if (fl_formats[dt].values == FL_F32 && scale)  /* int8's, also on widened weights */
+FL_UNROLL
+        for (size_t v = 0; v < np * NV; v++) {
+            const vec sv = vload(scale + v * VBYTES);
+FL_UNROLL
+            for (size_t i = 0; i < m; i++)
+                acc[i][v] = vmul(acc[i][v], sv);
+        }
+    if (bias)
+FL_UNROLL
+        for (size_t v = 0; v < np * NV; v++) {
+            const vec bv = vload(bias + v * VBYTES);
+FL_UNROLL
+            for (size_t i = 0; i < m; i++)
+                acc[i][v] = vadd(dt, acc[i][v], bv);
+        }
+FL_UNROLL
+    for (size_t i = 0; i < m; i++)
+FL_UNROLL
+        for (size_t v = 0; v < np * NV; v++) {
+            char *yv = y + i * ldy + v * VBYTES;
+            if (v < full)
+                vstore(yv, acc[i][v]);
+            else if (v == full && tail)
+                vstore_head(dt, yv, tail, acc[i][v]);
+        }
+}
+
+/* kc k rows of a packed panel widened into dst (kc x NR floats): the values tile()
+ * computes with, for the float32 kernel to reuse across many rows (kernel.h). */
+INLINE void widen(const fl_dtype dt, size_t kc, const char *w, size_t group, char *dst)
+{
+    const int grouped = fl_formats[dt].scale == FL_SCALE_GROUP;
+    const size_t rb = row_bytes(dt);
+    const size_t run = grouped ? group : kc, lead = grouped ? NV * VBYTES : 0;
+    for (size_t k0 = 0; k0 < kc; k0 += run) {
+        const char *sg = w, *wr = w + lead;
+        const size_t k1 = kc - k0 < run ? kc - k0 : run;
+        for (size_t k = 0; k < k1; k++, dst += NV * VBYTES) {
+            const char *wk = wr + k * rb;
+            prefetch_row(wk, rb);
+FL_UNROLL
+            for (size_t v = 0; v < NV; v++)
+                vstore(dst + v * VBYTES, weight(dt, wk, v, sg, 0));
+        }
+        w = wr + run * rb;
+    }
+}
+
+/* One instance per tile height the driver asks for (kernel.h: MR, then powers of two
+ * below it). Compressed weights run in tiles of at most WIDENED_ROWS rows (the same bits:
+ * rows are independent). */
+INLINE void rows(const fl_dtype dt, size_t m, size_t kc, const char *a, const ptrdiff_t a_rs,
+                 const ptrdiff_t a_cs, const char *w, size_t group, char *y, size_t ldy,
+                 size_t n, int first, const char *scale, const char *bias)
+{
+    if (m == MR && fl_formats[dt].widens && (int)WIDENED_ROWS < (int)MR) {
+        const size_t h = WIDENED_ROWS, size = fl_value_size(dt);
+        tile(dt, WIDENED_ROWS, 1, kc, a, a_rs, a_cs, w, 0, group, y, ldy, n, first, scale,
+             bias);
+        tile(dt, MR - WIDENED_ROWS, 1, kc, a + (ptrdiff_t)(h * size) * a_rs, a_rs, a_cs, w,
+             0, group, y + h * ldy * size, ldy, n, first, scale, bias);
+    } else if (m == MR) {
+        tile(dt, MR, 1, kc, a, a_rs, a_cs, w, 0, group, y, ldy, n, first, scale, bias);
+    } else if (MR > 4 && m == 4) {
+        tile(dt, 4, 1, kc, a, a_rs, a_cs, w, 0, group, y, ldy, n, first, scale, bias);
+    } else if (m == 2) {
+        tile(dt, 2, 1, kc, a, a_rs, a_cs, w, 0, group, y, ldy, n, first, scale, bias);
+    } else {
+        tile(dt, 1, 1, kc, a, a_rs, a_cs, w, 0, group, y, ldy, n, first, scale, bias);
+    }
+}
+
+/* The two layouts of x get their own instances: its strides are constants in each call. */
+INLINE void ukernel(const fl_dtype dt, size_t kc, const void *a, ptrdiff_t a_rs,
+                    ptrdiff_t a_cs, const void *w, ptrdiff_t w_next, size_t group, void *y,
+                    size_t ldy, size_t m, size_t n, int first, const float *scale,
+                    const void *bias)
+{
+    if (TWO_PANELS && n > NV * VBYTES / fl_value_size(dt))  /* one row in place, two panels */
+        tile(dt, 1, 2, kc, a, 0, 1, w, w_next, group, y, ldy, n, first, (const char *)scale,
+             bias);
+    else if (a_cs == 1)  /* x in place */
+        rows(dt, m, kc, a, a_rs, 1, w, group, y, ldy, n, first, (const char *)scale, bias);
+    else                 /* packed x: a_rs == 1, a_cs == MR */
+        rows(dt, m, kc, a, 1, MR, w, group, y, ldy, n, first, (const char *)scale, bias);
+}
+
+/* The entry points, one per weight format. */
+#define FL_UKERNEL_ARGS size_t kc, const void *a, ptrdiff_t a_rs, ptrdiff_t a_cs, \
+    const void *w, ptrdiff_t w_next, size_t group, void *y, size_t ldy, size_t m, size_t n, \
+    int first, const float *scale, const void *bias
+#define FL_UKERNEL_PASS kc, a, a_rs, a_cs, w, w_next, group, y, ldy, m, n, first, scale, bias
+static FL_TARGET void FL_ISA_FN(f32)(FL_UKERNEL_ARGS) { ukernel(FL_F32, FL_UKERNEL_PASS); }
+static FL_TARGET void FL_ISA_FN(f64)(FL_UKERNEL_ARGS) { ukernel(FL_F64, FL_UKERNEL_PASS); }
+static FL_TARGET void FL_ISA_FN(bf16)(FL_UKERNEL_ARGS) { ukernel(FL_BF16, FL_UKERNEL_PASS); }
+static FL_TARGET void FL_ISA_FN(f16)(FL_UKERNEL_ARGS) { ukernel(FL_F16, FL_UKERNEL_PASS); }
+static FL_TARGET void FL_ISA_FN(i8)(FL_UKERNEL_ARGS) { ukernel(FL_I8, FL_UKERNEL_PASS); }
+#if FL_INT4_TILES
+static FL_TARGET void FL_ISA_FN(i4)(FL_UKERNEL_ARGS) { ukernel(FL_I4, FL_UKERNEL_PASS); }
+#endif
+#undef FL_UKERNEL_ARGS
+#undef FL_UKERNEL_PASS
+
+static FL_TARGET void FL_ISA_FN(widen_bf16)(size_t kc, const void *w, size_t group, float *dst)
+{
+    widen(FL_BF16, kc, w, group, (char *)dst);
+}
+static FL_TARGET void FL_ISA_FN(widen_f16)(size_t kc, const void *w, size_t group, float *dst)
+{
+    widen(FL_F16, kc, w, group, (char *)dst);
+}
+static FL_TARGET void FL_ISA_FN(widen_i8)(size_t kc, const void *w, size_t group, float *dst)
+{
+    widen(FL_I8, kc, w, group, (char *)dst);
+}
+static FL_TARGET void FL_ISA_FN(widen_i4)(size_t kc, const void *w, size_t group, float *dst)
+{
+    widen(FL_I4, kc, w, group, (char *)dst);
+}
+
+/* The activations (activation.h) and the row-wise steps (rowops.h) in this ISA's vectors. */
+static FL_TARGET void activate(const fl_epilogue *ep, fl_dtype dt, void *y, size_t ldy,
+                               size_t m, size_t n)
+{
+    fl_activate_body(ep, dt, y, ldy, m, n);
+}
+
+static FL_TARGET void row(const fl_step *st, fl_dtype dt, size_t n, const char *x, char *y)
+{
+    fl_row_body(st, dt, n, x, y);
+}
+
+#define FL_F32_BLOCKS MR, NV * VBYTES / 4, F32_KC, F32_MC, F32_NC, TWO_PANELS
+const fl_isa FL_CAT(fl_isa, FL_ISA_ID) = {
+    FL_STR(FL_ISA_ID), cpu_has, activate, row,
+    {[FL_F32] = {FL_ISA_FN(f32), NULL, FL_F32_BLOCKS},
+     [FL_F64] = {FL_ISA_FN(f64), NULL, MR, NV * VBYTES / 8, F64_KC, F64_MC, F64_NC,
+                 TWO_PANELS},
+     [FL_BF16] = {FL_ISA_FN(bf16), FL_ISA_FN(widen_bf16), FL_F32_BLOCKS},
+     [FL_F16] = {FL_ISA_FN(f16), FL_ISA_FN(widen_f16), FL_F32_BLOCKS},
+     [FL_I8] = {FL_ISA_FN(i8), FL_ISA_FN(widen_i8), FL_F32_BLOCKS},
+#if FL_INT4_TILES
+     [FL_I4] = {FL_ISA_FN(i4), FL_ISA_FN(widen_i4), FL_F32_BLOCKS, I4_WIDEN_ROWS}},
+#else
+     [FL_I4] = {NULL, FL_ISA_FN(widen_i4), FL_F32_BLOCKS, I4_WIDEN_ROWS}},
+#endif
+};
+#undef FL_F32_BLOCKS
+
+#endif
