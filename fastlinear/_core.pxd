@@ -1,13 +1,19 @@
 # Declarations of the C kernel's public contract (src_c/fastlinear.h).
 
 cdef extern from "fastlinear.h" nogil:
+    # The members of fl_dtype, fl_act and fl_step_kind are declared `cpdef`, so Python
+    # sees them too (fastlinear._core.FL_F32 ...): the records of weight formats,
+    # activations and steps hold these codes rather than tables here restating them.
     ctypedef enum fl_dtype:
+        pass
+    cpdef enum:
         FL_F32
         FL_F64
         FL_BF16
         FL_F16
         FL_I8
         FL_I4
+        FL_NDTYPES
     enum:
         FL_OK
         FL_ENOMEM
@@ -23,6 +29,8 @@ cdef extern from "fastlinear.h" nogil:
     int fl_forward(const fl_packed *p, size_t m, const void *x, size_t ldx, void *y,
                    size_t ldy, int nthreads) noexcept
     ctypedef enum fl_act:
+        pass
+    cpdef enum:
         FL_ACT_NONE
         FL_ACT_RELU
         FL_ACT_LEAKY_RELU
@@ -31,12 +39,15 @@ cdef extern from "fastlinear.h" nogil:
         FL_ACT_SILU
         FL_ACT_SIGMOID
         FL_ACT_TANH
+        FL_NACTS
     ctypedef struct fl_epilogue:
         fl_act act
         double alpha
         const void *scale
         const void *shift
     ctypedef enum fl_step_kind:
+        pass
+    cpdef enum:
         FL_STEP_LINEAR
         FL_STEP_ACT
         FL_STEP_AFFINE
@@ -68,6 +79,6 @@ cdef class PackedWeights:
     cdef fl_packed *_p
     cdef int _typenum
     cdef readonly size_t in_features, out_features, group
-    cdef readonly object dtype
-    cdef readonly str isa, weight_dtype
+    cdef readonly object dtype, format
+    cdef readonly str isa
     cdef readonly bint has_bias

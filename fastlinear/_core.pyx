@@ -38,60 +38,58 @@ cdef inline int _threads() noexcept nogil:
 def get_num_threads():
     return _threads()
 
+cdef inline fl_dtype _float_code(bint f64) noexcept nogil:
+    # The anonymous cpdef enum of _core.pxd gives its members the type int.
+    return <fl_dtype>(FL_F64 if f64 else FL_F32)
+
+
 ctypedef fused real:
     float
     double
 
 
-# The stored types of weights: the C kernel's code and the numpy type of the rows
-# set_rows() takes and unpack() returns (bfloat16 and float16 as their raw bits; int4 as
-# two values per byte, ceil(K/2) bytes per row).
-_STORED = {
-    "float32": (FL_F32, np.float32), "float64": (FL_F64, np.float64),
-    "bfloat16": (FL_BF16, np.uint16), "float16": (FL_F16, np.uint16),
-    "int8": (FL_I8, np.int8), "int4": (FL_I4, np.uint8),
-}
-
-
 cdef class PackedWeights:
-    """Weights (N x K) of one stored type and the optional bias, packed for the native
-    kernel in use at creation, filled a block of rows at a time by set_rows(). The
-    activations are float64 for float64 weights, float32 for every other type."""
+    """Weights (N x K) of one format and the optional bias, packed for the native kernel
+    in use at creation, filled a block of rows at a time by set_rows(). The format is a
+    fastlinear._formats.Format: its C code, the numpy type (`kernel`) and the length
+    (`cols`) of the rows set_rows() takes and unpack() returns, the shape of its scales,
+    the activations' type."""
 
-    def __cinit__(self, size_t out_features, size_t in_features, str weight_dtype,
-                  size_t group, bint has_bias):
-        cdef fl_dtype code = _STORED[weight_dtype][0]
+    def __cinit__(self, size_t out_features, size_t in_features, fmt, size_t group,
+                  bint has_bias):
+        cdef fl_dtype code = fmt.code
+        if not 0 <= code < FL_NDTYPES:
+            raise ValueError(f"unknown format code {code}")
         self.out_features, self.in_features = out_features, in_features
-        self.weight_dtype = weight_dtype
-        self.group = group if code == FL_I4 else 0
+        self.format = fmt
+        self.group = group if fmt.scale == "group" else 0
         self.has_bias = has_bias
-        self.dtype = np.dtype(np.float64 if code == FL_F64 else np.float32)
-        self._typenum = cnp.NPY_FLOAT64 if code == FL_F64 else cnp.NPY_FLOAT32
+        self.dtype = fmt.activations
+        self._typenum = cnp.NPY_FLOAT64 if self.dtype == np.float64 else cnp.NPY_FLOAT32
         self.isa = fl_isa_name().decode()
         with nogil:
             self._p = fl_alloc(code, out_features, in_features, self.group, has_bias)
         if self._p == NULL:
             raise MemoryError(f"cannot allocate packed weights of shape "
-                              f"({out_features}, {in_features}) and type {weight_dtype}")
+                              f"({out_features}, {in_features}) and type {fmt.name}")
 
     def __dealloc__(self):
         fl_free(self._p)
 
-    def _groups(self):
-        return (self.in_features + self.group - 1) // self.group if self.group else 1
-
     def set_rows(self, size_t j0, w, scale):
-        """Packs rows [j0, j0 + len(w)): w C-contiguous of the stored type (see _STORED);
-        scale float32 C-contiguous (int8: (rows,), int4: (rows, groups)), else None."""
+        """Packs rows [j0, j0 + len(w)): w C-contiguous, of the format's `kernel` type,
+        `cols` elements a row; scale float32 C-contiguous of its scale_shape, or None for
+        formats without scales."""
         cdef size_t rows = w.shape[0]
-        cols = (self.in_features + 1) // 2 if self.weight_dtype == "int4" else self.in_features
-        if (not isinstance(w, np.ndarray) or w.dtype != _STORED[self.weight_dtype][1]
+        fmt = self.format
+        cols = fmt.cols(self.in_features)
+        if (not isinstance(w, np.ndarray) or w.dtype != fmt.kernel
                 or not w.flags.c_contiguous
                 or w.ndim != 2 or w.shape[1] != cols or j0 + rows > self.out_features):
             raise ValueError("set_rows: rows of the wrong type or shape")
         cdef const float *sp = NULL
-        if self.weight_dtype in ("int8", "int4"):
-            shape = (rows,) if self.weight_dtype == "int8" else (rows, self._groups())
+        shape = fmt.scale_shape(rows, self.in_features, self.group)
+        if shape is not None:
             if (not isinstance(scale, np.ndarray) or scale.dtype != np.float32
                     or not scale.flags.c_contiguous or scale.shape != shape):
                 raise ValueError("set_rows: scales of the wrong type or shape")
@@ -111,15 +109,14 @@ cdef class PackedWeights:
     def unpack(self):
         """(weight, scale, bias) as new arrays in the layouts of set_rows(); scale None for
         float types, bias None without one."""
-        n, k = self.out_features, self.in_features
-        cols = (k + 1) // 2 if self.weight_dtype == "int4" else k
-        cdef cnp.ndarray w = np.empty((n, cols), _STORED[self.weight_dtype][1])
+        n, k, fmt = self.out_features, self.in_features, self.format
+        cdef cnp.ndarray w = np.empty((n, fmt.cols(k)), fmt.kernel)
         cdef cnp.ndarray s = None, b = None
         cdef float *sp = NULL
         cdef void *bp = NULL
-        if self.weight_dtype in ("int8", "int4"):
-            s = np.empty((n,) if self.weight_dtype == "int8" else (n, self._groups()),
-                         np.float32)
+        shape = fmt.scale_shape(n, k, self.group)
+        if shape is not None:
+            s = np.empty(shape, np.float32)
             sp = <float *>cnp.PyArray_DATA(s)
         if self.has_bias:
             b = np.empty(n, self.dtype)
@@ -266,7 +263,7 @@ cdef class Model:
                 if packed.dtype != self.dtype or packed.in_features != width:
                     raise ValueError(f"step {i}: weights of {packed.in_features} inputs "
                                      f"and {packed.dtype} after {width} values of {self.dtype}")
-                st.kind = FL_STEP_LINEAR
+                st.kind = <fl_step_kind>FL_STEP_LINEAR
                 st.linear = packed._p
                 st.width = width = packed.out_features
                 st.ep.act = ACTS[step[2]] if step[2] is not None else FL_ACT_NONE
@@ -277,7 +274,7 @@ cdef class Model:
                     st.ep.scale = cnp.PyArray_DATA(<cnp.ndarray>step[4])
                     st.ep.shift = cnp.PyArray_DATA(<cnp.ndarray>step[5])
             elif kind == "act":
-                st.kind = FL_STEP_ACT
+                st.kind = <fl_step_kind>FL_STEP_ACT
                 st.ep.act = ACTS[step[1]]
                 st.ep.alpha = step[2]
             elif kind in _ROW_STEPS:
@@ -327,7 +324,7 @@ cdef class Model:
             return None
         cdef size_t m = _rows(x)
         cdef int rc
-        cdef fl_dtype dt = FL_F64 if self._typenum == cnp.NPY_FLOAT64 else FL_F32
+        cdef fl_dtype dt = _float_code(self._typenum == cnp.NPY_FLOAT64)
         with nogil:
             rc = fl_model_forward(self._steps, self._n, dt, self.in_features, m,
                                   cnp.PyArray_DATA(<cnp.ndarray>x), self.in_features,
@@ -342,7 +339,7 @@ cdef class Model:
             return FL_OK
         cdef const void *xp = &x[0, 0] if k else NULL
         cdef size_t ldx = x.strides[0] // sizeof(real) if m > 1 else k
-        cdef fl_dtype dt = FL_F64 if real is double else FL_F32
+        cdef fl_dtype dt = _float_code(real is double)
         with nogil:
             return fl_model_forward(self._steps, self._n, dt, k, m, xp, ldx, &out[0, 0],
                                     out.shape[1], nthreads)
@@ -376,7 +373,7 @@ def set_isa(str name):
 def blocking(dtype):
     """The current ISA's block sizes for float32 or float64, as a dict."""
     cdef fl_blocking b
-    fl_get_blocking(FL_F64 if np.dtype(dtype) == np.float64 else FL_F32, &b)
+    fl_get_blocking(_float_code(np.dtype(dtype) == np.float64), &b)
     return b
 
 

@@ -19,85 +19,67 @@ A scale is never 0: a block of zeros gets scale 1 (all q = 0), a block too tiny 
 max|w| / 127 or / 8 to be a float32 gets the smallest one. Stored as two per byte, the
 even k in the low nibble.
 """
+from dataclasses import dataclass
+
 import ml_dtypes
 import numpy as np
 
-FORMATS = ("float32", "float64", "bfloat16", "float16", "int8", "int4")
-COMPRESSED = ("bfloat16", "float16", "int8", "int4")
-GROUP_SIZES = (32, 64, 128)
-DEFAULT_GROUP = 32
-# numpy type of the stored weights, per format
-STORED = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64),
-          "bfloat16": np.dtype(ml_dtypes.bfloat16), "float16": np.dtype(np.float16),
-          "int8": np.dtype(np.int8), "int4": np.dtype(np.uint8)}
+from . import _core
+
 # Values converted per block of rows: a few MiB of temporaries, whatever the layer.
 BLOCK_VALUES = 1 << 20
 _TINY = np.float32(np.finfo(np.float32).smallest_subnormal)
 
+@dataclass(frozen=True)
+class Format:
+    """One weight format's facts, which every other place reads from here (as ggml's
+    type_traits): the C kernel keeps its own record of the same format under `code`."""
+    name: str             # the weight_dtype users write
+    code: int             # the C kernel's fl_dtype
+    stored: np.dtype      # numpy type of the stored weights (state_dict's 'weight')
+    kernel: np.dtype      # numpy type of the rows the kernel takes (bfloat16, float16: bits)
+    bits: int             # per weight: a row of K weights is ceil(K * bits / 8) bytes
+    widens: bool          # a narrower float the kernel widens exactly
+    scale: str = None     # None, "row" (one float32 per output row) or "group" (one per
+                          # `group` values along k)
+    quantize: object = None  # scaled formats: (float32 rows, group) -> (stored, scale)
+    integers: object = None  # scaled formats: (stored rows, k) -> their values, int8
 
-def check(weight_dtype, dtype, group_size):
-    """(weight_dtype, group) checked: the format's name and int4's group (else 0)."""
-    if weight_dtype is None:
-        weight_dtype = np.dtype(dtype).name
-    if not isinstance(weight_dtype, str):
-        try:
-            weight_dtype = np.dtype(weight_dtype).name
-        except TypeError:
-            raise TypeError(f"weight_dtype must be one of {FORMATS}, "
-                            f"got {weight_dtype!r}") from None
-    if weight_dtype not in FORMATS:
-        raise ValueError(f"weight_dtype must be one of {FORMATS}, got {weight_dtype!r}")
-    if np.dtype(dtype) == np.float64 and weight_dtype != "float64":
-        raise ValueError(f"a float64 layer keeps float64 weights; weight_dtype "
-                         f"{weight_dtype!r} needs dtype=np.float32")
-    if np.dtype(dtype) == np.float32 and weight_dtype == "float64":
-        raise ValueError("weight_dtype 'float64' needs dtype=np.float64")
-    if weight_dtype != "int4":
-        if group_size is not None:
-            raise ValueError(f"group_size applies to int4 weights only, not {weight_dtype}")
-        return weight_dtype, 0
-    group = DEFAULT_GROUP if group_size is None else group_size
-    if isinstance(group, bool) or group not in GROUP_SIZES:
-        raise ValueError(f"group_size must be one of {GROUP_SIZES}, got {group_size!r}")
-    return weight_dtype, int(group)
+    @property
+    def compressed(self):
+        """Narrower than float32: float32 layers only, native backend only."""
+        return self.widens or self.scale is not None
 
+    @property
+    def activations(self):
+        """numpy type of x, the bias and y: float64 for float64 weights, else float32."""
+        return np.dtype(np.float64 if self.name == "float64" else np.float32)
 
-def block_rows(k):
-    """Rows converted at a time."""
-    return max(1, BLOCK_VALUES // max(k, 1))
+    @property
+    def values(self):
+        """Name of the float type that holds the weights' values exactly."""
+        return "float32" if self.scale else self.name
 
+    def cols(self, k):
+        """Elements of `stored` per row of k weights."""
+        return -(-k * self.bits // (8 * self.stored.itemsize))
 
-def groups(k, group):
-    return -(-k // group)
+    def scale_shape(self, rows, k, group):
+        """Shape of the float32 scales of `rows` rows, None without scales."""
+        if self.scale is None:
+            return None
+        return (rows,) if self.scale == "row" else (rows, groups(k, group))
 
-
-def encode(w, weight_dtype, group):
-    """(stored, scale) for rows w (float32 or float64, C order): the stored weights in
-    their numpy type and the float32 scales (None for float formats)."""
-    if weight_dtype in ("float32", "float64"):
-        return np.require(w, STORED[weight_dtype], ["C", "A"]), None
-    w = np.asarray(w, np.float32)  # the layer's dtype first, then the format
-    if not np.isfinite(w).all():
-        raise ValueError(f"weight has NaN or Inf values, which {weight_dtype} weights "
-                         f"cannot hold")
-    if weight_dtype in ("bfloat16", "float16"):
-        with np.errstate(over="ignore"):  # checked just below
-            stored = w.astype(STORED[weight_dtype])
-        if not np.isfinite(stored).all():
-            raise ValueError(f"weight has values beyond the range of {weight_dtype} "
-                             f"(largest {float(np.finfo(stored.dtype).max):g})")
-        return stored, None
-    if weight_dtype == "int8":
-        amax = np.abs(w).max(axis=1)
-        scale = (amax / np.float32(127)).astype(np.float32)
-        scale = np.where(scale > 0, scale, np.where(amax > 0, _TINY, 1))
-        scale = scale.astype(np.float32)
-        q = np.clip(np.rint(w / scale[:, None].astype(np.float64)), -127, 127)
-        return q.astype(np.int8), scale
-    return _encode_int4(w, group)
+def _quantize_int8(w, group):
+    amax = np.abs(w).max(axis=1)
+    scale = (amax / np.float32(127)).astype(np.float32)
+    scale = np.where(scale > 0, scale, np.where(amax > 0, _TINY, 1))
+    scale = scale.astype(np.float32)
+    q = np.clip(np.rint(w / scale[:, None].astype(np.float64)), -127, 127)
+    return q.astype(np.int8), scale
 
 
-def _encode_int4(w, group):
+def _quantize_int4(w, group):
     rows, k = w.shape
     ng = groups(k, group)
     blocks = np.zeros((rows, ng * group), np.float32)
@@ -118,38 +100,6 @@ def _encode_int4(w, group):
     return nibbles[:, 0::2] | (nibbles[:, 1::2] << 4), scale
 
 
-def check_stored(w, scale, weight_dtype, group, n, k):
-    """int8 or int4 weights and their scales as state_dict() gives them, checked: a
-    ValueError names what is wrong. Returns both C-contiguous."""
-    cols = -(-k // 2) if weight_dtype == "int4" else k
-    if w.dtype != STORED[weight_dtype] or w.shape != (n, cols):
-        raise ValueError(f"{weight_dtype} 'weight' must be {STORED[weight_dtype]} of shape "
-                         f"{(n, cols)}, got {w.dtype} of shape {w.shape}")
-    shape = (n,) if weight_dtype == "int8" else (n, groups(k, group))
-    if scale.dtype != np.float32 or scale.shape != shape:
-        raise ValueError(f"{weight_dtype} 'weight_scale' must be float32 of shape {shape}"
-                         f"{' (group_size ' + str(group) + ')' if group else ''}, got "
-                         f"{scale.dtype} of shape {scale.shape}")
-    if not (np.isfinite(scale).all() and (scale != 0).all()):
-        raise ValueError(f"{weight_dtype} 'weight_scale' must be finite and nonzero")
-    if weight_dtype == "int4" and (scale.view(np.uint32) & 7).any():
-        raise ValueError("int4 'weight_scale' values must have at most 21 significant bits "
-                         "(as fastlinear's quantization writes them), so that each q * scale "
-                         "is exact in float32")
-    return np.require(w, requirements=["C", "A"]), np.require(scale, requirements=["C", "A"])
-
-
-def decode(stored, scale, weight_dtype, group, k):
-    """The float values (float32, or float64 for float64 weights) of stored rows."""
-    if weight_dtype in ("float32", "float64", "bfloat16", "float16"):
-        return stored.astype(np.float64 if weight_dtype == "float64" else np.float32,
-                             copy=False)
-    if weight_dtype == "int8":
-        return stored.astype(np.float32) * scale[:, None]
-    q = unpack_int4(stored, k).astype(np.float32)
-    return q * np.repeat(scale, group, axis=1)[:, :k]
-
-
 def unpack_int4(stored, k):
     """int4 values (int8 array, rows x k) from their bytes."""
     lo = (stored & 15).astype(np.int8)
@@ -160,17 +110,141 @@ def unpack_int4(stored, k):
     return q - ((q & 8) << 1)
 
 
-def kernel_rows(stored, weight_dtype):
+_BF16, _F16, _U16 = (np.dtype(t) for t in (ml_dtypes.bfloat16, np.float16, np.uint16))
+_F32, _F64, _I8, _U8 = (np.dtype(t) for t in (np.float32, np.float64, np.int8, np.uint8))
+# name -> its record, in the order users see them listed.
+FORMAT = {f.name: f for f in (
+    Format("float32", _core.FL_F32, _F32, _F32, 32, widens=False),
+    Format("float64", _core.FL_F64, _F64, _F64, 64, widens=False),
+    Format("bfloat16", _core.FL_BF16, _BF16, _U16, 16, widens=True),
+    Format("float16", _core.FL_F16, _F16, _U16, 16, widens=True),
+    Format("int8", _core.FL_I8, _I8, _I8, 8, widens=False, scale="row",
+           quantize=_quantize_int8, integers=lambda stored, k: stored),
+    Format("int4", _core.FL_I4, _U8, _U8, 4, widens=False, scale="group",
+           quantize=_quantize_int4, integers=unpack_int4),
+)}
+FORMATS = tuple(FORMAT)
+COMPRESSED = tuple(name for name, f in FORMAT.items() if f.compressed)
+GROUP_SIZES = (32, 64, 128)  # for "group" scales
+DEFAULT_GROUP = 32
+
+
+def check(weight_dtype, dtype, group_size):
+    """(format, group) checked: the Format of weight_dtype (the layer's dtype when None)
+    and its group (0 unless its scales are per group)."""
+    if weight_dtype is None:
+        weight_dtype = np.dtype(dtype).name
+    if not isinstance(weight_dtype, str):
+        try:
+            weight_dtype = np.dtype(weight_dtype).name
+        except TypeError:
+            raise TypeError(f"weight_dtype must be one of {FORMATS}, "
+                            f"got {weight_dtype!r}") from None
+    if weight_dtype not in FORMATS:
+        raise ValueError(f"weight_dtype must be one of {FORMATS}, got {weight_dtype!r}")
+    fmt = FORMAT[weight_dtype]
+    if np.dtype(dtype) == np.float64 and fmt.activations != np.float64:
+        raise ValueError(f"a float64 layer keeps float64 weights; weight_dtype "
+                         f"{weight_dtype!r} needs dtype=np.float32")
+    if np.dtype(dtype) == np.float32 and fmt.activations == np.float64:
+        raise ValueError("weight_dtype 'float64' needs dtype=np.float64")
+    if fmt.scale != "group":
+        if group_size is not None:
+            raise ValueError(f"group_size applies to int4 weights only, not {weight_dtype}")
+        return fmt, 0
+    group = DEFAULT_GROUP if group_size is None else group_size
+    if isinstance(group, bool) or group not in GROUP_SIZES:
+        raise ValueError(f"group_size must be one of {GROUP_SIZES}, got {group_size!r}")
+    return fmt, int(group)
+
+
+def keep_given(weight_dtype, given, dtype):
+    """The rule for weights given in a narrower float type (a torch module's, an ONNX
+    initializer's): weight_dtype, or when it is None and the layer is float32, the
+    given type's own name where it is a format that widens (bfloat16, float16), so the
+    weights are kept as they are, without a float32 copy; else None (the layer's)."""
+    fmt = FORMAT.get(given)
+    if weight_dtype is None and fmt is not None and fmt.widens and \
+            np.dtype(dtype) == np.float32:
+        return given
+    return weight_dtype
+
+
+def block_rows(k):
+    """Rows converted at a time."""
+    return max(1, BLOCK_VALUES // max(k, 1))
+
+
+def groups(k, group):
+    return -(-k // group)
+
+
+def encode(w, fmt, group):
+    """(stored, scale) for rows w (float32 or float64, C order; or already of a widening
+    format's type, then kept as they are): the stored weights in their numpy type and
+    the float32 scales (None for float formats)."""
+    if not fmt.compressed:
+        return np.require(w, fmt.stored, ["C", "A"]), None
+    if not (fmt.widens and w.dtype == fmt.stored):
+        w = np.asarray(w, np.float32)  # the layer's dtype first, then the format
+    if not np.isfinite(w).all():
+        raise ValueError(f"weight has NaN or Inf values, which {fmt.name} weights "
+                         f"cannot hold")
+    if fmt.quantize is not None:
+        return fmt.quantize(w, group)
+    if w.dtype == fmt.stored:
+        return w, None
+    with np.errstate(over="ignore"):  # checked just below
+        stored = w.astype(fmt.stored)
+    if not np.isfinite(stored).all():
+        raise ValueError(f"weight has values beyond the range of {fmt.name} "
+                         f"(largest {float(np.finfo(stored.dtype).max):g})")
+    return stored, None
+
+
+def check_stored(w, scale, fmt, group, n, k):
+    """Weights of a scaled format and their scales as state_dict() gives them, checked:
+    a ValueError names what is wrong. Returns both C-contiguous."""
+    cols, name = fmt.cols(k), fmt.name
+    if w.dtype != fmt.stored or w.shape != (n, cols):
+        raise ValueError(f"{name} 'weight' must be {fmt.stored} of shape {(n, cols)}, got "
+                         f"{w.dtype} of shape {w.shape}")
+    shape = fmt.scale_shape(n, k, group)
+    if scale.dtype != np.float32 or scale.shape != shape:
+        raise ValueError(f"{name} 'weight_scale' must be float32 of shape {shape}"
+                         f"{' (group_size ' + str(group) + ')' if group else ''}, got "
+                         f"{scale.dtype} of shape {scale.shape}")
+    if not (np.isfinite(scale).all() and (scale != 0).all()):
+        raise ValueError(f"{name} 'weight_scale' must be finite and nonzero")
+    if fmt.scale == "group" and (scale.view(np.uint32) & 7).any():
+        raise ValueError(f"{name} 'weight_scale' values must have at most 21 significant "
+                         "bits (as fastlinear's quantization writes them), so that each "
+                         "q * scale is exact in float32")
+    return np.require(w, requirements=["C", "A"]), np.require(scale, requirements=["C", "A"])
+
+
+def decode(stored, scale, fmt, group, k):
+    """The float values (float32, or float64 for float64 weights) of stored rows."""
+    if fmt.scale is None:
+        return stored.astype(fmt.activations, copy=False)
+    q = fmt.integers(stored, k).astype(np.float32)
+    if fmt.scale == "row":
+        return q * scale[:, None]
+    return q * np.repeat(scale, group, axis=1)[:, :k]
+
+
+def kernel_rows(stored, fmt):
     """The stored rows as the C kernel takes them (bfloat16 and float16 as raw bits),
     C-contiguous and aligned (copied where they are not)."""
-    stored = np.require(stored, requirements=["C", "A"])
-    if weight_dtype in ("bfloat16", "float16"):
-        return stored.view(np.uint16)
-    return stored
+    return _as_type(np.require(stored, requirements=["C", "A"]), fmt.kernel)
 
 
-def from_kernel(stored, weight_dtype):
+def from_kernel(stored, fmt):
     """The inverse of kernel_rows."""
-    if weight_dtype in ("bfloat16", "float16"):
-        return stored.view(STORED[weight_dtype])
-    return stored
+    return _as_type(stored, fmt.stored)
+
+
+def _as_type(a, dtype):
+    # `a` itself where no view is needed: a caller may mark it read-only (no view of it
+    # can then be made writeable again).
+    return a if a.dtype == dtype else a.view(dtype)

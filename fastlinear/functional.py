@@ -1,7 +1,7 @@
 """Stateless forward: fastlinear.functional.linear(x, weight, bias)."""
 import numpy as np
 
-from . import _blas, _config, _core
+from . import _blas, _config, _core, _formats
 from ._validate import as_rows, as_weight, check_out, kernel_ready, parameter
 
 __all__ = ["linear"]
@@ -24,7 +24,7 @@ def linear(x, weight, bias=None, *, out=None, backend="auto"):
         bias = parameter(bias, (n,), dtype, "bias")
     x2, batch = as_rows(x, dtype, k, fortran_ok=backend == "blas")
     if backend == "native":
-        packed = _core.PackedWeights(n, k, dtype.name, 0, bias is not None)
+        packed = _core.PackedWeights(n, k, _formats.FORMAT[dtype.name], 0, bias is not None)
         packed.set_rows(0, np.require(w, dtype, ["C", "A"]), None)
         if bias is not None:
             packed.set_bias(bias)

@@ -56,12 +56,11 @@ class Linear:
 
     def _configure(self, dtype, weight_dtype, group_size, backend):
         self._dtype = layer_dtype(dtype)
-        self._weight_dtype, self._group = _formats.check(weight_dtype, self._dtype,
-                                                         group_size)
+        self._format, self._group = _formats.check(weight_dtype, self._dtype, group_size)
         self._backend = _config.check_backend(backend)
-        if self._backend == "blas" and self._weight_dtype in _formats.COMPRESSED:
+        if self._backend == "blas" and self._format.compressed:
             raise ValueError(f"the BLAS backend runs float weights only; "
-                             f"{self._weight_dtype} weights need backend 'native' or 'auto'")
+                             f"{self._format.name} weights need backend 'native' or 'auto'")
 
     # -- parameters ---------------------------------------------------------------
     def reset_parameters(self, rng=None):
@@ -88,18 +87,12 @@ class Linear:
         """Packs the weights in blocks of rows, in order: rows(j0, j1) gives rows
         [j0, j1) as floats, or, with `scales`, in the stored form (scales(j0, j1) their
         scales). bias: None, an array, or a function giving it (called after the rows)."""
-        fmt, group = self._weight_dtype, self._group
-        stored_type = _formats.STORED[fmt]
+        fmt, group = self._format, self._group
 
         def stored(j0, j1):
             w = rows(j0, j1)
-            if scales is not None:  # int8 or int4 as stored (_formats.check_stored)
+            if scales is not None:  # a scaled format as stored (_formats.check_stored)
                 return w, scales(j0, j1)
-            if fmt in ("bfloat16", "float16") and w.dtype == stored_type:  # kept as given
-                if not np.isfinite(w).all():
-                    raise ValueError(f"weight has NaN or Inf values, which {fmt} weights "
-                                     f"cannot hold")
-                return w, None
             return _formats.encode(w, fmt, group)
 
         def final_bias():
@@ -136,7 +129,7 @@ class Linear:
         if params.packed is None:
             return params.plain.copy(), None
         w, scale, _ = params.packed.unpack()
-        return _formats.from_kernel(w, self._weight_dtype), scale
+        return _formats.from_kernel(w, self._format), scale
 
     @property
     def _has_bias(self):
@@ -145,7 +138,7 @@ class Linear:
     def _state_keys(self):
         """The keys of state_dict(), in torch's order."""
         keys = ["weight"]
-        if self._weight_dtype in ("int8", "int4"):
+        if self._format.scale:
             keys.append("weight_scale")
         return (*keys, "bias") if self._has_bias else tuple(keys)
 
@@ -163,7 +156,7 @@ class Linear:
         if params.packed is None:
             return self._view(params.plain)
         w, scale = self._stored()
-        values = _formats.decode(w, scale, self._weight_dtype, self._group, self._in)
+        values = _formats.decode(w, scale, self._format, self._group, self._in)
         values.flags.writeable = False
         return self._view(values)
 
@@ -198,7 +191,7 @@ class Linear:
     def weight_dtype(self):
         """How the weights are stored: "float32", "float64", "bfloat16", "float16",
         "int8" or "int4"."""
-        return self._weight_dtype
+        return self._format.name
 
     @property
     def group_size(self):
@@ -215,7 +208,7 @@ class Linear:
         """The backend a call runs now: "native" or "blas" ("auto" resolved for this
         CPU's native kernel, see fastlinear.show_config(); compressed weights always
         run natively)."""
-        if self._weight_dtype in _formats.COMPRESSED:
+        if self._format.compressed:
             return "native"
         return _config.resolve_backend(self._backend)
 
@@ -224,7 +217,8 @@ class Linear:
         docstring); the bias is kept. This layer is left as it is."""
         layer = Linear.__new__(Linear)
         layer._in, layer._out = self._in, self._out
-        backend = "auto" if weight_dtype in _formats.COMPRESSED else self._backend
+        fmt = _formats.check(weight_dtype, self._dtype, group_size)[0]
+        backend = "auto" if fmt.compressed else self._backend
         layer._configure(self._dtype, weight_dtype, group_size, backend)
         layer._set(self.weight, self._params.bias)
         return layer
@@ -275,12 +269,12 @@ class Linear:
 
     def _load(self, state):
         bias = state.get("bias")
-        if self._weight_dtype not in ("int8", "int4"):
+        if not self._format.scale:
             self._set(state["weight"], bias)
             return
         w, scale = _formats.check_stored(as_array(state["weight"], "weight"),
                                          as_array(state["weight_scale"], "weight_scale"),
-                                         self._weight_dtype, self._group, self._out, self._in)
+                                         self._format, self._group, self._out, self._in)
         self._store(lambda j0, j1: w[j0:j1], bias, lambda j0, j1: scale[j0:j1])
 
     def to_torch(self):
@@ -291,8 +285,7 @@ class Linear:
             import torch
         except ImportError:
             raise ImportError("to_torch needs PyTorch: pip install torch") from None
-        dtype = {"float64": torch.float64, "bfloat16": torch.bfloat16,
-                 "float16": torch.float16}.get(self._weight_dtype, torch.float32)
+        dtype = getattr(torch, self._format.values)
         module = torch.nn.Linear(self._in, self._out, bias=self._has_bias, dtype=dtype)
         with torch.no_grad():
             module.weight.copy_(torch.from_numpy(np.array(self.weight)))
@@ -312,9 +305,7 @@ class Linear:
         kind = str(module.weight.dtype).replace("torch.", "")
         if dtype is None:
             dtype = np.float64 if kind == "float64" else np.float32
-        if weight_dtype is None and kind in ("bfloat16", "float16") and \
-                np.dtype(dtype) == np.float32:
-            weight_dtype = kind
+        weight_dtype = _formats.keep_given(weight_dtype, kind, dtype)
         return cls._from_parameters(module.weight, module.bias, dtype, backend,
                                     weight_dtype, group_size)
 
@@ -342,7 +333,7 @@ class Linear:
     def __reduce__(self):
         # The stored form, not the packed one: it is packed on load for the CPU there.
         return (Linear._from_state, (self._in, self._out, self._dtype.name,
-                                     self._weight_dtype, self.group_size, self._backend,
+                                     self._format.name, self.group_size, self._backend,
                                      self.state_dict()))
 
     def __repr__(self):
@@ -350,8 +341,8 @@ class Linear:
         if self._backend == "auto":
             backend += f" ({self.resolved_backend})"
         fmt = ""
-        if self._weight_dtype != self._dtype.name:
-            fmt = f", weight_dtype={self._weight_dtype!r}"
+        if self._format.name != self._dtype.name:
+            fmt = f", weight_dtype={self._format.name!r}"
             if self._group:
                 fmt += f", group_size={self._group}"
         return (f"Linear(in_features={self._in}, out_features={self._out}, "

@@ -111,7 +111,7 @@ def test_rounding_of_each_format():
     base = fl.Linear._from_parameters(w, None, np.float32, "auto")
     for fmt, rel in (("bfloat16", 2.0**-8), ("float16", 2.0**-11)):
         layer = base.quantize(fmt)
-        expect = w.astype(_formats.STORED[fmt]).astype(np.float32)
+        expect = w.astype(_formats.FORMAT[fmt].stored).astype(np.float32)
         np.testing.assert_array_equal(layer.weight, expect)
         assert np.all(np.abs(layer.weight - w) <= rel * np.abs(w) + 2.0**-24)
     int8 = base.quantize("int8")
@@ -167,7 +167,7 @@ def test_nan_or_inf_weights_are_refused(fmt):
 
 @pytest.mark.parametrize("fmt", ["bfloat16", "float16"])
 def test_half_weights_given_as_such_are_checked_too(fmt):
-    w = np.ones((3, 8), _formats.STORED[fmt])
+    w = np.ones((3, 8), _formats.FORMAT[fmt].stored)
     w[2, 5] = np.inf
     with pytest.raises(ValueError, match="NaN or Inf"):
         fl.Linear._from_parameters(w, None, np.float32, "auto", fmt)
@@ -176,7 +176,7 @@ def test_half_weights_given_as_such_are_checked_too(fmt):
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_any_weight_layout_gives_the_same_layer(fmt):
     w = np.random.default_rng(2).standard_normal((20, 33)).astype(np.float32)
-    half = w.astype(_formats.STORED[fmt]) if fmt in ("bfloat16", "float16") else w
+    half = w.astype(_formats.FORMAT[fmt].stored) if fmt in ("bfloat16", "float16") else w
     raw = np.zeros(half.nbytes + 1, np.uint8)[1:].view(half.dtype).reshape(half.shape)
     raw[...] = half  # misaligned
     expect = fl.Linear._from_parameters(half, None, np.float32, "auto", fmt).state_dict()
