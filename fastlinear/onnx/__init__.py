@@ -1,0 +1,98 @@
+"""load_onnx: an ONNX file holding an MLP, as a fastlinear.Sequential.
+
+The graph must be one chain of layers from its single input to its single output. It
+maps, in ONNX's default domain unless named:
+
+* Gemm (transA=0; alpha and beta folded in), MatMul by a constant (K, N) matrix, and an
+  Add of a constant right after either (its bias) -> Linear
+* com.microsoft FusedGemm (ONNX Runtime's optimizer output) -> Linear and its activation
+* Relu, LeakyRelu, Sigmoid, Tanh, Gelu, com.microsoft Gelu, BiasGelu and FastGelu
+  -> ReLU, LeakyReLU, Sigmoid, Tanh, GELU (a BiasGelu's or FastGelu's bias goes into
+  the Linear before it)
+* activations written out in element-wise nodes, as older exporters write them:
+  x * Sigmoid(x) -> SiLU; GELU's erf and tanh forms -> GELU. They are recognised by
+  evaluating the nodes, so the order of the operands does not matter.
+* BatchNormalization (inference, of (N, C) data) -> BatchNorm1d
+* LayerNormalization, and LayerNorm written out (ReduceMean, Sub, Pow, ReduceMean, Add,
+  Sqrt, Div, then Mul and Add by its weight and bias: opsets < 17) -> LayerNorm
+* Softmax and LogSoftmax over the last axis, Flatten and Reshape that merge the
+  trailing dimensions (-> Flatten) or regroup rows keeping the last one (ONNX Runtime
+  wraps a Gemm in those), Identity, Dropout, Cast between float32 and float64.
+
+Constants may be initializers, Constant nodes, or Identity, Cast and Transpose of those;
+a Reshape's target may also be computed from the input's shape (Shape, Gather, Concat).
+Each tensor's data is checked against its declared dims before it is read; external
+data is read only from files inside the model's folder. Anything else raises ValueError
+(TypeError for data types) naming the file and the node.
+
+The package, by job: _tensors (tensors from a file that may be hostile), _graph (the
+graph indexed, constants folded), _shapes (the Reshape and Flatten rules), _patterns
+(layers written out), _handlers (what each operator is read as), _walker (the walk
+from input to output).
+"""
+import os
+
+import numpy as np
+
+from .. import _config, _formats
+from .._validate import layer_dtype
+from ._graph import FileError, Graph
+from ._tensors import DOUBLE, FLOATS
+from ._walker import Walker
+
+__all__ = ["load_onnx"]
+
+
+def load_onnx(path, *, dtype=None, weight_dtype=None, group_size=None, backend="auto"):
+    """A Sequential running the MLP in the ONNX file at `path` (see
+    help(fastlinear.onnx) for the operators it reads). dtype: float64 when the file's weights are
+    float64, else float32, unless given. weight_dtype, group_size and backend apply to
+    every Linear as in Linear.from_torch: by default float16 and bfloat16 weights are
+    kept as they are in a float32 model, other weights take the model's dtype.
+    Raises ValueError or TypeError naming the file and the node it cannot read, and
+    ImportError when the onnx package is not installed."""
+    try:
+        import onnx
+        from google.protobuf.message import Error as ProtobufError
+    except ImportError:
+        raise ImportError("load_onnx needs the onnx package: "
+                          "pip install fastlinear[onnx]") from None
+    try:
+        name = os.fspath(path)
+    except TypeError:
+        raise TypeError(f"path must be a file path, got {type(path).__name__}") from None
+    if isinstance(name, bytes):
+        if b"\0" in name:  # a model's bytes rather than a path
+            raise TypeError("path must be a file path, got bytes holding a NUL (the bytes "
+                            "of a model? load_onnx reads a file: write them to one)")
+        name = os.fsdecode(name)
+    _config.check_backend(backend)
+    if dtype is not None:
+        dtype = layer_dtype(dtype)
+    try:
+        model = onnx.load(name, load_external_data=False)  # weights are read as needed
+    except (ProtobufError, ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{name}: not a readable ONNX model, or a truncated one "
+                         f"({type(exc).__name__}: {exc})") from None
+    if not model.HasField("graph"):
+        raise ValueError(f"{name}: holds no ONNX graph (an empty file, or not an ONNX "
+                         f"model)")
+    if dtype is None:
+        dtype = _default_dtype(model.graph)
+    _formats.check(weight_dtype, dtype, group_size)  # argument errors before any layer
+    options = dict(dtype=dtype, weight_dtype=weight_dtype, group_size=group_size,
+                   backend=backend)
+    try:
+        graph = Graph(onnx, model, os.path.dirname(os.path.abspath(name)))
+        return Walker(graph, options).run()
+    except FileError as err:
+        raise err.kind(f"{name}: {err}") from None
+
+
+def _default_dtype(graph):
+    """float64 where the float weights are, else float32 (the input's type decides for a
+    graph without initializers)."""
+    kinds = {t.data_type for t in graph.initializer if t.data_type in FLOATS}
+    if not kinds:
+        kinds = {i.type.tensor_type.elem_type for i in graph.input}
+    return np.dtype(np.float64 if kinds == {DOUBLE} else np.float32)
