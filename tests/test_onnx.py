@@ -504,6 +504,18 @@ def test_two_outputs_and_a_dead_end(tmp_path):
         load_onnx(side)
 
 
+@pytest.mark.parametrize("nodes", [[node("Shape", ["x"], "y")],
+                                   [node("Relu", ["x"], "r"), node("Shape", ["r"], "y")]])
+def test_shape_of_the_data_as_the_output_names_the_node(tmp_path, nodes):
+    """A Shape reads only the data's shape, so no node reads the data itself: the error
+    names the Shape rather than saying that nothing reads it."""
+    data = nodes[-1].input[0]
+    with pytest.raises(ValueError, match=rf"model.onnx: node 'y_node' \(Shape\): reads "
+                                         rf"the shape of '{data}'; Shape is not supported "
+                                         rf"here"):
+        load_onnx(write(tmp_path, nodes))
+
+
 def test_rows_regrouped_and_not_restored(tmp_path):
     w, _ = linear_consts(np.random.default_rng(0))
     path = write(tmp_path, [node("Reshape", ["x", "s"], "r"), node("MatMul", ["r", "w"], "y")],

@@ -77,7 +77,14 @@ class Walker:
         return Sequential(*self.modules)
 
     def _dead_end(self):
+        """Fails where no node reads the data: a Shape reading it is named (only a
+        Reshape's target may be computed from the data's shape)."""
         graph = self.graph
+        shape_of = graph.users.get(self.value)
+        if shape_of:
+            self.fail(shape_of[0], f"reads the shape of {self.value!r}; Shape is not "
+                                   f"supported here: load_onnx reads it only inside the "
+                                   f"target shape of a Reshape")
         writer = graph.producer.get(self.value)
         by = f" (written by {graph.desc(writer)})" if writer is not None else ""
         raise FileError(ValueError, f"{self.value!r}{by} is read by no node: the graph's "
