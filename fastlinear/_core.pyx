@@ -214,25 +214,12 @@ cdef int _forward(PackedWeights packed, const real[:, :] x, real[:, ::1] out,
         return fl_forward(packed._p, m, xp, ldx, &out[0, 0], n, nthreads)
 
 
-# Activation names (fastlinear.activations) -> the C kernel's codes.
-ACTS = {"relu": FL_ACT_RELU, "leaky_relu": FL_ACT_LEAKY_RELU, "gelu": FL_ACT_GELU,
-        "gelu_tanh": FL_ACT_GELU_TANH, "silu": FL_ACT_SILU, "sigmoid": FL_ACT_SIGMOID,
-        "tanh": FL_ACT_TANH}
-_ROW_STEPS = {"affine": FL_STEP_AFFINE, "layernorm": FL_STEP_LAYERNORM,
-              "softmax": FL_STEP_SOFTMAX, "logsoftmax": FL_STEP_LOGSOFTMAX}
-
-
 cdef class Model:
-    """A chain of steps run by fl_model_forward in one call, built once from tuples:
-      ("linear", PackedWeights, act or None, alpha, scale, shift)
-                                                     y = act((x @ W.T + b) * scale + shift),
-                                                     scale and shift None or (N,) arrays
-      ("act", act, alpha)                            y = act(x)
-      ("affine", a, b)                               y = x * a + b
-      ("layernorm", a or None, b or None, eps)       over the row
-      ("softmax",), ("logsoftmax",)                  over the row
-    act: a key of ACTS; a, b: C-contiguous (width,) arrays of the model's dtype. The
-    model keeps what the steps point into."""
+    """A chain of steps run by fl_model_forward in one call, built once from records
+    with fl_step's fields by name (fastlinear._steps.Step, .Epilogue): kind, linear (a
+    PackedWeights), ep (act, alpha, scale, shift), a, b, eps; each step's width follows
+    from the ones before it. Arrays (ep.scale, ep.shift, a, b) are None or C-contiguous
+    (width,) arrays of the model's dtype. The model keeps what the steps point into."""
     cdef fl_step *_steps
     cdef size_t _n
     cdef list _keep
@@ -254,39 +241,39 @@ cdef class Model:
         cdef size_t width = in_features
         cdef fl_step *st
         cdef PackedWeights packed
+        cdef int kind, act
         for i, step in enumerate(steps):
             st = &self._steps[i]
-            kind = step[0]
-            st.width = width
-            if kind == "linear":
-                packed = step[1]
+            kind = step.kind
+            if kind == FL_STEP_LINEAR:
+                packed = step.linear
                 if packed.dtype != self.dtype or packed.in_features != width:
                     raise ValueError(f"step {i}: weights of {packed.in_features} inputs "
                                      f"and {packed.dtype} after {width} values of {self.dtype}")
-                st.kind = <fl_step_kind>FL_STEP_LINEAR
                 st.linear = packed._p
-                st.width = width = packed.out_features
-                st.ep.act = ACTS[step[2]] if step[2] is not None else FL_ACT_NONE
-                st.ep.alpha = step[3]
+                width = packed.out_features
                 self._keep.append(packed)
-                if step[4] is not None:
-                    self._check_row_arrays(i, step[4:6], width)
-                    st.ep.scale = cnp.PyArray_DATA(<cnp.ndarray>step[4])
-                    st.ep.shift = cnp.PyArray_DATA(<cnp.ndarray>step[5])
-            elif kind == "act":
-                st.kind = <fl_step_kind>FL_STEP_ACT
-                st.ep.act = ACTS[step[1]]
-                st.ep.alpha = step[2]
-            elif kind in _ROW_STEPS:
-                st.kind = _ROW_STEPS[kind]
-                if kind in ("affine", "layernorm") and step[1] is not None:
-                    self._check_row_arrays(i, step[1:3], width)
-                    st.a = cnp.PyArray_DATA(<cnp.ndarray>step[1])
-                    st.b = cnp.PyArray_DATA(<cnp.ndarray>step[2])
-                if kind == "layernorm":
-                    st.eps = step[3]
-            else:
-                raise ValueError(f"step {i}: unknown kind {kind!r}")
+            elif kind not in (FL_STEP_ACT, FL_STEP_AFFINE, FL_STEP_LAYERNORM,
+                              FL_STEP_SOFTMAX, FL_STEP_LOGSOFTMAX):
+                raise ValueError(f"step {i}: unknown kind {kind}")
+            st.kind = <fl_step_kind>kind
+            st.width = width
+            if kind in (FL_STEP_LINEAR, FL_STEP_ACT):
+                act = step.ep.act
+                if not 0 <= act < FL_NACTS:
+                    raise ValueError(f"step {i}: unknown activation {act}")
+                st.ep.act = <fl_act>act
+                st.ep.alpha = step.ep.alpha
+            if kind == FL_STEP_LINEAR and step.ep.scale is not None:
+                self._check_row_arrays(i, (step.ep.scale, step.ep.shift), width)
+                st.ep.scale = cnp.PyArray_DATA(<cnp.ndarray>step.ep.scale)
+                st.ep.shift = cnp.PyArray_DATA(<cnp.ndarray>step.ep.shift)
+            if kind in (FL_STEP_AFFINE, FL_STEP_LAYERNORM) and step.a is not None:
+                self._check_row_arrays(i, (step.a, step.b), width)
+                st.a = cnp.PyArray_DATA(<cnp.ndarray>step.a)
+                st.b = cnp.PyArray_DATA(<cnp.ndarray>step.b)
+            if kind == FL_STEP_LAYERNORM:
+                st.eps = step.eps
         self.out_features = width
 
     def _check_row_arrays(self, i, arrays, width):

@@ -37,7 +37,8 @@ class Format:
     name: str             # the weight_dtype users write
     code: int             # the C kernel's fl_dtype
     stored: np.dtype      # numpy type of the stored weights (state_dict's 'weight')
-    kernel: np.dtype      # numpy type of the rows the kernel takes (bfloat16, float16: bits)
+    kernel: np.dtype      # numpy type of the rows the kernel takes (bfloat16, float16:
+                          # their bits)
     bits: int             # per weight: a row of K weights is ceil(K * bits / 8) bytes
     widens: bool          # a narrower float the kernel widens exactly
     scale: str = None     # None, "row" (one float32 per output row) or "group" (one per

@@ -3,7 +3,7 @@ code (src_c/activation.h): the same bits on every CPU, ISA and library version, 
 fused into the Linear before it in a Sequential. Inputs of any shape; float64 input gives
 float64, any other real input float32; a new array is returned (the input is never
 changed). Accuracy (ulp against float64): README, "Activations"."""
-from . import _steps
+from . import _core, _steps
 
 __all__ = ["ReLU", "LeakyReLU", "GELU", "SiLU", "Sigmoid", "Tanh"]
 
@@ -14,7 +14,7 @@ class _Activation:
     # attributes of that torch module its constructor takes, in order; onnx_ops, the ONNX
     # operators (domain.op_type outside the default domain) read as this one module.
     torch_names, torch_args, onnx_ops = (), (), ()
-    _act = None     # its name in fastlinear._core.ACTS
+    _act = _core.FL_ACT_NONE  # the C kernel's code
     _alpha = 0.0
 
     def __call__(self, x):
@@ -23,7 +23,7 @@ class _Activation:
     forward = __call__
 
     def _steps(self, width, dtype):
-        return [("act", self._act, self._alpha)]
+        return [_steps.Step(_core.FL_STEP_ACT, ep=_steps.Epilogue(self._act, self._alpha))]
 
     def state_dict(self):
         return {}
@@ -35,25 +35,25 @@ class _Activation:
 class ReLU(_Activation):
     """max(x, 0); NaN stays NaN."""
     torch_names, onnx_ops = ("ReLU",), ("Relu",)
-    _act = "relu"
+    _act = _core.FL_ACT_RELU
 
 
 class SiLU(_Activation):
     """x * sigmoid(x)."""
     torch_names = ("SiLU",)  # ONNX writes it out: x * Sigmoid(x)
-    _act = "silu"
+    _act = _core.FL_ACT_SILU
 
 
 class Sigmoid(_Activation):
     """1 / (1 + exp(-x))."""
     torch_names, onnx_ops = ("Sigmoid",), ("Sigmoid",)
-    _act = "sigmoid"
+    _act = _core.FL_ACT_SIGMOID
 
 
 class Tanh(_Activation):
     """tanh(x)."""
     torch_names, onnx_ops = ("Tanh",), ("Tanh",)
-    _act = "tanh"
+    _act = _core.FL_ACT_TANH
 
 
 class LeakyReLU(_Activation):
@@ -61,7 +61,7 @@ class LeakyReLU(_Activation):
     as torch does)."""
     torch_names, torch_args = ("LeakyReLU",), ("negative_slope",)
     onnx_ops = ("LeakyRelu",)
-    _act = "leaky_relu"
+    _act = _core.FL_ACT_LEAKY_RELU
 
     def __init__(self, negative_slope=0.01):
         if isinstance(negative_slope, bool) or not isinstance(negative_slope, (int, float)):
@@ -84,11 +84,11 @@ class GELU(_Activation):
     def __init__(self, approximate="none"):
         if approximate not in ("none", "tanh"):
             raise ValueError(f"approximate must be 'none' or 'tanh', got {approximate!r}")
-        self._act = "gelu" if approximate == "none" else "gelu_tanh"
+        self._act = _core.FL_ACT_GELU if approximate == "none" else _core.FL_ACT_GELU_TANH
 
     @property
     def approximate(self):
-        return "none" if self._act == "gelu" else "tanh"
+        return "none" if self._act == _core.FL_ACT_GELU else "tanh"
 
     def __repr__(self):
         return f"GELU(approximate={self.approximate!r})"

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from . import _steps
+from . import _core, _steps
 from ._validate import as_array, check_keys, layer_dtype, parameter, positive_int
 
 __all__ = ["Identity", "Dropout", "Flatten", "LayerNorm", "Softmax", "LogSoftmax",
@@ -99,7 +99,7 @@ def _last_dim(dim, name):
 
 class _RowSoftmax:
     torch_args = ("dim",)
-    _kind = None
+    _kind = None  # its fl_step_kind code
 
     def __init__(self, dim=-1):
         self.dim = _last_dim(dim, type(self).__name__)
@@ -122,7 +122,7 @@ class _RowSoftmax:
     forward = __call__
 
     def _steps(self, width, dtype):
-        return [(self._kind,)]
+        return [_steps.Step(self._kind)]
 
     def state_dict(self):
         return {}
@@ -134,13 +134,13 @@ class _RowSoftmax:
 class Softmax(_RowSoftmax):
     """exp(x - max) / sum(exp(x - max)) over the last dimension (sums in float64)."""
     torch_names, onnx_ops = ("Softmax",), ("Softmax",)
-    _kind = "softmax"
+    _kind = _core.FL_STEP_SOFTMAX
 
 
 class LogSoftmax(_RowSoftmax):
     """(x - max) - log(sum(exp(x - max))) over the last dimension (in float64)."""
     torch_names, onnx_ops = ("LogSoftmax",), ("LogSoftmax",)
-    _kind = "logsoftmax"
+    _kind = _core.FL_STEP_LOGSOFTMAX
 
 
 class _Params:
@@ -217,7 +217,7 @@ class LayerNorm:
         a, b = self._params.arrays or (None, None)
         if a is not None and a.dtype != dtype:
             a, b = a.astype(dtype), b.astype(dtype)
-        return [("layernorm", a, b, self.eps)]
+        return [_steps.Step(_core.FL_STEP_LAYERNORM, a=a, b=b, eps=self.eps)]
 
     def _state_keys(self):
         if not self.elementwise_affine:
@@ -293,7 +293,8 @@ class BatchNorm1d:
         if width != self._n:
             raise ValueError(f"BatchNorm1d({self._n}) got rows of {width} features")
         scale, shift = self.factors()
-        return [("affine", scale.astype(dtype), shift.astype(dtype))]
+        return [_steps.Step(_core.FL_STEP_AFFINE, a=scale.astype(dtype),
+                            b=shift.astype(dtype))]
 
     def _state_keys(self):
         return self._KEYS if self.affine else self._KEYS[2:]

@@ -7,7 +7,7 @@ import numpy as np
 
 from . import _core, _steps
 from ._validate import as_array, check_keys
-from .activations import GELU, LeakyReLU, ReLU, Sigmoid, SiLU, Tanh, _Activation
+from .activations import GELU, LeakyReLU, ReLU, Sigmoid, SiLU, Tanh
 from .linear import Linear
 from .modules import (BatchNorm1d, Dropout, Flatten, Identity, LayerNorm, LogSoftmax,
                       Softmax, _RowSoftmax)
@@ -75,22 +75,20 @@ class _Segment:
                 if width != m.in_features:
                     raise ValueError(f"module {path} ({m!r}) takes {m.in_features} values "
                                      f"per row and gets {width}")
-                steps.append(["linear", m._packed(), None, 0.0, None, None])
+                steps.append(_steps.Step(_core.FL_STEP_LINEAR, linear=m._packed()))
                 width = m.out_features
                 continue
             try:
                 new = m._steps(width, dtype)
             except ValueError as exc:
                 raise ValueError(f"module {path} ({m!r}): {exc}") from None
-            epilogue = steps[-1] if steps and steps[-1][0] == "linear" else None
-            if isinstance(m, _Activation) and epilogue and epilogue[2] is None:
-                epilogue[2:4] = [m._act, m._alpha]
-            elif isinstance(m, BatchNorm1d) and epilogue and epilogue[2] is None \
-                    and epilogue[4] is None:
-                epilogue[4:6] = new[0][1:3]  # the affine step's scale and shift
-            else:
-                steps += new
-        return [tuple(s) for s in steps]
+            for step in new:
+                fused = _steps.fuse(steps[-1] if steps else None, step)
+                if fused is None:
+                    steps.append(step)
+                else:
+                    steps[-1] = fused
+        return steps
 
     def run(self, x):
         if self.plain is not None and (not self.plain_2d or (
