@@ -190,8 +190,10 @@ def node(op, inputs, output, domain=None, **attrs):
 
 
 def write(tmp_path, nodes, consts=(), *, shape=("batch", 6), const_nodes=False,
-          elem=TensorProto.FLOAT, opset=17, outputs=("y",), name="model.onnx"):
-    """A model from x to y; consts (name -> array) as initializers or Constant nodes."""
+          elem=TensorProto.FLOAT, out_elem=None, opset=17, outputs=("y",),
+          name="model.onnx"):
+    """A model from x to y; consts (name -> array) as initializers or Constant nodes;
+    elem the type of x, and of y unless out_elem is given."""
     consts = dict(consts)
     tensors = [numpy_helper.from_array(np.asarray(a), n) for n, a in consts.items()]
     if const_nodes:
@@ -200,7 +202,8 @@ def write(tmp_path, nodes, consts=(), *, shape=("batch", 6), const_nodes=False,
         tensors = []
     graph = helper.make_graph(
         nodes, "g", [helper.make_tensor_value_info("x", elem, shape)],
-        [helper.make_tensor_value_info(o, elem, None) for o in outputs], initializer=tensors)
+        [helper.make_tensor_value_info(o, elem if out_elem is None else out_elem, None)
+         for o in outputs], initializer=tensors)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset),
                                                     helper.make_opsetid("com.microsoft", 1)])
     model.ir_version = 8  # what ONNX Runtime reads
@@ -321,6 +324,69 @@ def test_float16_weights_are_kept(tmp_path):
     x = rng.standard_normal((3, 6)).astype(np.float32)
     expected = x.astype(np.float64) @ w.astype(np.float64) + b.astype(np.float64)
     assert_near(ours(x), expected, 6)
+
+
+@pytest.mark.parametrize("dtype", [None, np.float32])
+@pytest.mark.parametrize("elem", ["float16", "bfloat16"])
+def test_a_cast_up_alone_returns_float32(tmp_path, dtype, elem):
+    """x -> Cast(to=FLOAT) -> y on 16-bit input: float32 out, exactly the input's values
+    (the Cast is an Identity, and a Sequential computes in float32)."""
+    import ml_dtypes
+    kind = {"float16": (TensorProto.FLOAT16, np.float16),
+            "bfloat16": (TensorProto.BFLOAT16, ml_dtypes.bfloat16)}[elem]
+    path = write(tmp_path, [node("Cast", ["x"], "y", to=TensorProto.FLOAT)], elem=kind[0],
+                 out_elem=TensorProto.FLOAT)
+    x = np.array([[0.47892547, -2.5, 65504, np.inf, -np.inf, np.nan]]).astype(kind[1])
+    y = load_onnx(path, dtype=dtype)(x)
+    assert y.dtype == np.float32
+    np.testing.assert_array_equal(y, x.astype(np.float32))
+
+
+def test_casts_at_the_edges_of_a_float16_graph(tmp_path):
+    """float16 in, cast up, a float32 Linear and ReLU, cast down to float16 at the end:
+    the model takes the float16 input as it is and returns float32, which rounded to
+    float16 is the graph's output."""
+    rng = np.random.default_rng(0)
+    w, b = linear_consts(rng)
+    nodes = [node("Cast", ["x"], "x32", to=TensorProto.FLOAT),
+             node("MatMul", ["x32", "w"], "mm"), node("Add", ["mm", "b"], "a"),
+             node("Relu", ["a"], "r"), node("Cast", ["r"], "y", to=TensorProto.FLOAT16)]
+    path = write(tmp_path, nodes, dict(w=w, b=b), elem=TensorProto.FLOAT16)
+    ours = load_onnx(path)
+    assert [type(m).__name__ for m in ours.modules] == ["Identity", "Linear", "ReLU"]
+    assert ours[1].dtype == np.float32 and "weight_dtype" not in repr(ours[1])
+    x = rng.standard_normal((5, 6)).astype(np.float16)
+    y = ours(x)
+    assert y.dtype == np.float32
+    expected = np.maximum(x.astype(np.float64) @ w.astype(np.float64) + b, 0)
+    assert_near(y, expected, 6)
+    reference = run_ort(path, x)
+    assert reference.dtype == np.float16
+    np.testing.assert_allclose(y.astype(np.float16).astype(np.float32),
+                               reference.astype(np.float32), rtol=2e-3, atol=1e-3)
+
+
+def test_a_cast_down_at_the_end_is_left_to_the_caller(tmp_path):
+    import ml_dtypes
+    path = write(tmp_path, [node("Relu", ["x"], "r"),
+                            node("Cast", ["r"], "y", to=TensorProto.BFLOAT16)],
+                 out_elem=TensorProto.BFLOAT16)
+    x = np.linspace(-3, 3, 12, dtype=np.float32).reshape(2, 6) / 7
+    y = load_onnx(path)(x)
+    assert y.dtype == np.float32
+    np.testing.assert_array_equal(y, np.maximum(x, 0))
+    expected = np.maximum(x, 0).astype(ml_dtypes.bfloat16)  # what the graph returns
+    np.testing.assert_array_equal(y.astype(ml_dtypes.bfloat16), expected)
+
+
+@pytest.mark.parametrize("to", [TensorProto.FLOAT16, TensorProto.BFLOAT16])
+def test_a_cast_down_inside_the_graph_is_refused(tmp_path, to):
+    """A rounding to 16 bits between layers would change what follows: refused."""
+    path = write(tmp_path, [node("Cast", ["x"], "h", to=to), node("Relu", ["h"], "y")])
+    with pytest.raises(TypeError, match=rf"node 'h_node' \(Cast\): casts to type {to}; "
+                                        rf"load_onnx reads casts to float32 and float64, "
+                                        rf"and to float16 or bfloat16 as the graph's last"):
+        load_onnx(path)
 
 
 def test_layernorm_ops_and_dropout(tmp_path):

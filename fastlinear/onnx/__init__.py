@@ -17,7 +17,17 @@ maps, in ONNX's default domain unless named:
   Sqrt, Div, then Mul and Add by its weight and bias: opsets < 17) -> LayerNorm
 * Softmax and LogSoftmax over the last axis, Flatten and Reshape that merge the
   trailing dimensions (-> Flatten) or regroup rows keeping the last one (ONNX Runtime
-  wraps a Gemm in those), Identity, Dropout, Cast between float32 and float64.
+  wraps a Gemm in those), Identity, Dropout
+* Cast of the data to float32 or float64 -> Identity; Cast to float16 or bfloat16 as
+  the graph's last node (see below).
+
+Types at the edges: the model computes in its dtype and returns float32 or float64,
+whatever types the graph declares. Its input may be float16 or bfloat16 (a graph that
+casts its input up from those reads it exactly so); a Cast down to float16 or bfloat16
+at the end is left to the caller: round the result with y.astype(np.float16) (or
+ml_dtypes.bfloat16) to get the graph's output. A model with a Linear returns the
+Linear's dtype; one without returns float64 for float64 input and float32 for any
+other, as a Sequential does.
 
 Constants may be initializers, Constant nodes, or Identity, Cast and Transpose of those;
 a Reshape's target may also be computed from the input's shape (Shape, Gather, Concat).
@@ -45,10 +55,11 @@ __all__ = ["load_onnx"]
 
 def load_onnx(path, *, dtype=None, weight_dtype=None, group_size=None, backend="auto"):
     """A Sequential running the MLP in the ONNX file at `path` (see
-    help(fastlinear.onnx) for the operators it reads). dtype: float64 when the file's weights are
-    float64, else float32, unless given. weight_dtype, group_size and backend apply to
-    every Linear as in Linear.from_torch: by default float16 and bfloat16 weights are
-    kept as they are in a float32 model, other weights take the model's dtype.
+    help(fastlinear.onnx) for the operators it reads, and the types the model takes and
+    returns). dtype: float64 when the file's weights are float64, else float32, unless
+    given. weight_dtype, group_size and backend apply to every Linear as in
+    Linear.from_torch: by default float16 and bfloat16 weights are kept as they are in a
+    float32 model, other weights take the model's dtype.
     Raises ValueError or TypeError naming the file and the node it cannot read, and
     ImportError when the onnx package is not installed."""
     try:

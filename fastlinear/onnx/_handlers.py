@@ -8,10 +8,11 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from ..activations import GELU, LeakyReLU, ReLU, Sigmoid, Tanh
-from ..modules import BatchNorm1d, Dropout, Flatten, LayerNorm, LogSoftmax, Softmax
+from ..modules import (BatchNorm1d, Dropout, Flatten, Identity, LayerNorm, LogSoftmax,
+                       Softmax)
 from ..sequential import _MODULES
 from . import _shapes
-from ._tensors import DOUBLE, FLOAT, f32
+from ._tensors import BFLOAT16, DOUBLE, FLOAT, FLOAT16, f32
 
 
 class Handler(NamedTuple):
@@ -142,11 +143,19 @@ def dropout(w, node):
 
 
 def cast(w, node):
+    """A Cast of the data to float32 or float64 -> Identity: the model computes in its
+    own dtype, and a Sequential turns float16 or bfloat16 input into float32. A Cast to
+    float16 or bfloat16 is read as the graph's last node only, and left to the caller:
+    the model returns its dtype, the values unrounded."""
     to = w.attr(node, "to", None, int)
-    if to not in (FLOAT, DOUBLE):
-        w.fail(node, f"casts to type {to}; load_onnx reads casts between float32 and "
-                     f"float64 only (the model computes in {w.dtype.name})", TypeError)
+    last = node.output[0] == w.graph.output
+    if to not in (FLOAT, DOUBLE) and not (last and to in (FLOAT16, BFLOAT16)):
+        w.fail(node, f"casts to type {to}; load_onnx reads casts to float32 and float64, "
+                     f"and to float16 or bfloat16 as the graph's last node (the model "
+                     f"computes in {w.dtype.name})", TypeError)
     w.data_input(node)
+    if to in (FLOAT, DOUBLE):
+        w.emit(Identity())
     w.advance(node)
 
 
