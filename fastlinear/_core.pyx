@@ -1,6 +1,6 @@
 """Bridge to the C kernel: packed weights and one GIL-free call per forward.
 
-Callers (fastlinear.functional) hand over arrays that are already checked: the right
+Callers (fastlinear._runner) hand over arrays that are already checked: the right
 dtype, aligned, unit stride along the last axis, non-negative row stride, `out`
 C-contiguous and not overlapping `x`.
 """
@@ -192,18 +192,18 @@ cdef inline bint _overlap(cnp.ndarray a, cnp.ndarray b) noexcept:
     return pa < pb + cnp.PyArray_NBYTES(b) and pb < pa + cnp.PyArray_NBYTES(a)
 
 
-def forward(PackedWeights packed, x, out):
+def gemm(PackedWeights packed, x, out):
     """out[:] = x @ W.T + b; x is (M, K), out is (M, N) C-contiguous."""
     cdef int rc
     if packed.dtype == np.float32:
-        rc = _forward[float](packed, x, out, _threads())
+        rc = _gemm[float](packed, x, out, _threads())
     else:
-        rc = _forward[double](packed, x, out, _threads())
+        rc = _gemm[double](packed, x, out, _threads())
     if rc == FL_ENOMEM:
         raise MemoryError(f"cannot allocate scratch for a batch of {x.shape[0]} rows")
 
 
-cdef int _forward(PackedWeights packed, const real[:, :] x, real[:, ::1] out,
+cdef int _gemm(PackedWeights packed, const real[:, :] x, real[:, ::1] out,
                   int nthreads) noexcept:
     cdef size_t m = x.shape[0], k = x.shape[1], n = out.shape[1]
     if m == 0 or n == 0:

@@ -3,7 +3,7 @@ code (src_c/activation.h): the same bits on every CPU, ISA and library version, 
 fused into the Linear before it in a Sequential. Inputs of any shape; float64 input gives
 float64, any other real input float32; a new array is returned (the input is never
 changed). Accuracy (ulp against float64): README, "Activations"."""
-from . import _core, _steps
+from . import _core, _runner, _steps
 
 __all__ = ["ReLU", "LeakyReLU", "GELU", "SiLU", "Sigmoid", "Tanh"]
 
@@ -18,7 +18,7 @@ class _Activation:
     _alpha = 0.0
 
     def __call__(self, x):
-        return _steps.apply(self, x)
+        return _runner.module(self, x)
 
     forward = __call__
 

@@ -1,8 +1,7 @@
 """fastlinear.Linear: torch.nn.Linear's forward pass, without torch."""
 import numpy as np
 
-from . import _config, _core, _formats
-from .functional import forward
+from . import _config, _core, _formats, _runner
 from ._validate import (as_array, as_rows, as_weight, check_keys, layer_dtype, parameter,
                         positive_int)
 
@@ -236,12 +235,12 @@ class Linear:
         native = self.resolved_backend == "native"
         x2, batch = as_rows(x, self._dtype, self._in, fortran_ok=not native)
         if native:
-            return forward(x2, batch, None, None, self._packed(), out)
+            return _runner.native(self._packed(), x2, batch, out)
         if params.plain is None:  # packed for the native backend until now
             w = self._stored()[0]
             self._store(lambda j0, j1: w[j0:j1], params.bias)
             params = self._params
-        return forward(x2, batch, params.plain, params.bias, None, out)
+        return _runner.blas(params.plain, params.bias, x2, batch, out)
 
     __call__ = forward
 

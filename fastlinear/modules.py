@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from . import _core, _steps
+from . import _core, _runner, _steps
 from ._validate import as_array, check_keys, layer_dtype, parameter, positive_int
 
 __all__ = ["Identity", "Dropout", "Flatten", "LayerNorm", "Softmax", "LogSoftmax",
@@ -117,7 +117,7 @@ class _RowSoftmax:
     def __call__(self, x):
         arr = as_array(x, "input")
         self.check(arr.ndim)
-        return _steps.apply(self, arr)
+        return _runner.module(self, arr)
 
     forward = __call__
 
@@ -207,7 +207,7 @@ class LayerNorm:
         return self._params.arrays[i].view()
 
     def __call__(self, x):
-        return _steps.apply(self, x, self._dtype)
+        return _runner.module(self, x, self._dtype)
 
     forward = __call__
 
@@ -284,8 +284,9 @@ class BatchNorm1d:
             raise ValueError(f"BatchNorm1d({self._n}) takes (N, {self._n}) or "
                              f"(N, {self._n}, L) input, got shape {arr.shape}")
         if arr.ndim == 3:  # features along dim 1: move them last and back
-            return np.moveaxis(_steps.apply(self, np.moveaxis(arr, 1, 2), self._dtype), 2, 1)
-        return _steps.apply(self, arr, self._dtype)
+            y = _runner.module(self, np.moveaxis(arr, 1, 2), self._dtype)
+            return np.moveaxis(y, 2, 1)
+        return _runner.module(self, arr, self._dtype)
 
     forward = __call__
 

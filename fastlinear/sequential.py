@@ -5,7 +5,7 @@ import sys
 
 import numpy as np
 
-from . import _core, _steps
+from . import _core, _runner, _steps
 from ._validate import as_array, check_keys
 from .activations import GELU, LeakyReLU, ReLU, Sigmoid, SiLU, Tanh
 from .linear import Linear
@@ -112,8 +112,8 @@ class _Segment:
             raise ValueError(f"module {path} ({m!r}) normalizes dim 1 of its input; inside "
                              f"a Sequential fastlinear runs it on (N, features) input only, "
                              f"got shape {arr.shape}")
-        dtype = self.dtype or _steps.data_dtype(arr)
-        return _steps.run(self.model(arr.shape[-1], dtype), arr)
+        dtype = self.dtype or _runner.data_dtype(arr)
+        return _runner.model(self.model(arr.shape[-1], dtype), arr)
 
 
 class Sequential:
