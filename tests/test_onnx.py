@@ -106,6 +106,51 @@ def test_torch_export_with_batchnorm(tmp_path, exporter, opset):
     assert_near(y, run_ort(path, x.numpy()), 16)
 
 
+def run_modules(model, x):
+    """The modules one by one (as a Sequential runs them where a Linear is on BLAS)."""
+    for m in model.modules:
+        x = m(x)
+    return x
+
+
+def torch_batchnorm_on_channels(torch, tmp_path):
+    """A torch model of (N, 4, 5) input whose BatchNorm1d normalizes the 4 channels, its
+    file, and an input."""
+    nn = torch.nn
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Linear(5, 7), nn.BatchNorm1d(4), nn.ReLU()).eval()
+    randomize_batchnorm(model[1])
+    path = export(torch, model, torch.randn(3, 4, 5), tmp_path / "bn3.onnx",
+                  "torchscript", 17)
+    return model, path, torch.randn(6, 4, 5)
+
+
+def test_torch_batchnorm_on_channels(tmp_path):
+    """BatchNormalization of (N, C, L) data, after a MatMul on L: read as torch's
+    BatchNorm1d reads it, per channel (dim 1), not per value of the row."""
+    torch = pytest.importorskip("torch")
+    model, path, x = torch_batchnorm_on_channels(torch, tmp_path)
+    ours = load_onnx(path)
+    assert [type(m).__name__ for m in ours.modules] == ["Linear", "BatchNorm1d", "ReLU"]
+    assert ours[1].num_features == 4
+    with torch.no_grad():
+        expected = model(x).numpy()
+    y = run_modules(ours, x.numpy())
+    assert y.shape == (6, 4, 7)
+    assert_near(y, expected, 5)
+    assert_near(y, run_ort(path, x.numpy()), 5)
+
+
+@pytest.mark.xfail(strict=True, reason="a Sequential runs BatchNorm1d on (N, features) "
+                                       "input only (fastlinear/sequential.py)")
+def test_torch_batchnorm_on_channels_whole_model(tmp_path):
+    torch = pytest.importorskip("torch")
+    model, path, x = torch_batchnorm_on_channels(torch, tmp_path)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    assert_near(load_onnx(path)(x.numpy()), expected, 5)
+
+
 def torch_mlp64(torch):
     nn = torch.nn
     torch.manual_seed(1)
@@ -387,6 +432,35 @@ def test_a_cast_down_inside_the_graph_is_refused(tmp_path, to):
                                         rf"load_onnx reads casts to float32 and float64, "
                                         rf"and to float16 or bfloat16 as the graph's last"):
         load_onnx(path)
+
+
+def test_batchnormalization_of_3d_data(tmp_path):
+    rng = np.random.default_rng(0)
+    scale, bias, mean = (f32(rng.standard_normal(3)) for _ in range(3))
+    var = f32(rng.random(3) + 0.5)
+    consts = dict(s=scale, b=bias, m=mean, v=var)
+    path = write(tmp_path, [node("BatchNormalization", ["x", "s", "b", "m", "v"], "y",
+                                 epsilon=1e-3)], consts, shape=("batch", 3, 5))
+    ours = load_onnx(path)
+    assert repr(list(ours.modules)) == "[BatchNorm1d(3, eps=0.001, momentum=0.1, " \
+                                       "affine=True, track_running_stats=True)]"
+    x = rng.standard_normal((2, 3, 5)).astype(np.float32)
+    shape = (1, 3, 1)
+    expected = (x - mean.reshape(shape)) / np.sqrt(var.reshape(shape) + 1e-3) * \
+        scale.reshape(shape) + bias.reshape(shape)
+    assert_near(run_modules(ours, x), expected, 1)
+    assert_near(run_modules(ours, x), run_ort(path, x), 1)
+    four = write(tmp_path, [node("BatchNormalization", ["x", "s", "b", "m", "v"], "y")],
+                 consts, shape=("batch", 3, 5, 2), name="four.onnx")
+    with pytest.raises(ValueError, match=r"'y_node' \(BatchNormalization\): normalizes "
+                                         r"dim 1 of 4-D data; load_onnx reads it on \(N, "
+                                         r"C\) and \(N, C, L\) data"):
+        load_onnx(four)
+    wrong = write(tmp_path, [node("BatchNormalization", ["x", "s", "b", "m", "v"], "y")],
+                  consts, shape=("batch", 4, 5), name="wrong.onnx")
+    with pytest.raises(ValueError, match=r"its scale of shape \(3,\) does not match the "
+                                         r"4 channels"):
+        load_onnx(wrong)
 
 
 def test_layernorm_ops_and_dropout(tmp_path):

@@ -160,29 +160,38 @@ def cast(w, node):
 
 
 def batch_normalization(w, node):
-    """Inference BatchNormalization of (N, C) data -> BatchNorm1d (which a Linear right
-    before it takes into its epilogue)."""
+    """Inference BatchNormalization of (N, C) or (N, C, L) data -> BatchNorm1d, which
+    normalizes dim 1 as torch's does (on (N, C) data a Linear right before it takes it
+    into its epilogue)."""
     w.data_input(node)
     if w.attr(node, "training_mode", 0, int):
         w.fail(node, "runs in training mode; load_onnx reads inference models")
     w.unused_outputs(node)
     rank = w.rank
-    if rank is not None and rank != 2:
-        w.fail(node, f"normalizes dim 1 of {rank}-D data; load_onnx reads it on (N, "
-                     f"features) data only")
+    if rank is not None and rank not in (2, 3):
+        w.fail(node, f"normalizes dim 1 of {rank}-D data; load_onnx reads it on (N, C) "
+                     f"and (N, C, L) data, as torch's BatchNorm1d")
+    if rank == 3 and w.regrouped_by is not None:
+        w.fail(node, f"normalizes dim 1 of rows that {w.graph.desc(w.regrouped_by)} "
+                     f"regrouped; load_onnx cannot follow that")
     names = ("scale", "B", "input_mean", "input_var")
     params = [w.const_input(node, i, what) for i, what in enumerate(names, 1)]
-    n = w.width if w.width is not None else params[0].size
+    if rank == 3:  # the channels are dim 1; the rows keep their width
+        n = w.shape[1] if isinstance(w.shape[1], int) else params[0].size
+    else:
+        n = w.width if w.width is not None else params[0].size
     for p, what in zip(params, names):
         if p.size != n:
-            w.fail(node, f"its {what} of shape {p.shape} does not match the {n} features")
+            w.fail(node, f"its {what} of shape {p.shape} does not match the {n} "
+                         f"{'channels' if rank == 3 else 'features'}")
     values = [np.asarray(p, np.float64).reshape(n) for p in params]
     if not (values[3] >= 0).all():
         w.fail(node, "its input_var has negative or NaN values")
     layer = BatchNorm1d(n, f32(w.attr(node, "epsilon", 1e-5)), dtype=w.dtype)
     layer._load(*values, 0)
     w.emit(layer)
-    w.width = n
+    if rank != 3:
+        w.width = n
     w.advance(node)
 
 
