@@ -720,6 +720,38 @@ def test_external_data_outside_the_folder_is_refused(tmp_path, where):
         load_onnx(path)
 
 
+def test_every_operator_in_the_table_loads_or_names_the_node(tmp_path):
+    """Each handler, the derived ones (a module class's onnx_ops, built without
+    arguments) included, given a bare node x -> op -> y: a model, or an error naming
+    the node, never another exception."""
+    from fastlinear.onnx._handlers import HANDLERS
+    from fastlinear.sequential import _MODULES
+    assert {op for cls in _MODULES for op in cls.onnx_ops} <= set(HANDLERS)
+    for key in HANDLERS:
+        domain, _, op = key.rpartition(".")
+        path = write(tmp_path, [node(op, ["x"], "y", domain=domain or None)],
+                     name=f"{key}.onnx")
+        try:
+            load_onnx(path)
+        except (ValueError, TypeError) as exc:
+            assert f"{key}.onnx: node 'y_node' ({key})" in str(exc), str(exc)
+
+
+def test_nothing_below_imports_the_reader():
+    """The reader sits above the containers it fills: no other module of fastlinear
+    imports it (fastlinear/__init__.py exports it)."""
+    import glob
+    folder = os.path.dirname(fl.__file__)
+    for path in glob.glob(os.path.join(folder, "**", "*.py"), recursive=True):
+        rel = os.path.relpath(path, folder)
+        if rel == "__init__.py" or rel.startswith("onnx" + os.sep):
+            continue
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        assert "from .onnx" not in text and "fastlinear.onnx" not in text and \
+            "from . import onnx" not in text, rel
+
+
 def test_without_onnx_installed(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnx", None)  # any import of onnx now fails
     with pytest.raises(ImportError, match=r"pip install fastlinear\[onnx\]"):
