@@ -5,6 +5,7 @@ can still go into its bias. Each node is read by its operator's handler (_handle
 nodes that no handler reads may be a layer written out (_patterns)."""
 import numpy as np
 
+from .. import _formats
 from ..linear import Linear
 from ..sequential import Sequential
 from . import _handlers, _patterns
@@ -213,10 +214,8 @@ class Walker:
         node, weight, bias = self.pending
         self.pending, at, self.at = None, self.at, node  # errors name the Linear's node
         o = self.options
-        weight_dtype = o["weight_dtype"]
-        if weight_dtype is None and weight.dtype.name in ("float16", "bfloat16") and \
-                self.dtype == np.float32:
-            weight_dtype = weight.dtype.name  # kept as they are, as from_torch does
+        # float16 and bfloat16 weights kept as they are, as from_torch keeps them
+        weight_dtype = _formats.keep_given(o["weight_dtype"], weight.dtype.name, self.dtype)
         self.modules.append(Linear._from_parameters(weight, bias, self.dtype, o["backend"],
                                                     weight_dtype, o["group_size"]))
         self.at = at
