@@ -1,6 +1,5 @@
 """fastlinear: a fast, bitwise-reproducible linear layer (y = x @ W.T + b) for CPU
 inference from Python, without PyTorch."""
-__version__ = "0.1.0"
 
 
 def _import_extensions():
@@ -28,16 +27,17 @@ def _import_extensions():
 _import_extensions()
 del _import_extensions
 
-from . import functional
+from . import _from_torch  # attaches Sequential.from_torch
+from . import activations, functional, modules
 from ._config import get_num_threads, set_num_threads, show_config
-from .activations import GELU, LeakyReLU, ReLU, Sigmoid, SiLU, Tanh
+from ._version import __version__
+from .activations import *  # noqa: F401,F403 (each module class, by its __all__)
 from .io import load, save
 from .linear import Linear
-from .modules import BatchNorm1d, Dropout, Flatten, Identity, LayerNorm, LogSoftmax, Softmax
+from .modules import *  # noqa: F401,F403
 from .onnx import load_onnx
 from .sequential import Sequential
 
-__all__ = ["Linear", "Sequential", "ReLU", "LeakyReLU", "GELU", "SiLU", "Sigmoid", "Tanh",
-           "Identity", "Dropout", "Flatten", "LayerNorm", "Softmax", "LogSoftmax",
-           "BatchNorm1d", "load_onnx", "functional", "save", "load", "set_num_threads",
-           "get_num_threads", "show_config", "__version__"]
+__all__ = ["Linear", "Sequential", *activations.__all__, *modules.__all__, "load_onnx",
+           "functional", "save", "load", "set_num_threads", "get_num_threads",
+           "show_config", "__version__"]

@@ -7,6 +7,7 @@ import numpy as np
 import scipy
 
 from . import _core
+from ._version import __version__
 
 BACKENDS = ("auto", "native", "blas")
 
@@ -79,7 +80,6 @@ def resolve_backend(backend):
 
 def config_info():
     """What show_config() prints, as a dict."""
-    from . import __version__
     return {
         "fastlinear": __version__,
         "python": sys.version.split()[0],

@@ -1,11 +1,12 @@
-"""torch.nn modules -> fastlinear modules (fastlinear.Sequential.from_torch)."""
+"""torch.nn modules -> fastlinear modules: Sequential.from_torch. An importer sits above
+the container it fills: this module imports fastlinear.sequential, never the reverse."""
 import warnings
 
 import numpy as np
 
-from .activations import GELU, LeakyReLU, ReLU, Sigmoid, SiLU, Tanh
 from .linear import Linear
-from .modules import BatchNorm1d, Dropout, Flatten, Identity, LayerNorm, LogSoftmax, Softmax
+from .modules import BatchNorm1d, LayerNorm
+from .sequential import _MODULES, Sequential
 
 
 def _array(t):
@@ -43,27 +44,39 @@ def _batchnorm(m, kw):
     return layer
 
 
-# torch module class name -> how to convert one instance
-_CONVERT = {
-    "Linear": lambda m, kw: Linear.from_torch(m, **kw),
-    "ReLU": lambda m, kw: ReLU(),
-    "LeakyReLU": lambda m, kw: LeakyReLU(m.negative_slope),
-    "GELU": lambda m, kw: GELU(m.approximate),
-    "SiLU": lambda m, kw: SiLU(),
-    "Sigmoid": lambda m, kw: Sigmoid(),
-    "Tanh": lambda m, kw: Tanh(),
-    "Identity": lambda m, kw: Identity(),
-    "Dropout": lambda m, kw: Dropout(m.p),
-    "Flatten": lambda m, kw: Flatten(m.start_dim, m.end_dim),
-    "LayerNorm": _layernorm,
-    "Softmax": lambda m, kw: Softmax(m.dim),
-    "LogSoftmax": lambda m, kw: LogSoftmax(m.dim),
-    "BatchNorm1d": _batchnorm,
-}
+def _from_attributes(cls):
+    """A module without parameters: its class built from the torch attributes it names."""
+    return lambda m, kw: cls(*(getattr(m, name) for name in cls.torch_args))
+
+
+# Modules converted with their parameters; every other class from its torch_args.
+_WITH_PARAMETERS = {Linear: lambda m, kw: Linear.from_torch(m, **kw),
+                    LayerNorm: _layernorm, BatchNorm1d: _batchnorm}
+# torch module class name -> how to convert one instance, from each class's torch_names
+_CONVERT = {name: _WITH_PARAMETERS.get(cls) or _from_attributes(cls)
+            for cls in _MODULES for name in cls.torch_names}
+
+
+def from_torch(cls, module, *, dtype=None, weight_dtype=None, group_size=None,
+               backend="auto"):
+    """From a torch.nn.Sequential (nested ones too) of the modules fastlinear has
+    (see fastlinear.Sequential), as in eval mode whatever module.training says.
+    dtype, weight_dtype and group_size apply to every Linear (see
+    Linear.from_torch). The result has the same indices and state_dict keys. A
+    module it cannot convert raises TypeError naming its path in the model."""
+    return convert(module, dict(dtype=dtype, weight_dtype=weight_dtype,
+                                group_size=group_size, backend=backend))
+
+
+# Sequential.from_torch is written here and attached to the class, rather than defined in
+# sequential.py and importing this module from there (even lazily, inside the method,
+# that is a circle): so imports run one way, importer -> container, as the ONNX reader's
+# do. fastlinear/__init__ imports this module, so the method is there whenever
+# fastlinear is.
+Sequential.from_torch = classmethod(from_torch)
 
 
 def convert(module, kw, prefix=""):
-    from .sequential import Sequential
     if type(module).__name__ != "Sequential":
         raise TypeError(f"expected a torch.nn.Sequential, got {type(module).__name__}")
     if not prefix and any(m.training for m in module.modules()

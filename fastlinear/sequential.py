@@ -6,16 +6,18 @@ import sys
 import numpy as np
 
 from . import _core, _runner, _steps
+from . import activations as _activations, modules as _modules
 from ._validate import as_array, check_keys
-from .activations import GELU, LeakyReLU, ReLU, Sigmoid, SiLU, Tanh
 from .linear import Linear
-from .modules import (BatchNorm1d, Dropout, Flatten, Identity, LayerNorm, LogSoftmax,
-                      Softmax, _RowSoftmax)
+from .modules import BatchNorm1d, Flatten, _RowSoftmax
 
 __all__ = ["Sequential"]
 
-_MODULES = (Linear, ReLU, LeakyReLU, GELU, SiLU, Sigmoid, Tanh, Identity, Dropout, Flatten,
-            LayerNorm, Softmax, LogSoftmax, BatchNorm1d)
+# The module classes a Sequential holds: Linear and every class activations.py and
+# modules.py export, so that a new one is held, and converted (the importers build their
+# tables from this and each class's torch_names and onnx_ops), once written there.
+_MODULES = (Linear, *(getattr(_activations, name) for name in _activations.__all__),
+            *(getattr(_modules, name) for name in _modules.__all__))
 
 
 def _describe(m):
@@ -198,18 +200,6 @@ class Sequential:
         if isinstance(i, slice):
             return Sequential(*self.modules[i])
         return self.modules[i]
-
-    @classmethod
-    def from_torch(cls, module, *, dtype=None, weight_dtype=None, group_size=None,
-                   backend="auto"):
-        """From a torch.nn.Sequential (nested ones too) of the modules fastlinear has
-        (see fastlinear.Sequential), as in eval mode whatever module.training says.
-        dtype, weight_dtype and group_size apply to every Linear (see
-        Linear.from_torch). The result has the same indices and state_dict keys. A
-        module it cannot convert raises TypeError naming its path in the model."""
-        from ._from_torch import convert
-        return convert(module, dict(dtype=dtype, weight_dtype=weight_dtype,
-                                    group_size=group_size, backend=backend))
 
     def _stateful(self):
         return [(p, m) for p, m in self._flat() if hasattr(m, "_state_keys")]
