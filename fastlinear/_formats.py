@@ -30,17 +30,19 @@ from . import _core
 BLOCK_VALUES = 1 << 20
 _TINY = np.float32(np.finfo(np.float32).smallest_subnormal)
 
+
 @dataclass(frozen=True)
 class Format:
     """One weight format's facts, which every other place reads from here (as ggml's
-    type_traits): the C kernel keeps its own record of the same format under `code`."""
+    type_traits); the C kernel keeps its own record of the same format under `code`."""
     name: str             # the weight_dtype users write
     code: int             # the C kernel's fl_dtype
     stored: np.dtype      # numpy type of the stored weights (state_dict's 'weight')
-    kernel: np.dtype      # numpy type of the rows the kernel takes (bfloat16, float16:
-                          # their bits)
+    kernel: np.dtype      # numpy type of the rows the C kernel takes (bfloat16 and
+                          # float16: their bits)
     bits: int             # per weight: a row of K weights is ceil(K * bits / 8) bytes
-    widens: bool          # a narrower float the kernel widens exactly
+    activations: np.dtype  # numpy type of x, the bias and y
+    widens: bool = False  # a narrower float the kernel widens exactly
     scale: str = None     # None, "row" (one float32 per output row) or "group" (one per
                           # `group` values along k)
     quantize: object = None  # scaled formats: (float32 rows, group) -> (stored, scale)
@@ -50,11 +52,6 @@ class Format:
     def compressed(self):
         """Narrower than float32: float32 layers only, native backend only."""
         return self.widens or self.scale is not None
-
-    @property
-    def activations(self):
-        """numpy type of x, the bias and y: float64 for float64 weights, else float32."""
-        return np.dtype(np.float64 if self.name == "float64" else np.float32)
 
     @property
     def values(self):
@@ -70,6 +67,7 @@ class Format:
         if self.scale is None:
             return None
         return (rows,) if self.scale == "row" else (rows, groups(k, group))
+
 
 def _quantize_int8(w, group):
     amax = np.abs(w).max(axis=1)
@@ -115,13 +113,14 @@ _BF16, _F16, _U16 = (np.dtype(t) for t in (ml_dtypes.bfloat16, np.float16, np.ui
 _F32, _F64, _I8, _U8 = (np.dtype(t) for t in (np.float32, np.float64, np.int8, np.uint8))
 # name -> its record, in the order users see them listed.
 FORMAT = {f.name: f for f in (
-    Format("float32", _core.FL_F32, _F32, _F32, 32, widens=False),
-    Format("float64", _core.FL_F64, _F64, _F64, 64, widens=False),
-    Format("bfloat16", _core.FL_BF16, _BF16, _U16, 16, widens=True),
-    Format("float16", _core.FL_F16, _F16, _U16, 16, widens=True),
-    Format("int8", _core.FL_I8, _I8, _I8, 8, widens=False, scale="row",
+    #      name        C code         stored kernel bits activations
+    Format("float32",  _core.FL_F32,  _F32,  _F32,  32,  _F32),
+    Format("float64",  _core.FL_F64,  _F64,  _F64,  64,  _F64),
+    Format("bfloat16", _core.FL_BF16, _BF16, _U16,  16,  _F32, widens=True),
+    Format("float16",  _core.FL_F16,  _F16,  _U16,  16,  _F32, widens=True),
+    Format("int8",     _core.FL_I8,   _I8,   _I8,    8,  _F32, scale="row",
            quantize=_quantize_int8, integers=lambda stored, k: stored),
-    Format("int4", _core.FL_I4, _U8, _U8, 4, widens=False, scale="group",
+    Format("int4",     _core.FL_I4,   _U8,   _U8,    4,  _F32, scale="group",
            quantize=_quantize_int4, integers=unpack_int4),
 )}
 FORMATS = tuple(FORMAT)
