@@ -370,3 +370,14 @@ def test_model_pickles_and_saves(tmp_path):
         fl.LayerNorm(5), fl.Linear(5, 2)), fl.BatchNorm1d(2), fl.LogSoftmax())
     same.load_state_dict(fl.load(tmp_path / "m.npz"))
     assert np.array_equal(same(x), y)
+
+
+def test_each_module_class_declares_its_own_names():
+    """The converters' tables (torch, ONNX) are built from what each module class
+    declares: a name inherited from a parent, or declared twice, would shadow another."""
+    from fastlinear.sequential import _MODULES
+    assert {getattr(fl, cls.__name__) for cls in _MODULES} == set(_MODULES)  # exported
+    for names in ("torch_names", "onnx_ops"):
+        declared = [n for cls in _MODULES for n in vars(cls).get(names, ())]
+        assert len(declared) == len(set(declared)), names
+    assert all("torch_names" in vars(cls) for cls in _MODULES)
