@@ -19,15 +19,13 @@ cdef extern from "fastlinear.h" nogil:
         FL_ENOMEM
     ctypedef struct fl_packed:
         pass
-    fl_packed *fl_alloc(fl_dtype dtype, size_t n, size_t k, size_t group,
-                        int with_bias) noexcept
+    fl_packed *fl_alloc(fl_dtype dtype, size_t n, size_t k, size_t group) noexcept
     void fl_free(fl_packed *p) noexcept
     void fl_pack_rows(fl_packed *p, size_t j0, size_t rows, const void *w, ptrdiff_t rs_w,
                       ptrdiff_t cs_w, const float *scale) noexcept
-    void fl_pack_bias(fl_packed *p, const void *b, ptrdiff_t bs) noexcept
-    void fl_unpack(const fl_packed *p, void *w, float *scale, void *b) noexcept
-    int fl_forward(const fl_packed *p, size_t m, const void *x, size_t ldx, void *y,
-                   size_t ldy, int nthreads) noexcept
+    void fl_unpack(const fl_packed *p, void *w, float *scale) noexcept
+    int fl_forward(const fl_packed *p, const void *b, size_t m, const void *x, size_t ldx,
+                   void *y, size_t ldy, int nthreads) noexcept
     ctypedef enum fl_act:
         pass
     cpdef enum:
@@ -58,6 +56,7 @@ cdef extern from "fastlinear.h" nogil:
         fl_step_kind kind
         size_t width
         const fl_packed *linear
+        const void *bias
         fl_epilogue ep
         const void *a
         const void *b
@@ -81,4 +80,3 @@ cdef class PackedWeights:
     cdef readonly size_t in_features, out_features, group
     cdef readonly object dtype, format
     cdef readonly str isa
-    cdef readonly bint has_bias

@@ -49,26 +49,25 @@ ctypedef fused real:
 
 
 cdef class PackedWeights:
-    """Weights (N x K) of one format and the optional bias, packed for the native kernel
-    in use at creation, filled a block of rows at a time by set_rows(). The format is a
+    """Weights (N x K) of one format, packed for the native kernel in use at creation,
+    filled a block of rows at a time by set_rows(); the bias stays beside them, passed
+    to each call (a new bias never writes weights that another thread's call reads). The format is a
     fastlinear._formats.Format: its C code, the numpy type (`kernel`) and the length
     (`cols`) of the rows set_rows() takes and unpack() returns, the shape of its scales,
     the activations' type."""
 
-    def __cinit__(self, size_t out_features, size_t in_features, fmt, size_t group,
-                  bint has_bias):
+    def __cinit__(self, size_t out_features, size_t in_features, fmt, size_t group):
         cdef fl_dtype code = fmt.code
         if not 0 <= code < FL_NDTYPES:
             raise ValueError(f"unknown format code {code}")
         self.out_features, self.in_features = out_features, in_features
         self.format = fmt
         self.group = group if fmt.scale == "group" else 0
-        self.has_bias = has_bias
         self.dtype = fmt.activations
         self._typenum = cnp.NPY_FLOAT64 if self.dtype == np.float64 else cnp.NPY_FLOAT32
         self.isa = fl_isa_name().decode()
         with nogil:
-            self._p = fl_alloc(code, out_features, in_features, self.group, has_bias)
+            self._p = fl_alloc(code, out_features, in_features, self.group)
         if self._p == NULL:
             raise MemoryError(f"cannot allocate packed weights of shape "
                               f"({out_features}, {in_features}) and type {fmt.name}")
@@ -99,35 +98,25 @@ cdef class PackedWeights:
         with nogil:
             fl_pack_rows(self._p, j0, rows, wp, rs, 1, sp)
 
-    def set_bias(self, bias):
-        """Packs the bias: (N,) C-contiguous, of the activations' type."""
-        if (not self.has_bias or not isinstance(bias, np.ndarray) or bias.dtype != self.dtype
-                or not bias.flags.c_contiguous or bias.shape != (self.out_features,)):
-            raise ValueError("set_bias: no bias, or one of the wrong type or shape")
-        fl_pack_bias(self._p, cnp.PyArray_DATA(<cnp.ndarray>bias), 1)
-
     def unpack(self):
-        """(weight, scale, bias) as new arrays in the layouts of set_rows(); scale None for
-        float types, bias None without one."""
+        """(weight, scale) as new arrays in the layouts of set_rows(); scale None for
+        formats without scales."""
         n, k, fmt = self.out_features, self.in_features, self.format
         cdef cnp.ndarray w = np.empty((n, fmt.cols(k)), fmt.kernel)
-        cdef cnp.ndarray s = None, b = None
+        cdef cnp.ndarray s = None
         cdef float *sp = NULL
-        cdef void *bp = NULL
         shape = fmt.scale_shape(n, k, self.group)
         if shape is not None:
             s = np.empty(shape, np.float32)
             sp = <float *>cnp.PyArray_DATA(s)
-        if self.has_bias:
-            b = np.empty(n, self.dtype)
-            bp = cnp.PyArray_DATA(b)
         cdef void *wp = cnp.PyArray_DATA(w)
         with nogil:
-            fl_unpack(self._p, wp, sp, bp)
-        return w, s, b
+            fl_unpack(self._p, wp, sp)
+        return w, s
 
-    def forward_fast(self, x, out=None):
-        """x @ W.T + b in a new array or in `out`, for the common case only: x an
+    def forward_fast(self, x, bias, out=None):
+        """x @ W.T + bias in a new array or in `out` (bias None or as _bias_data takes
+        it), for the common case only: x an
         aligned C-contiguous ndarray of this dtype in native byte order, shaped (K,) or
         (M, K); `out` None or a writeable ndarray of the same kind, shaped like the
         result, apart from x in memory. Returns None for anything else; the caller then
@@ -138,13 +127,32 @@ cdef class PackedWeights:
         if y is None:
             return None
         cdef size_t m = _rows(x)
+        cdef const void *bp = _bias_data(self, bias)
         cdef int rc
         with nogil:
-            rc = fl_forward(self._p, m, cnp.PyArray_DATA(<cnp.ndarray>x), self.in_features,
-                            cnp.PyArray_DATA(y), self.out_features, _threads())
+            rc = fl_forward(self._p, bp, m, cnp.PyArray_DATA(<cnp.ndarray>x),
+                            self.in_features, cnp.PyArray_DATA(y), self.out_features,
+                            _threads())
         if rc == FL_ENOMEM:
             raise MemoryError(f"cannot allocate scratch for a batch of {m} rows")
         return y
+
+
+cdef const void *_bias_data(PackedWeights packed, bias) except? NULL:
+    """Where the C kernel reads a bias for `packed`: NULL for None, else the data of a
+    C-contiguous (N,) array of the weights' activation type (ValueError otherwise)."""
+    if bias is None:
+        return NULL
+    if (not cnp.PyArray_CheckExact(bias)
+            or cnp.PyArray_TYPE(<cnp.ndarray>bias) != packed._typenum
+            or cnp.PyArray_NDIM(<cnp.ndarray>bias) != 1
+            or cnp.PyArray_DIMS(<cnp.ndarray>bias)[0] != <cnp.npy_intp>packed.out_features
+            or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>bias)
+            or not cnp.PyArray_ISALIGNED(<cnp.ndarray>bias)
+            or not cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>bias)):
+        raise ValueError(f"the bias must be a C-contiguous ({packed.out_features},) array "
+                         f"of {packed.dtype}")
+    return cnp.PyArray_DATA(<cnp.ndarray>bias)
 
 
 cdef cnp.ndarray _fast_result(x, int typenum, size_t k, size_t n, out):
@@ -192,32 +200,33 @@ cdef inline bint _overlap(cnp.ndarray a, cnp.ndarray b) noexcept:
     return pa < pb + cnp.PyArray_NBYTES(b) and pb < pa + cnp.PyArray_NBYTES(a)
 
 
-def gemm(PackedWeights packed, x, out):
-    """out[:] = x @ W.T + b; x is (M, K), out is (M, N) C-contiguous."""
+def gemm(PackedWeights packed, bias, x, out):
+    """out[:] = x @ W.T + bias (None: no bias); x is (M, K), out is (M, N) C-contiguous."""
     cdef int rc
+    cdef const void *bp = _bias_data(packed, bias)
     if packed.dtype == np.float32:
-        rc = _gemm[float](packed, x, out, _threads())
+        rc = _gemm[float](packed, bp, x, out, _threads())
     else:
-        rc = _gemm[double](packed, x, out, _threads())
+        rc = _gemm[double](packed, bp, x, out, _threads())
     if rc == FL_ENOMEM:
         raise MemoryError(f"cannot allocate scratch for a batch of {x.shape[0]} rows")
 
 
-cdef int _gemm(PackedWeights packed, const real[:, :] x, real[:, ::1] out,
-                  int nthreads) noexcept:
+cdef int _gemm(PackedWeights packed, const void *bias, const real[:, :] x,
+               real[:, ::1] out, int nthreads) noexcept:
     cdef size_t m = x.shape[0], k = x.shape[1], n = out.shape[1]
     if m == 0 or n == 0:
         return FL_OK
     cdef const void *xp = &x[0, 0] if k else NULL
     cdef size_t ldx = x.strides[0] // sizeof(real) if m > 1 else k
     with nogil:
-        return fl_forward(packed._p, m, xp, ldx, &out[0, 0], n, nthreads)
+        return fl_forward(packed._p, bias, m, xp, ldx, &out[0, 0], n, nthreads)
 
 
 cdef class Model:
     """A chain of steps run by fl_model_forward in one call, built once from records
     with fl_step's fields by name (fastlinear._steps.Step, .Epilogue): kind, linear (a
-    PackedWeights), ep (act, alpha, scale, shift), a, b, eps; each step's width follows
+    PackedWeights) and its bias, ep (act, alpha, scale, shift), a, b, eps; each step's width follows
     from the ones before it. Arrays (ep.scale, ep.shift, a, b) are None or C-contiguous
     (width,) arrays of the model's dtype. The model keeps what the steps point into."""
     cdef fl_step *_steps
@@ -251,8 +260,9 @@ cdef class Model:
                     raise ValueError(f"step {i}: weights of {packed.in_features} inputs "
                                      f"and {packed.dtype} after {width} values of {self.dtype}")
                 st.linear = packed._p
+                st.bias = _bias_data(packed, step.bias)
                 width = packed.out_features
-                self._keep.append(packed)
+                self._keep += [packed, step.bias]
             elif kind not in (FL_STEP_ACT, FL_STEP_AFFINE, FL_STEP_LAYERNORM,
                               FL_STEP_SOFTMAX, FL_STEP_LOGSOFTMAX):
                 raise ValueError(f"step {i}: unknown kind {kind}")

@@ -9,11 +9,11 @@ from . import _blas, _core
 from ._validate import as_array, as_rows, check_out
 
 
-def native(packed, x2, batch, out):
-    """x2 @ W.T + b for x2 (M, K) and packed weights: a new (*batch, N) array, or `out`
-    filled."""
-    return _into(out, batch, x2.shape[0], packed.out_features, packed.dtype, (x2,),
-                 lambda y: _core.gemm(packed, x2, y))
+def native(packed, bias, x2, batch, out):
+    """x2 @ W.T + bias for x2 (M, K), packed weights and their bias (None, or (N,) of
+    their activations' type): a new (*batch, N) array, or `out` filled."""
+    return _into(out, batch, x2.shape[0], packed.out_features, packed.dtype, (x2, bias),
+                 lambda y: _core.gemm(packed, bias, x2, y))
 
 
 def blas(weight, bias, x2, batch, out):

@@ -20,6 +20,7 @@ class Step(NamedTuple):
     """fl_step; its width follows from the steps before it (the model works it out)."""
     kind: int                     # an fl_step_kind code
     linear: object = None         # LINEAR: a fastlinear._core.PackedWeights
+    bias: object = None           # LINEAR: None, or its C-contiguous (N,) array
     ep: Epilogue = Epilogue()     # LINEAR, ACT
     a: object = None              # AFFINE, LAYERNORM: None (LAYERNORM without affine)
     b: object = None              # or C-contiguous (width,) arrays of the model's dtype

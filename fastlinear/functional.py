@@ -24,10 +24,8 @@ def linear(x, weight, bias=None, *, out=None, backend="auto"):
         bias = parameter(bias, (n,), dtype, "bias")
     x2, batch = as_rows(x, dtype, k, fortran_ok=backend == "blas")
     if backend == "native":
-        packed = _core.PackedWeights(n, k, _formats.FORMAT[dtype.name], 0, bias is not None)
+        packed = _core.PackedWeights(n, k, _formats.FORMAT[dtype.name], 0)
         packed.set_rows(0, np.require(w, dtype, ["C", "A"]), None)
-        if bias is not None:
-            packed.set_bias(bias)
-        return _runner.native(packed, x2, batch, out)
+        return _runner.native(packed, bias, x2, batch, out)
     return _runner.blas(kernel_ready(w, dtype, fortran_ok=True), bias, x2, batch, out)
 

@@ -103,31 +103,30 @@ class Linear:
             plain.flags.writeable = False
             self._params = _Params(None, plain, final_bias())
             return
-        packed = _core.PackedWeights(self._out, self._in, fmt, group, bias is not None)
+        packed = _core.PackedWeights(self._out, self._in, fmt, group)
         step = _formats.block_rows(self._in)
         for j0 in range(0, self._out, step):
             j1 = min(j0 + step, self._out)
             w, s = stored(j0, j1)
             packed.set_rows(j0, _formats.kernel_rows(w, fmt),
                             None if s is None else np.require(s, np.float32, ["C", "A"]))
-        b = final_bias()
-        if b is not None:
-            packed.set_bias(b)
-        self._params = _Params(packed, None, b)
+        self._params = _Params(packed, None, final_bias())
 
-    def _packed(self):
-        """The packed weights, packing the plain ones first if the backend changed."""
+    def _native(self):
+        """(packed weights, bias) for the native kernel, from one set of parameters:
+        the plain weights packed first if the backend changed."""
         params = self._params
         if params.packed is None:
             self._store(lambda j0, j1: params.plain[j0:j1], params.bias)
-        return self._params.packed
+            params = self._params
+        return params.packed, params.bias
 
     def _stored(self):
         """(weight, scale) in the stored form: new arrays."""
         params = self._params
         if params.packed is None:
             return params.plain.copy(), None
-        w, scale, _ = params.packed.unpack()
+        w, scale = params.packed.unpack()
         return _formats.from_kernel(w, self._format), scale
 
     @property
@@ -170,9 +169,10 @@ class Linear:
 
     @bias.setter
     def bias(self, value):
-        w, scale = self._stored()
-        self._store(lambda j0, j1: w[j0:j1], value,
-                    None if scale is None else (lambda j0, j1: scale[j0:j1]))
+        # O(N): a new bias beside the same weights, swapped in with them as one object.
+        params = self._params
+        b = None if value is None else parameter(value, (self._out,), self._dtype, "bias")
+        self._params = _Params(params.packed, params.plain, b)
 
     @property
     def in_features(self):
@@ -229,13 +229,14 @@ class Linear:
         layer's dtype) and returns it."""
         params = self._params
         if params.packed is not None:
-            y = params.packed.forward_fast(x, out)  # the common case, without Python steps
+            # the common case, without Python steps
+            y = params.packed.forward_fast(x, params.bias, out)
             if y is not None:
                 return y
         native = self.resolved_backend == "native"
         x2, batch = as_rows(x, self._dtype, self._in, fortran_ok=not native)
         if native:
-            return _runner.native(self._packed(), x2, batch, out)
+            return _runner.native(*self._native(), x2, batch, out)
         if params.plain is None:  # packed for the native backend until now
             w = self._stored()[0]
             self._store(lambda j0, j1: w[j0:j1], params.bias)

@@ -77,7 +77,8 @@ class _Segment:
                 if width != m.in_features:
                     raise ValueError(f"module {path} ({m!r}) takes {m.in_features} values "
                                      f"per row and gets {width}")
-                steps.append(_steps.Step(_core.FL_STEP_LINEAR, linear=m._packed()))
+                packed, bias = m._native()
+                steps.append(_steps.Step(_core.FL_STEP_LINEAR, linear=packed, bias=bias))
                 width = m.out_features
                 continue
             try:

@@ -19,9 +19,9 @@ typedef struct {
 fl_plan fl_plan_gemm(const fl_packed *p, size_t m, size_t team);
 
 /* Thread t's share (t < team) of y = ep(x @ W.T + b) under plan pl; scratch: pl's
- * buf_bytes for this thread, 64-byte aligned. ep may be NULL. */
-void fl_gemm_share(const fl_packed *p, const fl_plan *pl, const fl_epilogue *ep, size_t m,
-                   const void *x, size_t ldx, void *y, size_t ldy, void *scratch, size_t t,
-                   size_t team);
+ * buf_bytes for this thread, 64-byte aligned. b (N values) and ep may be NULL. */
+void fl_gemm_share(const fl_packed *p, const void *b, const fl_plan *pl,
+                   const fl_epilogue *ep, size_t m, const void *x, size_t ldx, void *y,
+                   size_t ldy, void *scratch, size_t t, size_t team);
 
 #endif

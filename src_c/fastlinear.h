@@ -11,6 +11,9 @@
  *   W  is read once by fl_pack_rows() with arbitrary strides (rs_w, cs_w) and copied into
  *      64-byte aligned panels of NR output columns, K rows each, zero-padded past N.
  *   x  is M x K, unit stride along k, row stride ldx >= 0 (0 broadcasts one row).
+ *   b  is NULL or N contiguous values, kept by the caller beside the packed weights: a
+ *      new bias is a new array, so replacing it never writes weights that a forward
+ *      running in another thread reads.
  *   y  is M x N, unit stride along j, row stride ldy >= N; it is only written, never
  *      read before written (it may hold NaN garbage on entry).
  *   x and y must not overlap.
@@ -51,9 +54,8 @@ typedef struct fl_packed fl_packed;
 
 /* Allocates zeroed packed weights for an N x K matrix of the given type, for the kernel
  * chosen by fl_isa_name(): int4 keeps one scale per `group` (32, 64 or 128) values along
- * k (ignored for other types); with_bias adds room for a bias. NULL when memory cannot
- * be allocated. */
-fl_packed *fl_alloc(fl_dtype dtype, size_t n, size_t k, size_t group, int with_bias);
+ * k (ignored for other types). NULL when memory cannot be allocated. */
+fl_packed *fl_alloc(fl_dtype dtype, size_t n, size_t k, size_t group);
 void fl_free(fl_packed *p);
 /* Packs rows [j0, j0 + rows) of W and their scales; callers may pack a large matrix a
  * block of rows at a time. w holds those rows: float, double, or the raw 16 bits
@@ -64,17 +66,15 @@ void fl_free(fl_packed *p);
  * other types. */
 void fl_pack_rows(fl_packed *p, size_t j0, size_t rows, const void *w, ptrdiff_t rs_w,
                   ptrdiff_t cs_w, const float *scale);
-/* Packs the bias b (N values of the activations' type, stride bs); only for weights
- * allocated with one. */
-void fl_pack_bias(fl_packed *p, const void *b, ptrdiff_t bs);
 /* Writes the stored form back, in fl_pack_rows()'s layouts, contiguous: all of W into w
  * (N x K elements; int4: N rows of ceil(K/2) bytes), the scales (int8, int4) into
- * `scale`, the bias (when allocated with one) into b. */
-void fl_unpack(const fl_packed *p, void *w, float *scale, void *b);
+ * `scale`. */
+void fl_unpack(const fl_packed *p, void *w, float *scale);
 
-/* y = x @ W.T + b for M rows. Returns FL_OK or FL_ENOMEM (y untouched then). */
-int fl_forward(const fl_packed *p, size_t m, const void *x, size_t ldx, void *y,
-               size_t ldy, int nthreads);
+/* y = x @ W.T + b for M rows (b NULL: no bias). Returns FL_OK or FL_ENOMEM (y
+ * untouched then). */
+int fl_forward(const fl_packed *p, const void *b, size_t m, const void *x, size_t ldx,
+               void *y, size_t ldy, int nthreads);
 
 /* Activations, applied elementwise: as the epilogue of a Linear step (after the bias, on
  * the tile just computed, before it leaves the cache) or as a step of their own. They
@@ -109,7 +109,8 @@ typedef enum {
 typedef struct {
     fl_step_kind kind;
     size_t width;            /* values per row this step writes (LINEAR: W's N) */
-    const fl_packed *linear; /* LINEAR */
+    const fl_packed *linear; /* LINEAR, with its bias b (NULL: none), N values */
+    const void *bias;
     fl_epilogue ep;          /* LINEAR, ACT */
     const void *a, *b;       /* AFFINE, LAYERNORM (both NULL: no affine): width values */
     double eps;              /* LAYERNORM */

@@ -2,10 +2,13 @@
  * packed weights (the threads themselves: threads.c).
  * BLIS loop names: jc (NC columns) > pc (KC of k) > ic (MC rows) > jr (NR) > ir (MR). */
 #include <stdlib.h>
+#include <string.h>
 #include "blocking.h"
 #include "driver.h"
+
 typedef struct {
     const fl_packed *p;
+    const char *bias;       /* NULL, or N values */
     const fl_epilogue *ep;  /* NULL, or applied to each tile after its last k block */
     size_t m;
     const char *x;
@@ -64,9 +67,15 @@ static void run_tile(const fl_job *jb, fl_weights wt, size_t q, size_t np, size_
     const fl_packed *p = jb->p;
     const size_t size = fl_value_size(p->dtype), nr = p->kern->nr;
     const int last = pc + kc == p->k;
-    const char *bq = last && p->bias ? (const char *)p->bias + q * nr * size : NULL;
-    const float *sq = last && p->scale ? p->scale + q * nr : NULL;
     const size_t n = min_sz(np * nr, p->n - q * nr);
+    const char *bq = last && jb->bias ? jb->bias + q * nr * size : NULL;
+    _Alignas(64) char edge[2 * FL_MAX_ROW_BYTES];
+    if (bq && n < np * nr) {  /* the kernel reads whole panels: zeros past N */
+        memset(edge, 0, np * nr * size);
+        memcpy(edge, bq, n * size);
+        bq = edge;
+    }
+    const float *sq = last && p->scale ? p->scale + q * nr : NULL;
     while (m > 0) {
         size_t h = 1;
         if (m == p->kern->mr)
@@ -161,14 +170,14 @@ static void run_share(const fl_job *jb, const fl_plan *pl, char *scratch, size_t
         run_direct(jb, 0, jb->m, lo, hi, wbuf);
 }
 
-void fl_gemm_share(const fl_packed *p, const fl_plan *pl, const fl_epilogue *ep, size_t m,
-                   const void *x, size_t ldx, void *y, size_t ldy, void *scratch, size_t t,
-                   size_t team)
+void fl_gemm_share(const fl_packed *p, const void *b, const fl_plan *pl,
+                   const fl_epilogue *ep, size_t m, const void *x, size_t ldx, void *y,
+                   size_t ldy, void *scratch, size_t t, size_t team)
 {
     if (m == 0 || p->n == 0)
         return;
     const int any = ep && (ep->act != FL_ACT_NONE || ep->scale);
-    const fl_job jb = {p, any ? ep : NULL, m, x, ldx, y, ldy};
+    const fl_job jb = {p, b, any ? ep : NULL, m, x, ldx, y, ldy};
     run_share(&jb, pl, scratch, t, team);
 }
 
@@ -203,8 +212,8 @@ fl_plan fl_plan_gemm(const fl_packed *p, size_t m, size_t team)
     return pl;
 }
 
-int fl_forward(const fl_packed *p, size_t m, const void *x, size_t ldx, void *y,
-               size_t ldy, int nthreads)
+int fl_forward(const fl_packed *p, const void *b, size_t m, const void *x, size_t ldx,
+               void *y, size_t ldy, int nthreads)
 {
     if (m == 0 || p->n == 0)
         return FL_OK;
@@ -217,7 +226,7 @@ int fl_forward(const fl_packed *p, size_t m, const void *x, size_t ldx, void *y,
         return FL_ENOMEM;
     }
     if (threads == 1) {  /* no team to start: a few hundred ns matter to tiny calls */
-        fl_gemm_share(p, &pl, NULL, m, x, ldx, y, ldy, buf, 0, 1);
+        fl_gemm_share(p, b, &pl, NULL, m, x, ldx, y, ldy, buf, 0, 1);
     } else {
         fl_team_starting();
 #pragma omp parallel num_threads((int)threads)
@@ -225,7 +234,7 @@ int fl_forward(const fl_packed *p, size_t m, const void *x, size_t ldx, void *y,
             /* The team may be smaller than asked for (nesting, OMP_THREAD_LIMIT). */
             const size_t t = (size_t)fl_thread_id();
             char *scratch = buf ? buf + t * pl.buf_bytes : NULL;
-            fl_gemm_share(p, &pl, NULL, m, x, ldx, y, ldy, scratch, t,
+            fl_gemm_share(p, b, &pl, NULL, m, x, ldx, y, ldy, scratch, t,
                           (size_t)fl_team_size());
         }
     }

@@ -98,7 +98,6 @@ struct fl_packed {
     size_t panel_bytes; /* one panel of w, a multiple of 64 */
     void *w;            /* panels * panel_bytes, 64-byte aligned */
     float *scale;       /* int8: panels * nr scales; else NULL */
-    void *bias;         /* panels * nr values or NULL */
 };
 
 /* Byte offset of k row `pc` (a multiple of KC) in a panel of p. */
@@ -106,6 +105,10 @@ size_t fl_panel_offset(const fl_packed *p, size_t pc);
 /* Widens rows [pc, pc + kc) of weight panel `q` to float32 values W(k, j): dst gets
  * kc x NR floats, 64-byte aligned (the kernel's widener). */
 void fl_expand(const fl_packed *p, size_t q, size_t pc, size_t kc, float *dst);
+
+/* The widest k row of a packed panel, in bytes (AVX-512: 16 floats x 4 zmm): the
+ * driver's room for the bias of an edge panel. */
+#define FL_MAX_ROW_BYTES 256
 
 /* For the kernels' tile bodies: unrolls a loop of a constant trip count (at most 8)
  * completely, so that arrays indexed by its counter (the accumulators) can live in

@@ -37,7 +37,7 @@ static void run_step(const fl_model_call *c, const fl_step *st, size_t width, si
     const size_t size = fl_value_size(dt);
     if (st->kind == FL_STEP_LINEAR) {
         const fl_plan pl = fl_plan_gemm(st->linear, rows, team);
-        fl_gemm_share(st->linear, &pl, &st->ep, rows, in, ldin, out, ldout,
+        fl_gemm_share(st->linear, st->bias, &pl, &st->ep, rows, in, ldin, out, ldout,
                       c->scratch ? c->scratch + t * c->scratch_bytes : NULL, t, team);
         return;
     }

@@ -123,7 +123,7 @@ static void transfer(fl_packed *p, size_t j0, size_t rows, void *w, ptrdiff_t rs
     }
 }
 
-fl_packed *fl_alloc(fl_dtype dtype, size_t n, size_t k, size_t group, int with_bias)
+fl_packed *fl_alloc(fl_dtype dtype, size_t n, size_t k, size_t group)
 {
     const fl_isa *isa = fl_current_isa();
     const fl_kernel *kern = &isa->k[dtype];
@@ -151,8 +151,6 @@ fl_packed *fl_alloc(fl_dtype dtype, size_t n, size_t k, size_t group, int with_b
     if (fl_formats[dtype].scale == FL_SCALE_ROW
         && !(p->scale = aligned_zalloc(p->panels * nr, sizeof(float))))
         goto fail;
-    if (with_bias && !(p->bias = aligned_zalloc(p->panels * nr, fl_value_size(dtype))))
-        goto fail;
     return p;
 fail:
     fl_free(p);
@@ -165,22 +163,12 @@ void fl_pack_rows(fl_packed *p, size_t j0, size_t rows, const void *w, ptrdiff_t
     transfer(p, j0, rows, (void *)w, rs_w, cs_w, (float *)scale, 1);
 }
 
-void fl_pack_bias(fl_packed *p, const void *b, ptrdiff_t bs)
-{
-    const size_t size = fl_value_size(p->dtype);
-    for (size_t j = 0; j < p->n; j++)
-        copy_value(size, (char *)p->bias + j * size,
-                   (const char *)b + (ptrdiff_t)j * bs * (ptrdiff_t)size);
-}
-
-void fl_unpack(const fl_packed *p, void *w, float *scale, void *b)
+void fl_unpack(const fl_packed *p, void *w, float *scale)
 {
     const size_t row = (p->k * fl_formats[p->dtype].bits + 7) / 8 / weight_size(p->dtype);
     if (fl_formats[p->dtype].bits < 8)  /* nibbles are or-ed in */
         memset(w, 0, p->n * row);
     transfer((fl_packed *)p, 0, p->n, w, (ptrdiff_t)row, 1, scale, 0);
-    if (b && p->bias)
-        memcpy(b, p->bias, p->n * fl_value_size(p->dtype));
 }
 
 void fl_free(fl_packed *p)
@@ -189,7 +177,6 @@ void fl_free(fl_packed *p)
         return;
     free(p->w);
     free(p->scale);
-    free(p->bias);
     free(p);
 }
 

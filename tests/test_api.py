@@ -75,6 +75,24 @@ def test_parameters_are_read_only_and_reassignable():
     assert_close(layer(x), x, layer.weight, None)
 
 
+@pytest.mark.parametrize("weight_dtype", ["float32", "int8", "int4"])
+def test_a_new_bias_leaves_the_packed_weights_alone(weight_dtype):
+    """Setting the bias builds a new bias beside the packed weights (O(N)): the weights,
+    which a forward pass in another thread may be reading, are neither repacked nor
+    written. The bias is added last, so it shifts the outputs of the same layer without
+    one exactly."""
+    layer = fl.Linear(40, 70, rng=0, weight_dtype=weight_dtype)  # 70: an edge panel
+    x = np.random.default_rng(1).standard_normal((5, 40)).astype(np.float32)
+    packed = layer._params.packed
+    stored = layer.state_dict()["weight"]
+    layer.bias = np.arange(70)
+    assert layer._params.packed is packed
+    np.testing.assert_array_equal(layer.state_dict()["weight"], stored)
+    expected = fl.Linear(40, 70, rng=0, weight_dtype=weight_dtype)
+    expected.bias = None
+    np.testing.assert_array_equal(layer(x), expected(x) + np.arange(70, dtype=np.float32))
+
+
 def test_state_dict_round_trip():
     a, b = random_layer(5, 3, np.float64, seed=1), random_layer(5, 3, np.float64, seed=2)
     sd = a.state_dict()

@@ -46,6 +46,7 @@ _Static_assert(MR >= 2 && MR < 8 && WIDENED_ROWS >= 1 && (int)WIDENED_ROWS <= (i
                "the tile heights below: MR, then powers of two under it");
 _Static_assert(NV % 2 == 0, "int4 rows: the high nibbles fill the second half of the vectors");
 _Static_assert(F32_KC % FL_I4_MAX_GROUP == 0, "int4 groups within k blocks");
+_Static_assert(NV * VBYTES <= FL_MAX_ROW_BYTES, "a panel's bias fits the driver's room");
 
 /* Bytes of one k row of a packed panel (int4: of its nibbles): NR weights. */
 INLINE size_t row_bytes(fl_dtype dt)
