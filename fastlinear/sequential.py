@@ -45,13 +45,15 @@ class _Segment:
     """Modules between two Flattens, run as one native model (built per input width
     and cached)."""
 
-    def __init__(self, entries):
+    def __init__(self, entries, dtype=None):
         self.entries = entries  # [(path, module)]
         dtypes = {m.dtype for _, m in entries if isinstance(m, Linear)}
-        self.dtype = dtypes.pop() if dtypes else None
+        # A piece of a split segment (see split) computes in the whole segment's dtype.
+        self.dtype = dtype if dtype is not None else (dtypes.pop() if dtypes else None)
         self.softmax_dims = [(p, m) for p, m in entries if isinstance(m, _RowSoftmax)]
         self.batchnorms = [(p, m) for p, m in entries if isinstance(m, BatchNorm1d)]
         self.models = {}
+        self.pieces = None  # the split for (N, C, L) input, built on first use
         # The model for plain inputs, which run() tries first: the width the first
         # Linear takes, its dtype. Where a module's rule depends on the input's
         # dimensions (BatchNorm1d, a softmax over dim 1) it takes 2-D input only.
@@ -60,7 +62,12 @@ class _Segment:
             m.dim not in (None, -1) for _, m in self.softmax_dims)
         if (entries and isinstance(entries[0][1], Linear)
                 and all(m.dim in (None, -1, 1) for _, m in self.softmax_dims)):
-            self.plain = self.model(entries[0][1].in_features, self.dtype)
+            try:
+                self.plain = self.model(entries[0][1].in_features, self.dtype)
+            except ValueError:
+                # The widths do not chain on 2-D input, as where a BatchNorm1d is meant
+                # for the channels of (N, C, L) data: run() says so for 2-D input.
+                pass
 
     def model(self, width, dtype):
         key = (width, dtype)
@@ -111,12 +118,43 @@ class _Segment:
             except ValueError as exc:
                 raise ValueError(f"module {path}: {exc}") from None
         if self.batchnorms and arr.ndim != 2:
-            path, m = self.batchnorms[0]
-            raise ValueError(f"module {path} ({m!r}) normalizes dim 1 of its input; inside "
-                             f"a Sequential fastlinear runs it on (N, features) input only, "
-                             f"got shape {arr.shape}")
+            if arr.ndim != 3:
+                path, m = self.batchnorms[0]
+                raise ValueError(f"module {path} ({m!r}) takes (N, C) or (N, C, L) input, "
+                                 f"got a {arr.ndim}-D input of shape {arr.shape}")
+            return self.run_split(arr)
         dtype = self.dtype or _runner.data_dtype(arr)
         return _runner.model(self.model(arr.shape[-1], dtype), arr)
+
+    def split(self):
+        """The pieces for (N, C, L) input: the segment cut at each BatchNorm1d, which
+        normalizes the channels (dim 1) there, not the rows' last dimension that a
+        Linear's epilogue sees; the parts between run natively as ever."""
+        pieces, part = [], []
+        for path, m in self.entries:
+            if isinstance(m, BatchNorm1d):
+                pieces += [_Segment(part, self.dtype), (path, m)]
+                part = []
+            else:
+                part.append((path, m))
+        return pieces + [_Segment(part, self.dtype)]
+
+    def run_split(self, arr):
+        if self.pieces is None:
+            self.pieces = self.split()
+        dtype = self.dtype or _runner.data_dtype(arr)
+        for piece in self.pieces:
+            if isinstance(piece, _Segment):
+                arr = piece.run(arr)
+                continue
+            path, m = piece
+            if arr.shape[1] != m.num_features:
+                raise ValueError(f"module {path} ({m!r}) takes (N, {m.num_features}, L) "
+                                 f"input, got shape {arr.shape}")
+            # In the segment's dtype, as in a Linear's epilogue on 2-D input.
+            y = _runner.module(m, np.moveaxis(arr, 1, 2), dtype)
+            arr = np.moveaxis(y, 2, 1)
+        return arr
 
 
 class Sequential:
@@ -131,8 +169,9 @@ class Sequential:
     Flatten, LayerNorm, Softmax, LogSoftmax, BatchNorm1d and nested Sequentials, fixed
     when built. Input: (*, features), any real dtype (cast to the Linear layers' dtype,
     float32 or float64); LayerNorm, Softmax and LogSoftmax act on the last dimension
-    (dim=None: 1-D and 2-D input only, as torch's legacy rule), BatchNorm1d on (N,
-    features) input."""
+    (dim=None: 1-D and 2-D input only, as torch's legacy rule), BatchNorm1d over dim 1
+    of (N, C) input (in the epilogue) or of (N, C, L) input (the chain cut there: the
+    modules before and after it run natively, it on its own), as torch's."""
 
     def __init__(self, *modules):
         for i, m in enumerate(modules):

@@ -156,14 +156,18 @@ def test_mlp_from_torch_matches_torch(dtype_name):
     same = fl.Sequential.from_torch(_mlp(torch, getattr(torch, dtype_name)))
     same.load_state_dict({k: v.numpy() for k, v in model.state_dict().items()})
     assert np.array_equal(same(x), y)
-    # torch's BatchNorm1d takes (N, C) or (N, C, L) with C its features: rows of (N, L, C)
-    # would be normalized along the wrong axis, so they are refused, as 1-D input is
-    small = fl.Sequential.from_torch(torch.nn.Sequential(
-        torch.nn.Linear(8, 8), torch.nn.BatchNorm1d(8)).to(getattr(torch, dtype_name)).eval(),
-        backend="native")
-    for bad in (np.ones((4, 8, 8)), np.ones(8)):
-        with pytest.raises(ValueError, match=r"module 1 \(BatchNorm1d\(8"):
-            small(bad)
+    # torch's BatchNorm1d takes (N, C) or (N, C, L) with C its features: on (N, 8, 8)
+    # data it normalizes dim 1, not the rows the Linear wrote; 1-D input is refused
+    tsmall = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.BatchNorm1d(8)).to(
+        getattr(torch, dtype_name)).eval()
+    randomize_batchnorm(tsmall[1])
+    small = fl.Sequential.from_torch(tsmall, backend="native")
+    x3 = np.random.default_rng(2).standard_normal((4, 8, 8)).astype(dtype_name)
+    with torch.no_grad():
+        expected = tsmall(torch.from_numpy(x3)).numpy()
+    np.testing.assert_allclose(small(x3), expected, rtol=0, atol=200 * 8 * eps)
+    with pytest.raises(ValueError, match=r"module 1 \(BatchNorm1d\(8"):
+        small(np.ones(8))
 
 
 @pytest.mark.parametrize("threads_n", [1, 2, 3])
@@ -237,6 +241,84 @@ def test_batchnorm_standalone_matches_torch():
     assert set(ours.state_dict()) == set(bn.state_dict())
     with pytest.raises(ValueError, match=r"module 1 \(BatchNorm1d\(6"):
         fl.Sequential(fl.Linear(6, 6), ours)(np.zeros((2, 3, 6), np.float32))
+
+
+def _bn(n, seed, dtype=np.float32):
+    """A BatchNorm1d that is not the identity."""
+    rng = np.random.default_rng(seed)
+    bn = fl.BatchNorm1d(n, dtype=dtype)
+    bn.load_state_dict({"weight": rng.standard_normal(n), "bias": rng.standard_normal(n),
+                        "running_mean": rng.standard_normal(n),
+                        "running_var": rng.uniform(0.5, 2, n), "num_batches_tracked": 0})
+    return bn
+
+
+def test_batchnorm_on_channels_in_a_model():
+    """On (N, C, L) input a BatchNorm1d inside a Sequential normalizes the C channels
+    (dim 1), as on its own and as torch's, not the rows a Linear's epilogue sees; the
+    modules between run natively, with the bits of the modules one by one. On (N, C)
+    input it stays in the Linear's epilogue."""
+    model = fl.Sequential(
+        fl.Linear(5, 7, rng=0), _bn(4, 1), fl.GELU(), fl.Sequential(
+            fl.Linear(7, 3, rng=2), _bn(4, 3)), fl.Tanh(), fl.Flatten(),
+        fl.Linear(12, 6, rng=4), _bn(6, 5), fl.LogSoftmax())
+    x = np.random.default_rng(0).standard_normal((9, 4, 5)).astype(np.float32)
+    y = model(x)
+    expected = x
+    for m in (model[0], model[1], model[2], model[3][0], model[3][1], model[4], model[5],
+              model[6], model[7], model[8]):
+        expected = m(expected)
+    assert y.shape == (9, 6) and y.dtype == np.float32
+    assert np.array_equal(y, expected)
+    for lo, hi in ((0, 1), (3, 8)):  # a row alone equals the row in the batch
+        assert np.array_equal(model(x[lo:hi]), y[lo:hi])
+    # widths that chain on rows too: (N, C) input fused, (N, C, L) per channel
+    square = fl.Sequential(fl.Linear(8, 8, rng=6), _bn(8, 7), fl.ReLU())
+    x2 = np.random.default_rng(1).standard_normal((5, 8)).astype(np.float32)
+    rows = x2 @ square[0].weight.T + square[0].bias
+    scale, shift = square[1].factors()
+    np.testing.assert_allclose(square(x2), np.maximum(rows * scale + shift, 0), atol=1e-5)
+    x3 = np.random.default_rng(2).standard_normal((5, 8, 8)).astype(np.float32)
+    assert np.array_equal(square(x3), square[2](square[1](square[0](x3))))
+
+
+def test_batchnorm_on_channels_dtype_and_errors():
+    """The BatchNorm1d computes in the Linear layers' dtype, in the epilogue or not;
+    shapes torch's BatchNorm1d refuses are refused before anything runs, naming it."""
+    bn = _bn(4, 1)  # float32 parameters: in a float64 model they compute in float64
+    model = fl.Sequential(fl.Linear(5, 7, rng=0, dtype=np.float64), bn)
+    x = np.random.default_rng(0).standard_normal((3, 4, 5)).astype(np.float32)
+    y = model(x)
+    assert y.dtype == np.float64
+    scale, shift = bn.factors()
+    rows = x.astype(np.float64) @ model[0].weight.T + model[0].bias
+    np.testing.assert_allclose(y, rows * scale[:, None] + shift[:, None], rtol=1e-13,
+                               atol=1e-13)
+    for bad, message in ((np.ones((3, 5)), r"BatchNorm1d\(4\) got rows of 7"),
+                         (np.ones((3, 6, 5)), r"\(N, 4, L\) input, got shape \(3, 6, 7\)"),
+                         (np.ones(5), "got a 1-D input"),
+                         (np.ones((3, 4, 1, 5)), "got a 4-D input")):
+        with pytest.raises(ValueError, match=r"module 1 \(BatchNorm1d\(4.*" + message):
+            model(bad)
+
+
+def test_batchnorm_on_channels_from_torch():
+    torch = torch_or_skip()
+    nn = torch.nn
+    for dtype in (torch.float32, torch.float64):
+        torch.manual_seed(5)
+        tm = nn.Sequential(nn.Linear(5, 7), nn.BatchNorm1d(4), nn.SiLU(), nn.Linear(7, 7),
+                           nn.BatchNorm1d(4), nn.Flatten(), nn.Linear(28, 3),
+                           nn.BatchNorm1d(3)).to(dtype).eval()
+        randomize_batchnorm(tm[1], tm[4], tm[7])
+        ours = fl.Sequential.from_torch(tm)
+        x = torch.randn(11, 4, 5, dtype=dtype)
+        with torch.no_grad():
+            expected = tm(x).numpy()
+        y = ours(x.numpy())
+        assert y.dtype == expected.dtype and y.shape == (11, 3)
+        eps = np.finfo(y.dtype).eps
+        np.testing.assert_allclose(y, expected, rtol=0, atol=200 * 28 * eps)
 
 
 def test_flatten_dropout_identity():

@@ -141,14 +141,22 @@ def test_torch_batchnorm_on_channels(tmp_path):
     assert_near(y, run_ort(path, x.numpy()), 5)
 
 
-@pytest.mark.xfail(strict=True, reason="a Sequential runs BatchNorm1d on (N, features) "
-                                       "input only (fastlinear/sequential.py)")
 def test_torch_batchnorm_on_channels_whole_model(tmp_path):
+    """The same file run as a whole: the Linear before the BatchNormalization runs on
+    the rows (L) and the BatchNorm on the channels, as the modules one by one do."""
     torch = pytest.importorskip("torch")
     model, path, x = torch_batchnorm_on_channels(torch, tmp_path)
+    ours = load_onnx(path)
     with torch.no_grad():
         expected = model(x).numpy()
-    assert_near(load_onnx(path)(x.numpy()), expected, 5)
+    y = ours(x.numpy())
+    assert y.shape == (6, 4, 7) and y.dtype == np.float32
+    assert_near(y, expected, 5)
+    assert_near(y, run_ort(path, x.numpy()), 5)
+    assert np.array_equal(y, run_modules(ours, x.numpy()))
+    # torch refuses (N, 5) data there (the BatchNorm would get 7 features), and so do we
+    with pytest.raises(ValueError, match=r"module 1 \(BatchNorm1d\(4"):
+        ours(x.numpy()[:, 0])
 
 
 def torch_mlp64(torch):

@@ -13,8 +13,7 @@ maps, in ONNX's default domain unless named:
   x * Sigmoid(x) -> SiLU; GELU's erf and tanh forms -> GELU. They are recognised by
   evaluating the nodes, so the order of the operands does not matter.
 * BatchNormalization (inference) of (N, C) or (N, C, L) data -> BatchNorm1d, which
-  normalizes dim 1 as torch's does (a Sequential runs it on (N, C) input only as yet:
-  call its modules one by one on (N, C, L) data)
+  normalizes dim 1 as torch's does
 * LayerNormalization, and LayerNorm written out (ReduceMean, Sub, Pow, ReduceMean, Add,
   Sqrt, Div, then Mul and Add by its weight and bias: opsets < 17) -> LayerNorm
 * Softmax and LogSoftmax over the last axis, Flatten and Reshape that merge the
