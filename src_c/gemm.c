@@ -2,7 +2,6 @@
  * packed weights (the threads themselves: threads.c).
  * BLIS loop names: jc (NC columns) > pc (KC of k) > ic (MC rows) > jr (NR) > ir (MR). */
 #include <stdlib.h>
-#include <string.h>
 #include "blocking.h"
 #include "driver.h"
 
@@ -69,12 +68,6 @@ static void run_tile(const fl_job *jb, fl_weights wt, size_t q, size_t np, size_
     const int last = pc + kc == p->k;
     const size_t n = min_sz(np * nr, p->n - q * nr);
     const char *bq = last && jb->bias ? jb->bias + q * nr * size : NULL;
-    _Alignas(64) char edge[2 * FL_MAX_ROW_BYTES];
-    if (bq && n < np * nr) {  /* the kernel reads whole panels: zeros past N */
-        memset(edge, 0, np * nr * size);
-        memcpy(edge, bq, n * size);
-        bq = edge;
-    }
     const float *sq = last && p->scale ? p->scale + q * nr : NULL;
     while (m > 0) {
         size_t h = 1;

@@ -29,7 +29,7 @@
  *          scales follow the first's): twice the independent sums for a single row.
  *   group  int4 only: k rows per scale group (32, 64 or 128).
  *   scale  NULL, or (int8, on the last k block only) NR float32 scales (zero past n).
- *   bias   NULL, or NR values (zero past n) added once, after the last k block.
+ *   bias   NULL, or n values added once, after the last k block (none past n is read).
  *   y      only rows i < m and columns j < n are touched; when `first` is set it is not
  *          read (it may hold NaN). kc may be 0 (then y = bias, or 0).
  * The multiply-add of one element always rounds the same way inside one kernel: whether a
@@ -105,10 +105,6 @@ size_t fl_panel_offset(const fl_packed *p, size_t pc);
 /* Widens rows [pc, pc + kc) of weight panel `q` to float32 values W(k, j): dst gets
  * kc x NR floats, 64-byte aligned (the kernel's widener). */
 void fl_expand(const fl_packed *p, size_t q, size_t pc, size_t kc, float *dst);
-
-/* The widest k row of a packed panel, in bytes (AVX-512: 16 floats x 4 zmm): the
- * driver's room for the bias of an edge panel. */
-#define FL_MAX_ROW_BYTES 256
 
 /* For the kernels' tile bodies: unrolls a loop of a constant trip count (at most 8)
  * completely, so that arrays indexed by its counter (the accumulators) can live in

@@ -46,7 +46,6 @@ _Static_assert(MR >= 2 && MR < 8 && WIDENED_ROWS >= 1 && (int)WIDENED_ROWS <= (i
                "the tile heights below: MR, then powers of two under it");
 _Static_assert(NV % 2 == 0, "int4 rows: the high nibbles fill the second half of the vectors");
 _Static_assert(F32_KC % FL_I4_MAX_GROUP == 0, "int4 groups within k blocks");
-_Static_assert(NV * VBYTES <= FL_MAX_ROW_BYTES, "a panel's bias fits the driver's room");
 
 /* Bytes of one k row of a packed panel (int4: of its nibbles): NR weights. */
 INLINE size_t row_bytes(fl_dtype dt)
@@ -101,10 +100,12 @@ FL_UNROLL
             for (size_t i = 0; i < m; i++)
                 acc[i][v] = vmul(acc[i][v], sv);
         }
-    if (bias)
+    if (bias)  /* read as y is: n values */
 FL_UNROLL
         for (size_t v = 0; v < np * NV; v++) {
-            const vec bv = vload(bias + v * VBYTES);
+            const char *bp = bias + v * VBYTES;
+            const vec bv = v < full ? vload(bp) : v == full && tail ? vload_head(dt, bp, tail)
+                                                                  : vzero();
 FL_UNROLL
             for (size_t i = 0; i < m; i++)
                 acc[i][v] = vadd(dt, acc[i][v], bv);
