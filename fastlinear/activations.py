@@ -2,7 +2,7 @@
 code (src_c/activation.h): the same bits on every CPU, ISA and library version, alone or
 fused into the Linear before it in a Sequential. Inputs of any shape; float64 input gives
 float64, any other real input float32; a new array is returned (the input is never
-changed). Accuracy (ulp against float64): README, "Activations"."""
+changed). Accuracy (ulp against float64): docs/models.md, "Activations"."""
 from . import _core, _runner, _steps
 
 __all__ = ["ReLU", "LeakyReLU", "GELU", "SiLU", "Sigmoid", "Tanh"]

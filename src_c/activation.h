@@ -22,7 +22,7 @@
  *              where it is tiny; erfcx(a) (1 + a/K) is a polynomial in
  *              t = (a - K)/(a + K), K = 3, fitted here (Chebyshev interpolation at 13
  *              and 25 points; its error 6e-10 and 2e-17 over a in [0, inf)).
- * Accuracy against float64/float128 references: README ("Activations"),
+ * Accuracy against float64/float128 references: docs/models.md ("Activations"),
  * tests/test_models.py.
  */
 #ifndef FL_ACTIVATION_H
