@@ -138,7 +138,7 @@ cdef class PackedWeights:
         return y
 
 
-cdef const void *_bias_data(PackedWeights packed, bias) except? NULL:
+cdef inline const void *_bias_data(PackedWeights packed, bias) except? NULL:
     """Where the C kernel reads a bias for `packed`: NULL for None, else the data of a
     C-contiguous (N,) array of the weights' activation type (ValueError otherwise)."""
     if bias is None:
