@@ -18,18 +18,24 @@
  *      read before written (it may hold NaN garbage on entry).
  *   x and y must not overlap.
  *
- * Numerics: every y[i, j] is one multiply-add chain over k in ascending order, started
- * from zero, of x[i, k] times the weight's float value w[j, k], followed by one addition
- * of b[j]. The chain never splits (no partial sums, no split of K across threads), so a
- * row's result does not depend on M, on the row's position in the batch or on the thread
- * count. Different ISAs may round differently (FMA vs separate multiply and add); one ISA
- * always rounds the same way. The float value of a stored weight, exact in float32:
+ * Numerics: every y[i, j] is a sum over k in ascending order of x[i, k] times the
+ * weight's float value w[j, k], in summation blocks of FL_SUM_BLOCK values of k: each
+ * block's multiply-add chain starts from zero (its partial sum p), and the partial sums
+ * are added in ascending order (y = p for the first block, y = y + p after it); then,
+ * once, the int8 scale (y * s[j]) and the bias (y + b[j]). The order is fixed by k and
+ * the format alone (no split of K across threads or at the tuned block sizes), so a row's
+ * result does not depend on M, on the row's position in the batch, on the thread count
+ * or on the block sizes; the blocks make float32 as accurate as BLAS (the error grows
+ * with sqrt(S/2 + K/2S) rather than sqrt(K)). Paths with FMA (AVX2, AVX-512) round each
+ * multiply-add once and give the same bits; the portable path (kernels/ref.c) multiplies
+ * then adds where its target has no FMA. The float value of a stored weight, exact in
+ * float32:
  *   FL_BF16, FL_F16  the weight itself, widened;
  *   FL_I4            q * s, q in [-8, 7], s the scale of its group of `group` values
  *                    along k (the last group of a row may be shorter); the caller stores
  *                    scales with at most 21 significant bits, so the product is exact;
- *   FL_I8            q in [-128, 127] itself: the chain runs over the integers, and the
- *                    row's scale s[j] multiplies the sum once, before the bias:
+ *   FL_I8            q in [-128, 127] itself: the sum runs over the integers' values, and
+ *                    the row's scale s[j] multiplies it once, before the bias:
  *                    y = (sum_k x[i, k] * q[j, k]) * s[j] + b[j] (a multiply, then an add).
  *
  * Threads: fl_forward() may run an OpenMP team of up to `nthreads`; scratch memory is
@@ -44,6 +50,10 @@
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+/* Values of k per summation block (Numerics above): never tuned, as it sets the bits. It
+ * equals the largest int4 group, and every k block is made of whole summation blocks. */
+#define FL_SUM_BLOCK 128
 
 /* The weights' storage type (the activations' type follows from it, above). */
 typedef enum { FL_F32, FL_F64, FL_BF16, FL_F16, FL_I8, FL_I4, FL_NDTYPES } fl_dtype;

@@ -24,16 +24,19 @@ static size_t min_sz(size_t a, size_t b) { return a < b ? a : b; }
 typedef struct {
     fl_ukernel *run;
     const char *w;
+    size_t sum_bytes;  /* the bytes of FL_SUM_BLOCK k rows of w */
 } fl_weights;
 
 static fl_weights weights(const fl_packed *p, size_t q, size_t pc, size_t kc, float *wbuf)
 {
     if (wbuf) {
         fl_expand(p, q, pc, kc, wbuf);
-        return (fl_weights){p->isa->k[FL_F32].run, (const char *)wbuf};
+        return (fl_weights){p->isa->k[FL_F32].run, (const char *)wbuf,
+                            FL_SUM_BLOCK * p->kern->nr * sizeof(float)};
     }
     return (fl_weights){p->kern->run,
-                        (const char *)p->w + q * p->panel_bytes + fl_panel_offset(p, pc)};
+                        (const char *)p->w + q * p->panel_bytes + fl_panel_offset(p, pc),
+                        fl_panel_offset(p, FL_SUM_BLOCK)};
 }
 
 /* ep on the m x n tile of y whose first column is j0: the scale and shift (the AFFINE
@@ -56,9 +59,10 @@ static void epilogue(const fl_packed *p, const fl_epilogue *ep, char *y, size_t 
 }
 
 /* Rows [row, row + m) (m <= MR) of weight panels q .. q + np - 1 (np = 2 only for one
- * row, with kernels of two_panels) for k in [pc, pc + kc), the scale and bias after the
- * last k block. Rows are independent, so fewer than MR rows run as tiles whose heights
- * are powers of two (the heights kernels instantiate, kernel.h) with the same bits. */
+ * row, with kernels of two_panels) for k in [pc, pc + kc), one kernel call per summation
+ * block, the scale and bias after the last one. Rows are independent, so fewer than MR
+ * rows run as tiles whose heights are powers of two (the heights kernels instantiate,
+ * kernel.h) with the same bits. */
 static void run_tile(const fl_job *jb, fl_weights wt, size_t q, size_t np, size_t pc,
                      size_t kc, const char *a, ptrdiff_t a_rs, ptrdiff_t a_cs, size_t row,
                      size_t m)
@@ -77,8 +81,15 @@ static void run_tile(const fl_job *jb, fl_weights wt, size_t q, size_t np, size_
             while (2 * h <= m)
                 h *= 2;
         char *yt = jb->y + (row * jb->ldy + q * nr) * size;
-        wt.run(kc, a, a_rs, a_cs, wt.w, (ptrdiff_t)p->panel_bytes, p->group, yt, jb->ldy,
-               h, n, pc == 0, sq, bq);
+        for (size_t k0 = 0, s = 0;; k0 += FL_SUM_BLOCK, s++) {
+            const size_t ks = min_sz(FL_SUM_BLOCK, kc - k0);
+            const int end = k0 + ks == kc;  /* kc may be 0: one call, y = bias */
+            wt.run(ks, a + (ptrdiff_t)k0 * a_cs * (ptrdiff_t)size, a_rs, a_cs,
+                   wt.w + s * wt.sum_bytes, (ptrdiff_t)p->panel_bytes, p->group, yt,
+                   jb->ldy, h, n, pc + k0 == 0, end ? sq : NULL, end ? bq : NULL);
+            if (end)
+                break;
+        }
         if (last && jb->ep)  /* the epilogue, while the tile is in L1 */
             epilogue(p, jb->ep, yt, jb->ldy, h, q * nr, n);
         a += (ptrdiff_t)h * a_rs * (ptrdiff_t)size;

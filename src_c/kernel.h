@@ -3,14 +3,18 @@
  *
  * Micro-kernel: computes one m x n tile of y (1 <= n <= NR; m is MR, or a power of two
  * below it: the driver cuts the rows of an edge tile into such tiles, which gives the
- * same bits since rows are independent) over one block of kc values of k:
+ * same bits since rows are independent) over one summation block (fastlinear.h) of
+ * kc <= FL_SUM_BLOCK values of k:
  *
- *     acc[i][j] = (first ? 0 : y[i*ldy + j])
- *     for k in 0 .. kc-1 (ascending):  acc[i][j] += a[i*a_rs + k*a_cs] * W(k, j)
+ *     p[i][j] = 0
+ *     for k in 0 .. kc-1 (ascending):  p[i][j] += a[i*a_rs + k*a_cs] * W(k, j)
+ *     acc[i][j] = first ? p[i][j] : y[i*ldy + j] + p[i][j]
  *     if scale != NULL:                acc[i][j] *= scale[j]
  *     if bias != NULL:                 acc[i][j] += bias[j]
  *     y[i*ldy + j] = acc[i][j]         for i < m, j < n only
  *
+ * The driver calls it block by block in ascending k, `first` for the first block of K,
+ * the scale and the bias with the last.
  *   a      rows of x: either x itself (a_rs = ldx, any value, a_cs = 1) or a packed
  *          micro-panel (a_rs = 1, a_cs = MR > 1); kernels may tell the two apart by a_cs.
  *          Only rows i < m are read.
@@ -21,17 +25,18 @@
  *            int4: groups of `group` k rows, each NR float32 scales, then `group` rows
  *            of NR/2 bytes; in a row, byte b holds column b in its low nibble and column
  *            b + NR/2 in its high one, both as two's complement. The rows past K of the
- *            last group are zero; a k block starts a group (KC is a multiple of them).
+ *            last group are zero; a summation block starts a group (S is a multiple of
+ *            them).
  *          Panels start 64-byte aligned; values past column n are zero. All NR columns
  *          may be read.
  *   w_next with a kernel of two_panels, and m = 1, x in place: n may reach 2 NR, columns
  *          NR and up coming from the next panel, w_next bytes after w (its bias and
  *          scales follow the first's): twice the independent sums for a single row.
  *   group  int4 only: k rows per scale group (32, 64 or 128).
- *   scale  NULL, or (int8, on the last k block only) NR float32 scales (zero past n).
- *   bias   NULL, or n values added once, after the last k block (none past n is read).
+ *   scale  NULL, or (int8, on the last block only) NR float32 scales (zero past n).
+ *   bias   NULL, or n values added once, after the last block (none past n is read).
  *   y      only rows i < m and columns j < n are touched; when `first` is set it is not
- *          read (it may hold NaN). kc may be 0 (then y = bias, or 0).
+ *          read before written (it may hold NaN). kc may be 0 (then y = bias, or 0).
  * The multiply-add of one element always rounds the same way inside one kernel: whether a
  * column lies in a full or an edge tile, whatever m is. A kernel for a compressed format
  * widens each weight exactly to W(k, j) in registers; the float32 kernel run on the same

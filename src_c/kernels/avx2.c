@@ -64,9 +64,11 @@ INLINE vec vload(const char *p) { return _mm256_loadu_ps((const float *)p); }
 INLINE void vstore(char *p, vec v) { _mm256_storeu_ps((float *)p, v); }
 
 /* The first `bytes` (< VBYTES, a multiple of 4) of a vector, as a mask of 32-bit lanes;
- * its top bits serve as a mask of 64-bit lanes too. */
+ * its top bits serve as a mask of 64-bit lanes too. Built anew at each use (an opaque
+ * count): hoisted out of the loop over summation blocks, it would take a 17th ymm. */
 INLINE __m256i head_mask(size_t bytes)
 {
+    __asm__ volatile("" : "+r"(bytes));
     return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(bytes / 4)),
                               _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
@@ -105,6 +107,15 @@ INLINE vec vadd(fl_dtype dt, vec a, vec b)
     return dt == FL_F64 ? _mm256_castpd_ps(_mm256_add_pd(_mm256_castps_pd(a),
                                                          _mm256_castps_pd(b)))
                         : _mm256_add_ps(a, b);
+}
+
+/* v, in a register here: without this GCC carries float64 accumulators out of the k
+ * loop in their float32 guise and spills them (tests/test_disassembly.py). */
+INLINE vec vreg(fl_dtype dt, vec v)
+{
+    if (dt == FL_F64)
+        __asm__("" : "+x"(v));
+    return v;
 }
 
 INLINE vec vmul(vec a, vec b) { return _mm256_mul_ps(a, b); }

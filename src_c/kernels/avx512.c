@@ -84,6 +84,15 @@ INLINE vec vadd(fl_dtype dt, vec a, vec b)
                         : _mm512_add_ps(a, b);
 }
 
+/* v, in a register here: without this GCC carries float64 accumulators out of the k
+ * loop in their float32 guise and spills them (tests/test_disassembly.py). */
+INLINE vec vreg(fl_dtype dt, vec v)
+{
+    if (dt == FL_F64)
+        __asm__("" : "+v"(v));
+    return v;
+}
+
 INLINE vec vmul(vec a, vec b) { return _mm512_mul_ps(a, b); }
 
 INLINE vec weight(fl_dtype dt, const char *wk, size_t v, const char *sg, int tight)

@@ -2,8 +2,8 @@
  * against, and the path for CPUs without a hand-written kernel. The tile, the entry
  * points and the ISA table are kernels/tile.h's; this file gives its primitives in
  * GCC/clang vectors of 16 bytes, which map onto SSE2, NEON or plain scalars. Built with
- * -ffp-contract=off, every step is a multiply then an add (two roundings) on every
- * compiler and CPU. */
+ * -ffp-contract=off, the compiler fuses nothing on its own: vfma below says where a
+ * multiply-add rounds once. */
 #include <stdint.h>
 #include <string.h>
 #include "../kernel.h"
@@ -66,10 +66,21 @@ INLINE vec vbroadcast(fl_dtype dt, const char *p)
     return (vec){f, f, f, f};
 }
 
-/* a * b + c: a multiply, then an add. */
+/* a * b + c: one rounding where the target has a fused multiply-add in hardware (ARM,
+ * x86 built with -mfma: then the same bits as the AVX2 and AVX-512 paths), else a
+ * multiply, then an add (baseline x86-64). */
 INLINE vec vfma(fl_dtype dt, vec a, vec b, vec c)
 {
+#if defined(__FP_FAST_FMA) && defined(__FP_FAST_FMAF)
+    if (dt == FL_F64) {
+        const vecd x = (vecd)a, y = (vecd)b, z = (vecd)c;
+        return (vec)(vecd){__builtin_fma(x[0], y[0], z[0]), __builtin_fma(x[1], y[1], z[1])};
+    }
+    return (vec){__builtin_fmaf(a[0], b[0], c[0]), __builtin_fmaf(a[1], b[1], c[1]),
+                 __builtin_fmaf(a[2], b[2], c[2]), __builtin_fmaf(a[3], b[3], c[3])};
+#else
     return dt == FL_F64 ? (vec)((vecd)a * (vecd)b + (vecd)c) : a * b + c;
+#endif
 }
 
 INLINE vec vadd(fl_dtype dt, vec a, vec b)
@@ -78,6 +89,12 @@ INLINE vec vadd(fl_dtype dt, vec a, vec b)
 }
 
 INLINE vec vmul(vec a, vec b) { return a * b; }
+
+INLINE vec vreg(fl_dtype dt, vec v)
+{
+    (void)dt;
+    return v;
+}
 
 /* Four consecutive stored values of `bytes` bytes each at p, zero-extended to 32 bits. */
 INLINE vecu load4(const char *p, size_t bytes)

@@ -17,8 +17,9 @@
  *   TWO_PANELS              1: single rows run over two panels (kernel.h's w_next)
  *   F32_KC, F32_MC, F32_NC, F64_KC, F64_MC, F64_NC, I4_WIDEN_ROWS
  *                           its block sizes (kernel.h's fl_kernel), with their reasons
- *   vzero vload vstore vload_head vstore_head vbroadcast vfma vadd vmul
- *                           its vector primitives (vmul on float lanes)
+ *   vzero vload vstore vload_head vstore_head vbroadcast vfma vadd vmul vreg
+ *                           its vector primitives (vmul on float lanes; vreg: the value
+ *                           as it is, in a register at that point)
  *   weight(dt, wk, v, sg, tight)
  *                           vector v of the weights W(k, .) in the k row at wk, widened
  *                           exactly to float32 (sg: the scales of its int4 group; tight:
@@ -45,7 +46,9 @@
 _Static_assert(MR >= 2 && MR < 8 && WIDENED_ROWS >= 1 && (int)WIDENED_ROWS <= (int)MR,
                "the tile heights below: MR, then powers of two under it");
 _Static_assert(NV % 2 == 0, "int4 rows: the high nibbles fill the second half of the vectors");
-_Static_assert(F32_KC % FL_I4_MAX_GROUP == 0, "int4 groups within k blocks");
+_Static_assert(F32_KC % FL_SUM_BLOCK == 0 && F64_KC % FL_SUM_BLOCK == 0
+               && FL_SUM_BLOCK % FL_I4_MAX_GROUP == 0,
+               "k blocks made of summation blocks, summation blocks of int4 groups");
 
 /* Bytes of one k row of a packed panel (int4: of its nibbles): NR weights. */
 INLINE size_t row_bytes(fl_dtype dt)
@@ -61,11 +64,44 @@ FL_UNROLL
         __builtin_prefetch(p + FL_PREFETCH_BYTES + l, 0, 3);
 }
 
-/* `dt`, `m`, `np` and the x strides are compile-time constants at every call site below,
- * so the loops over rows and vectors unroll completely, the accumulators live in
- * registers and x addresses fold into the loads. Edge columns: full vectors load and
- * store plainly, the one partial vector through vload_head/vstore_head, vectors wholly
- * past n not at all. */
+/* The tile's accumulators plus its values in y: the running total of the partial sums
+ * before them, added in ascending k. Edge columns: full vectors load plainly, the one
+ * partial vector through vload_head, vectors wholly past n not at all. */
+INLINE void add_y(const fl_dtype dt, const size_t m, const size_t np, const char *y,
+                  size_t ldy, size_t full, size_t tail, vec acc[MR][2 * NV])
+{
+FL_UNROLL
+    for (size_t i = 0; i < m; i++)
+FL_UNROLL
+        for (size_t v = 0; v < np * NV; v++) {
+            const char *yv = y + i * ldy + v * VBYTES;
+            if (v < full)
+                acc[i][v] = vadd(dt, acc[i][v], vload(yv));
+            else if (v == full && tail)
+                acc[i][v] = vadd(dt, acc[i][v], vload_head(dt, yv, tail));
+        }
+}
+
+INLINE void store_y(const fl_dtype dt, const size_t m, const size_t np, char *y, size_t ldy,
+                    size_t full, size_t tail, vec acc[MR][2 * NV])
+{
+FL_UNROLL
+    for (size_t i = 0; i < m; i++)
+FL_UNROLL
+        for (size_t v = 0; v < np * NV; v++) {
+            char *yv = y + i * ldy + v * VBYTES;
+            if (v < full)
+                vstore(yv, acc[i][v]);
+            else if (v == full && tail)
+                vstore_head(dt, yv, tail, acc[i][v]);
+        }
+}
+
+/* One summation block (kc <= FL_SUM_BLOCK, fastlinear.h): its FMA chain from zero, the
+ * partial sum p, then y = first ? p : y + p, the scale and the bias. `dt`, `m`, `np` and
+ * the x strides are compile-time constants at every call site below, so the loops over
+ * rows and vectors unroll completely, the accumulators live in registers and x
+ * addresses fold into the loads. */
 INLINE void tile(const fl_dtype dt, const size_t m, const size_t np, size_t kc,
                  const char *a, const ptrdiff_t a_rs, const ptrdiff_t a_cs, const char *w,
                  ptrdiff_t w_next, size_t group, char *y, size_t ldy, size_t n, int first,
@@ -76,22 +112,28 @@ INLINE void tile(const fl_dtype dt, const size_t m, const size_t np, size_t kc,
     const ptrdiff_t rs = a_rs * (ptrdiff_t)size, cs = a_cs * (ptrdiff_t)size;
     ldy *= size;
     vec acc[MR][2 * NV];  /* np = 2 only for m = 1 */
+    if (!first)  /* y's running totals on their way from L2 while the block computes */
+        for (size_t i = 0; i < m; i++)
+            for (size_t l = 0; l < n * size; l += 64)
+                __builtin_prefetch(y + i * ldy + l, 1, 3);
 FL_UNROLL
     for (size_t i = 0; i < m; i++)
 FL_UNROLL
-        for (size_t v = 0; v < np * NV; v++) {
-            const char *yv = y + i * ldy + v * VBYTES;
-            acc[i][v] = first                ? vzero()
-                        : v < full           ? vload(yv)
-                        : v == full && tail  ? vload_head(dt, yv, tail)
-                                             : vzero();
-        }
+        for (size_t v = 0; v < np * NV; v++)
+            acc[i][v] = vzero();
     if (fl_formats[dt].scale == FL_SCALE_GROUP)  /* groups of k rows, each led by its NR scales */
         for (size_t k0 = 0; k0 < kc; k0 += group, w += NV * VBYTES + group * row_bytes(dt))
             steps(dt, m, np, kc - k0 < group ? kc - k0 : group, a + (ptrdiff_t)k0 * cs, rs,
                   cs, w + NV * VBYTES, w_next, w, acc);
     else
         steps(dt, m, np, kc, a, rs, cs, w, w_next, w, acc);  /* sg unused */
+FL_UNROLL
+    for (size_t i = 0; i < m; i++)
+FL_UNROLL
+        for (size_t v = 0; v < np * NV; v++)
+            acc[i][v] = vreg(dt, acc[i][v]);
+    if (!first)
+        add_y(dt, m, np, y, ldy, full, tail, acc);
     if (fl_formats[dt].values == FL_F32 && scale)  /* int8's, also on widened weights */
 FL_UNROLL
         for (size_t v = 0; v < np * NV; v++) {
@@ -110,16 +152,7 @@ FL_UNROLL
             for (size_t i = 0; i < m; i++)
                 acc[i][v] = vadd(dt, acc[i][v], bv);
         }
-FL_UNROLL
-    for (size_t i = 0; i < m; i++)
-FL_UNROLL
-        for (size_t v = 0; v < np * NV; v++) {
-            char *yv = y + i * ldy + v * VBYTES;
-            if (v < full)
-                vstore(yv, acc[i][v]);
-            else if (v == full && tail)
-                vstore_head(dt, yv, tail, acc[i][v]);
-        }
+    store_y(dt, m, np, y, ldy, full, tail, acc);
 }
 
 /* kc k rows of a packed panel widened into dst (kc x NR floats): the values tile()
