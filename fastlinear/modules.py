@@ -207,9 +207,13 @@ class LayerNorm:
         return self._params.arrays[i].view()
 
     def __call__(self, x):
-        return _runner.module(self, x, self._dtype)
+        return self._apply(x, self._dtype)
 
     forward = __call__
+
+    def _apply(self, x, dtype):
+        """Over x in `dtype`: its own (alone), a model's (in a Sequential)."""
+        return _runner.module(self, x, dtype)
 
     def _steps(self, width, dtype):
         if width != self._n:
@@ -279,16 +283,20 @@ class BatchNorm1d:
         return scale, b - mean * scale
 
     def __call__(self, x):
+        return self._apply(x, self._dtype)
+
+    forward = __call__
+
+    def _apply(self, x, dtype):
+        """Over x in `dtype`: its own (alone), a model's (in a Sequential)."""
         arr = as_array(x, "input")
         if arr.ndim not in (2, 3) or arr.shape[1] != self._n:
             raise ValueError(f"BatchNorm1d({self._n}) takes (N, {self._n}) or "
                              f"(N, {self._n}, L) input, got shape {arr.shape}")
         if arr.ndim == 3:  # features along dim 1: move them last and back
-            y = _runner.module(self, np.moveaxis(arr, 1, 2), self._dtype)
+            y = _runner.module(self, np.moveaxis(arr, 1, 2), dtype)
             return np.moveaxis(y, 2, 1)
-        return _runner.module(self, arr, self._dtype)
-
-    forward = __call__
+        return _runner.module(self, arr, dtype)
 
     def _steps(self, width, dtype):
         if width != self._n:

@@ -220,10 +220,11 @@ class Sequential:
 
     def __call__(self, x):
         program = self._program()
-        if program is None:
+        if program is None:  # module by module, the norms in the Linear layers' dtype
+            dtype = next((m.dtype for _, m in self._flat() if isinstance(m, Linear)), None)
             for path, m in self._flat():
                 try:
-                    x = m(x)
+                    x = m._apply(x, dtype) if dtype and hasattr(m, "_apply") else m(x)
                 except ValueError as exc:
                     raise ValueError(f"module {path} ({m!r}): {exc}") from None
             return as_array(x, "input")

@@ -258,10 +258,11 @@ def test_batchnorm_on_channels_in_a_model():
     (dim 1), as on its own and as torch's, not the rows a Linear's epilogue sees; the
     modules between run natively, with the bits of the modules one by one. On (N, C)
     input it stays in the Linear's epilogue."""
+    native = {"backend": "native"}  # the bitwise promise (BLAS layers run one by one)
     model = fl.Sequential(
-        fl.Linear(5, 7, rng=0), _bn(4, 1), fl.GELU(), fl.Sequential(
-            fl.Linear(7, 3, rng=2), _bn(4, 3)), fl.Tanh(), fl.Flatten(),
-        fl.Linear(12, 6, rng=4), _bn(6, 5), fl.LogSoftmax())
+        fl.Linear(5, 7, rng=0, **native), _bn(4, 1), fl.GELU(), fl.Sequential(
+            fl.Linear(7, 3, rng=2, **native), _bn(4, 3)), fl.Tanh(), fl.Flatten(),
+        fl.Linear(12, 6, rng=4, **native), _bn(6, 5), fl.LogSoftmax())
     x = np.random.default_rng(0).standard_normal((9, 4, 5)).astype(np.float32)
     y = model(x)
     expected = x
@@ -273,7 +274,7 @@ def test_batchnorm_on_channels_in_a_model():
     for lo, hi in ((0, 1), (3, 8)):  # a row alone equals the row in the batch
         assert np.array_equal(model(x[lo:hi]), y[lo:hi])
     # widths that chain on rows too: (N, C) input fused, (N, C, L) per channel
-    square = fl.Sequential(fl.Linear(8, 8, rng=6), _bn(8, 7), fl.ReLU())
+    square = fl.Sequential(fl.Linear(8, 8, rng=6, **native), _bn(8, 7), fl.ReLU())
     x2 = np.random.default_rng(1).standard_normal((5, 8)).astype(np.float32)
     rows = x2 @ square[0].weight.T + square[0].bias
     scale, shift = square[1].factors()
@@ -286,14 +287,15 @@ def test_batchnorm_on_channels_dtype_and_errors():
     """The BatchNorm1d computes in the Linear layers' dtype, in the epilogue or not;
     shapes torch's BatchNorm1d refuses are refused before anything runs, naming it."""
     bn = _bn(4, 1)  # float32 parameters: in a float64 model they compute in float64
-    model = fl.Sequential(fl.Linear(5, 7, rng=0, dtype=np.float64), bn)
     x = np.random.default_rng(0).standard_normal((3, 4, 5)).astype(np.float32)
-    y = model(x)
-    assert y.dtype == np.float64
-    scale, shift = bn.factors()
-    rows = x.astype(np.float64) @ model[0].weight.T + model[0].bias
-    np.testing.assert_allclose(y, rows * scale[:, None] + shift[:, None], rtol=1e-13,
-                               atol=1e-13)
+    for backend in ("blas", "native"):  # module by module, and natively
+        model = fl.Sequential(fl.Linear(5, 7, rng=0, dtype=np.float64, backend=backend), bn)
+        y = model(x)
+        assert y.dtype == np.float64
+        scale, shift = bn.factors()
+        rows = x.astype(np.float64) @ model[0].weight.T + model[0].bias
+        np.testing.assert_allclose(y, rows * scale[:, None] + shift[:, None], rtol=1e-13,
+                                   atol=1e-13)
     for bad, message in ((np.ones((3, 5)), r"BatchNorm1d\(4\) got rows of 7"),
                          (np.ones((3, 6, 5)), r"\(N, 4, L\) input, got shape \(3, 6, 7\)"),
                          (np.ones(5), "got a 1-D input"),
