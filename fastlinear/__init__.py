@@ -1,43 +1,40 @@
 """fastlinear: a fast, bitwise-reproducible linear layer (y = x @ W.T + b) for CPU
 inference from Python, without PyTorch."""
+from typing import TYPE_CHECKING
 
+from . import _extensions
 
-def _import_extensions():
-    """Imports the compiled extensions. When one is not built, the usual reason is that
-    Python found this source folder (the current directory or PYTHONPATH comes first on
-    sys.path) instead of the installed package: the error says so, and what to do."""
-    import importlib
-    import importlib.machinery
-    import os
-    folder = os.path.dirname(os.path.abspath(__file__))
-    for name in ("_core", "_blas"):
-        try:
-            importlib.import_module(f"{__name__}.{name}")
-        except ImportError as exc:
-            if any(os.path.exists(os.path.join(folder, name + suffix))
-                   for suffix in importlib.machinery.EXTENSION_SUFFIXES):
-                raise  # built, but it does not load: the original error says why
-            raise ImportError(
-                f"fastlinear was imported from the source folder {folder} instead of the "
-                f"installed package, and its compiled extension {name} is not built there "
-                f"(for this Python). Run Python from another folder, or build in place: "
-                f"pip install -e . (or python setup.py build_ext --inplace)") from exc
-
-
-_import_extensions()
-del _import_extensions
+# The native kernel now, with an error that says what to do when it is not built; the
+# BLAS backend (scipy) when it first runs, the ONNX reader when first used (below).
+_extensions.load("_core")
 
 from . import _from_torch  # attaches Sequential.from_torch
 from . import activations, functional, modules
-from ._config import get_num_threads, set_num_threads, show_config
+from ._config import get_num_threads, set_num_threads, show_config, threads
 from ._version import __version__
 from .activations import *  # noqa: F401,F403 (each module class, by its __all__)
 from .io import load, save
 from .linear import Linear
 from .modules import *  # noqa: F401,F403
-from .onnx import load_onnx
 from .sequential import Sequential
 
+if TYPE_CHECKING:
+    from . import onnx
+    from .onnx import load_onnx
+else:
+    def __getattr__(name):
+        # fastlinear.onnx and load_onnx, imported on first use: most programs never
+        # read an ONNX file, and import time counts for short scripts.
+        if name in ("onnx", "load_onnx"):
+            import importlib
+            onnx = importlib.import_module(f"{__name__}.onnx")  # sets fastlinear.onnx
+            globals()["load_onnx"] = onnx.load_onnx
+            return globals()[name]
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+    def __dir__():
+        return sorted({*globals(), "onnx", "load_onnx"})
+
 __all__ = ["Linear", "Sequential", *activations.__all__, *modules.__all__, "load_onnx",
-           "functional", "save", "load", "set_num_threads", "get_num_threads",
+           "functional", "save", "load", "set_num_threads", "get_num_threads", "threads",
            "show_config", "__version__"]

@@ -1,39 +1,84 @@
 """Process-wide settings: thread count, backend choice, and what this build can do."""
+from __future__ import annotations
+
 import os
 import sys
 import warnings
+from types import TracebackType
+from typing import Any, Literal, overload
 
 import numpy as np
-import scipy
 
 from . import _core
 from ._version import __version__
 
 BACKENDS = ("auto", "native", "blas")
 
-def set_num_threads(n):
-    """Sets how many threads the native kernel uses from now on, in every thread of the
-    process (the BLAS backend follows its own library's setting: use threadpoolctl).
-    More threads than the process has CPUs are kept, as torch does, with a RuntimeWarning."""
+# set_num_threads' value, None for the default: what fl.threads() puts back (_core
+# keeps the same as 0 for the default).
+_setting: int | None = None
+
+
+def _check_threads(n: object, name: str) -> int | None:
+    if n is None:
+        return None
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= 2**31 - 1:
-        raise ValueError(f"number of threads must be a positive integer, got {n!r}")
+        raise ValueError(f"number of threads must be a positive integer or None, got {n!r}")
     cpus = available_cpus()
     if n > cpus:  # kept, as torch does: the caller may know better
-        warnings.warn(f"set_num_threads({n}): this process has {cpus} CPU"
+        warnings.warn(f"{name}({n}): this process has {cpus} CPU"
                       f"{'s' if cpus > 1 else ''} (affinity mask and cgroup quota); "
                       f"threads beyond that share them and usually run slower",
-                      RuntimeWarning, stacklevel=2)
-    _core.set_num_threads(int(n))
+                      RuntimeWarning, stacklevel=3)
+    return int(n)
 
 
-def get_num_threads():
+def _apply(n: int | None) -> None:
+    global _setting
+    _core.set_num_threads(0 if n is None else n)
+    _setting = n
+
+
+def set_num_threads(n: int | None) -> None:
+    """Sets how many threads the native kernel uses from now on, in every thread of the
+    process; None goes back to the default (OpenMP's setting, see get_num_threads). The
+    BLAS backend follows its own library's setting: use threadpoolctl. More threads than
+    the process has CPUs are kept, as torch does, with a RuntimeWarning."""
+    _apply(_check_threads(n, "set_num_threads"))
+
+
+class threads:
+    """with fastlinear.threads(n): ... runs the block with n threads for the native
+    kernel (None: the default), then puts back what was set before, also when the block
+    raises. Process-wide, like set_num_threads and threadpoolctl's limits: it applies to
+    calls from every thread while the block runs. Blocks nest; one instance may be
+    entered again."""
+
+    def __init__(self, n: int | None) -> None:
+        self._n = _check_threads(n, "threads")
+        self._before: list[int | None] = []
+
+    def __enter__(self) -> threads:
+        self._before.append(_setting)
+        _apply(self._n)
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None,
+                 exc: BaseException | None, tb: TracebackType | None) -> None:
+        _apply(self._before.pop())
+
+    def __repr__(self) -> str:
+        return f"threads({self._n})"
+
+
+def get_num_threads() -> int:
     """Threads the native kernel uses for a call from this thread: set_num_threads()'s
     value; without one, OpenMP's (OMP_NUM_THREADS, a threadpoolctl limit, else the CPUs
     in this process's affinity mask), at most the cgroup's CPU quota."""
     return _core.get_num_threads()
 
 
-def available_cpus():
+def available_cpus() -> int:
     """CPUs this process may run on: its affinity mask (all CPUs where the platform has
     none), at most the cgroup's CPU quota."""
     try:
@@ -44,10 +89,10 @@ def available_cpus():
     return cpus if quota is None else min(cpus, quota)
 
 
-def cgroup_cpu_quota(root="/sys/fs/cgroup"):
+def cgroup_cpu_quota(root: str = "/sys/fs/cgroup") -> int | None:
     """CPUs the cgroup quota allows this process (rounded up), or None without a quota.
     Reads cgroup v2's cpu.max, else v1's cpu.cfs_quota_us and cpu.cfs_period_us."""
-    def read(name):
+    def read(name: str) -> list[str] | None:
         try:
             with open(os.path.join(root, name)) as f:
                 return f.read().split()
@@ -63,13 +108,13 @@ def cgroup_cpu_quota(root="/sys/fs/cgroup"):
     return max(1, -(-quota // period)) if quota > 0 and period > 0 else None
 
 
-def check_backend(backend):
+def check_backend(backend: str) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
     return backend
 
 
-def resolve_backend(backend):
+def resolve_backend(backend: str) -> str:
     """'native' or 'blas'. The rule for 'auto': the native kernel where it has a
     hand-tuned micro-kernel for this CPU, scipy's BLAS where only the portable C
     reference kernel would run."""
@@ -78,8 +123,9 @@ def resolve_backend(backend):
     return check_backend(backend)
 
 
-def config_info():
+def config_info() -> dict[str, Any]:
     """What show_config() prints, as a dict."""
+    import scipy  # here, not at import: only the BLAS backend needs it
     return {
         "fastlinear": __version__,
         "python": sys.version.split()[0],
@@ -94,15 +140,28 @@ def config_info():
     }
 
 
-def show_config():
-    """Prints the version, the native kernel's ISA, OpenMP, threads and backends."""
-    for key, value in config_info().items():
+@overload
+def show_config(mode: Literal["stdout"] = ...) -> None: ...
+@overload
+def show_config(mode: Literal["dicts"]) -> dict[str, Any]: ...
+
+
+def show_config(mode: str = "stdout") -> dict[str, Any] | None:
+    """The version, the native kernel's ISA, OpenMP, threads and backends: printed
+    (mode="stdout"), or returned as a dict (mode="dicts"), as numpy.show_config does."""
+    if mode not in ("stdout", "dicts"):
+        raise ValueError(f"mode must be 'stdout' or 'dicts', got {mode!r}")
+    info = config_info()
+    if mode == "dicts":
+        return info
+    for key, value in info.items():
         if isinstance(value, list):
             value = ", ".join(value)
         print(f"{key:>15}: {value}")
+    return None
 
 
-def _apply_isa_override():
+def _apply_isa_override() -> None:
     """FASTLINEAR_ISA=ref|... forces the native kernel's ISA for this process."""
     name = os.environ.get("FASTLINEAR_ISA", "")
     if name:

@@ -1,11 +1,12 @@
 """The last Python step of every forward pass: the result allocated (or the caller's
 `out` checked), one call into the native kernel (fastlinear._core) or BLAS
-(fastlinear._blas), the result shaped like the input's leading dimensions. Linear,
+(fastlinear._blas, imported on first use: it loads scipy, most of a cold import's
+time), the result shaped like the input's leading dimensions. Linear,
 functional.linear, the row-wise modules and Sequential call down into it; it calls
 nothing above it. Inputs come checked and converted (fastlinear._validate.as_rows)."""
 import numpy as np
 
-from . import _blas, _core
+from . import _core, _extensions
 from ._validate import as_array, as_rows, check_out
 
 
@@ -39,6 +40,16 @@ def _into(out, batch, m, n, dtype, inputs, compute):
     return result
 
 
+_blas = None  # fastlinear._blas once a BLAS call ran
+
+
+def _blas_module():
+    global _blas
+    if _blas is None:
+        _blas = _extensions.load("_blas")
+    return _blas
+
+
 def _blas_gemm(x2, weight, bias, y):
     """y = x2 @ weight.T + bias through BLAS."""
     if y.size == 0:
@@ -49,15 +60,16 @@ def _blas_gemm(x2, weight, bias, y):
         if bias is None:
             y.fill(0)
         return
-    _blas.gemm(_blas_operand(x2), _blas_operand(weight), y, bias is not None)
+    _blas_module().gemm(_blas_operand(x2), _blas_operand(weight), y, bias is not None)
 
 
 def _blas_operand(a):
     """`a` itself when BLAS can read it (row- or column-major), else an aligned copy."""
-    if _blas.blas_layout(a) is not None:
+    blas = _blas_module()
+    if blas.blas_layout(a) is not None:
         return a
     a = np.array(a, order="C")  # aligned too, unlike ascontiguousarray
-    if _blas.blas_layout(a) is None:
+    if blas.blas_layout(a) is None:
         raise ValueError(f"an operand of shape {a.shape} exceeds the 32-bit sizes of the "
                          "BLAS backend; use backend='native'")
     return a

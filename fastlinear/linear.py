@@ -340,9 +340,9 @@ class Linear:
         backend = repr(self._backend)
         if self._backend == "auto":
             backend += f" ({self.resolved_backend})"
-        fmt = ""
+        fmt = "" if self._dtype == np.float32 else f", dtype={self._dtype.name!r}"
         if self._format.name != self._dtype.name:
-            fmt = f", weight_dtype={self._format.name!r}"
+            fmt += f", weight_dtype={self._format.name!r}"
             if self._group:
                 fmt += f", group_size={self._group}"
         return (f"Linear(in_features={self._in}, out_features={self._out}, "

@@ -91,6 +91,11 @@ def _eps(eps):
     return float(eps)
 
 
+def _dtype_arg(dtype):
+    """The dtype argument as a repr shows it: only when it is not the default."""
+    return "" if dtype == np.float32 else f", dtype={dtype.name!r}"
+
+
 def _last_dim(dim, name):
     if dim not in (-1, None) and (isinstance(dim, bool) or not isinstance(dim, int)):
         raise TypeError(f"{name}: dim must be an int, got {dim!r}")
@@ -238,6 +243,7 @@ class LayerNorm:
 
     def __repr__(self):
         extra = "" if self._with_bias or not self.elementwise_affine else ", bias=False"
+        extra += _dtype_arg(self._dtype)
         return (f"LayerNorm(({self._n},), eps={self.eps}, "
                 f"elementwise_affine={self.elementwise_affine}{extra})")
 
@@ -324,4 +330,5 @@ class BatchNorm1d:
 
     def __repr__(self):
         return (f"BatchNorm1d({self._n}, eps={self.eps}, momentum={self.momentum}, "
-                f"affine={self.affine}, track_running_stats=True)")
+                f"affine={self.affine}, track_running_stats=True"
+                f"{_dtype_arg(self._dtype)})")

@@ -24,7 +24,7 @@ def isa(request):
 def threads():
     """Lets a test set the thread count, then goes back to following OpenMP's."""
     yield
-    _core.set_num_threads(0)
+    fl.set_num_threads(None)
 
 
 def reference(x, w, b):

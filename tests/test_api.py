@@ -36,6 +36,34 @@ def test_repr_and_attributes():
     assert fl.Linear(3, 2, dtype=np.float64).weight.dtype == np.float64
 
 
+def test_repr_shows_a_non_default_dtype():
+    """A float64 module's repr says so (float32, the default, is left out, as torch
+    leaves it out); the other settings keep their places."""
+    f64 = np.float64
+    assert repr(fl.Linear(3, 2, dtype=f64, backend="native")) == (
+        "Linear(in_features=3, out_features=2, bias=True, dtype='float64', backend='native')")
+    assert "dtype" not in repr(fl.Linear(3, 2, dtype=np.float32))
+    assert repr(fl.Linear(64, 2, weight_dtype="int4", group_size=32, backend="native")) == (
+        "Linear(in_features=64, out_features=2, bias=True, weight_dtype='int4', "
+        "group_size=32, backend='native')")
+    assert (repr(fl.LayerNorm(4, dtype=f64))
+            == "LayerNorm((4,), eps=1e-05, elementwise_affine=True, dtype='float64')")
+    assert (repr(fl.LayerNorm(4, bias=False))
+            == "LayerNorm((4,), eps=1e-05, elementwise_affine=True, bias=False)")
+    assert repr(fl.BatchNorm1d(3, dtype=f64)) == (
+        "BatchNorm1d(3, eps=1e-05, momentum=0.1, affine=True, track_running_stats=True, "
+        "dtype='float64')")
+    assert "dtype" not in repr(fl.BatchNorm1d(3))
+    # a repr's arguments build the same module again
+    for module in (fl.Linear(3, 2, dtype=f64, weight_dtype="float64", backend="blas"),
+                   fl.LayerNorm(4, dtype=f64), fl.BatchNorm1d(3, dtype=f64)):
+        text = repr(module).replace(" (native)", "").replace(" (blas)", "")
+        assert repr(eval(text, {**vars(fl)})) == repr(module)
+    # the modules without a dtype (they compute in their input's)
+    for cls in (fl.ReLU, fl.SiLU, fl.Identity, fl.Softmax, fl.Flatten):
+        assert "dtype" not in repr(cls())
+
+
 def test_init_is_torch_uniform_and_seeded():
     layer = fl.Linear(400, 300, rng=0)
     bound = 1 / np.sqrt(400)
@@ -126,10 +154,55 @@ def test_threads_setting(threads):
     assert fl.get_num_threads() >= 1
     fl.set_num_threads(1)
     assert fl.get_num_threads() == 1
-    for bad in (0, -1, 1.5, "2", True, None):
+    for bad in (0, -1, 1.5, "2", True):
         with pytest.raises(ValueError, match="positive integer"):
             fl.set_num_threads(bad)
     assert fl.get_num_threads() == 1
+
+
+def test_none_goes_back_to_the_default(threads):
+    default = fl.get_num_threads()
+    fl.set_num_threads(1 if default > 1 else 2)
+    assert fl.get_num_threads() != default
+    fl.set_num_threads(None)
+    assert fl.get_num_threads() == default
+
+
+@pytest.mark.filterwarnings("ignore:threads:RuntimeWarning")  # 3 threads, maybe 2 CPUs
+def test_threads_context_restores_nests_and_survives_exceptions(threads):
+    default = fl.get_num_threads()
+    with fl.threads(1):
+        assert fl.get_num_threads() == 1
+        with fl.threads(3):
+            assert fl.get_num_threads() == 3
+            with fl.threads(None):  # the default inside
+                assert fl.get_num_threads() == default
+            assert fl.get_num_threads() == 3
+        assert fl.get_num_threads() == 1
+    assert fl.get_num_threads() == default  # nothing was set before: the default again
+    fl.set_num_threads(2)
+    with pytest.raises(KeyError):
+        with fl.threads(1):
+            raise KeyError("inside")
+    assert fl.get_num_threads() == 2  # what was set before, despite the exception
+    once = fl.threads(1)
+    with once:
+        with once:  # one instance entered twice still restores each level
+            assert fl.get_num_threads() == 1
+        assert fl.get_num_threads() == 1
+    assert fl.get_num_threads() == 2
+    for bad in (0, 1.5, "2", True):  # checked when made, before the block runs
+        with pytest.raises(ValueError, match="positive integer"):
+            fl.threads(bad)
+    assert fl.get_num_threads() == 2
+
+
+def test_threads_context_is_process_wide(threads):
+    """Like set_num_threads and threadpoolctl's limits: a call from another thread
+    while the block runs uses the block's count."""
+    from concurrent.futures import ThreadPoolExecutor
+    with fl.threads(1), ThreadPoolExecutor(1) as pool:
+        assert pool.submit(fl.get_num_threads).result() == 1
 
 
 def test_more_threads_than_cpus_warn_and_are_kept(threads):
@@ -153,11 +226,22 @@ def test_available_cpus_follow_the_cgroup_quota(monkeypatch):
 
 
 def test_show_config(capsys):
-    fl.show_config()
+    assert fl.show_config() is None
     text = capsys.readouterr().out
     for word in ("fastlinear", fl.__version__, "native_isa", _core.isa_name(), "openmp",
                  "num_threads", "blas"):
         assert word in text
+    info = fl.show_config(mode="dicts")  # as numpy.show_config(mode="dicts")
+    assert capsys.readouterr().out == ""
+    assert info["fastlinear"] == fl.__version__ and info["native_isa"] == _core.isa_name()
+    assert info["num_threads"] == fl.get_num_threads()
+    assert info["auto_backend"] == fl._config.resolve_backend("auto")
+    assert _core.isa_name() in info["supported_isas"] and isinstance(info["openmp"], bool)
+    for key, value in info.items():  # each printed line is the dict's
+        shown = ", ".join(value) if isinstance(value, list) else str(value)
+        assert f"{key:>15}: {shown}" in text
+    with pytest.raises(ValueError, match="'stdout' or 'dicts'"):
+        fl.show_config(mode="dict")
 
 
 def test_isa_names():
@@ -273,20 +357,35 @@ def _run_with_isa(value):
                           text=True, cwd=os.path.dirname(__file__))
 
 
+# Run first in a child Python: an editable install's finder (pip install -e .) maps
+# fastlinear's submodules to the checkout whatever folder the package came from; a
+# regular install has none, and these tests mean that case.
+_NO_EDITABLE = ("import sys; sys.meta_path[:] = [f for f in sys.meta_path "
+                "if not getattr(f, '__module__', '').startswith('__editable__')]; ")
+
+
+def _source_copy(tmp_path, extensions=()):
+    """fastlinear's top-level .py files (and the named built extensions) in a folder of
+    their own; the environment that makes Python find it first."""
+    folder = tmp_path / "fastlinear"
+    folder.mkdir()
+    source = os.path.dirname(fl.__file__)
+    for name in os.listdir(source):
+        built = name.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
+        if name.endswith(".py") or built and name.split(".")[0] in extensions:
+            shutil.copy(os.path.join(source, name), folder)
+    return folder, {**os.environ, "PYTHONPATH": str(tmp_path)}
+
+
 @pytest.mark.parametrize("built", [False, True])
 def test_import_from_an_unbuilt_source_folder_says_why(tmp_path, built):
     """`python -c "import fastlinear"` in a checkout without a build finds the source
     folder before the installed package: the error names it and says what to do."""
-    folder = tmp_path / "fastlinear"
-    folder.mkdir()
-    for name in os.listdir(os.path.dirname(fl.__file__)):
-        if name.endswith(".py"):
-            shutil.copy(os.path.join(os.path.dirname(fl.__file__), name), folder)
+    folder, env = _source_copy(tmp_path)
     if built:  # an extension that is there but does not load keeps its own error
         (folder / ("_core" + importlib.machinery.EXTENSION_SUFFIXES[0])).write_bytes(b"junk")
-    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(fl.__file__))}
-    run = subprocess.run([sys.executable, "-c", "import fastlinear"], env=env, cwd=tmp_path,
-                         capture_output=True, text=True, timeout=120)
+    run = subprocess.run([sys.executable, "-c", _NO_EDITABLE + "import fastlinear"],
+                         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert run.returncode != 0
     last = run.stderr.strip().splitlines()[-1]
     assert last.startswith("ImportError: "), run.stderr
@@ -299,6 +398,45 @@ def test_import_from_an_unbuilt_source_folder_says_why(tmp_path, built):
         assert words in last, last
     assert "No module named 'fastlinear._core'" in run.stderr  # chained, not lost
     assert "direct cause of the following exception" in run.stderr
+
+
+def test_an_unbuilt_blas_backend_says_why_when_first_used(tmp_path):
+    """The BLAS extension loads on first use, not at import: without it the native
+    backend works and the first BLAS call says what to do."""
+    _, env = _source_copy(tmp_path, extensions=("_core",))
+    code = _NO_EDITABLE + """
+import numpy as np, fastlinear as fl
+print(fl.Linear(3, 2, backend="native")(np.ones(3)).shape)
+fl.Linear(3, 2, backend="blas")(np.ones(3))
+"""
+    run = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0 and run.stdout.strip() == "(2,)", run.stderr
+    last = run.stderr.strip().splitlines()[-1]
+    assert "compiled extension _blas is not built" in last, run.stderr
+    assert "No module named 'fastlinear._blas'" in run.stderr
+
+
+def test_import_leaves_the_heavy_packages_for_later(tmp_path):
+    """`import fastlinear` loads neither scipy (the BLAS backend), onnx, torch nor the
+    benchmark: each comes when first used. Which modules, not how long: timings vary."""
+    run = subprocess.run([sys.executable, "-X", "importtime", "-c", "import fastlinear"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    names = {line.rsplit("|", 1)[-1].strip() for line in run.stderr.splitlines()
+             if line.startswith("import time:")}
+    assert "fastlinear" in names and "numpy" in names
+    heavy = sorted(n for n in names if n.split(".")[0] in ("scipy", "onnx", "onnxruntime",
+                                                           "torch")
+                   or n.startswith(("fastlinear.bench", "fastlinear._blas")))
+    assert not heavy, f"import fastlinear imports {heavy}"
+    # ... and what was left out still works
+    code = ("import numpy as np, fastlinear as fl; fl.show_config(); "
+            "print(fl.Linear(3, 2, backend='blas')(np.ones(3)).shape, fl.load_onnx.__name__)")
+    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "scipy" in run.stdout and run.stdout.strip().endswith("(2,) load_onnx")
 
 
 @pytest.mark.parametrize("name", _core.supported_isas())

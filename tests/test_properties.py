@@ -62,4 +62,4 @@ def test_native_on_every_isa_and_thread_count(m, k, n, dtype, isa, threads, step
         np.testing.assert_array_equal(layer(x[-1]), y[-1])
     finally:
         _core.set_isa(before)
-        _core.set_num_threads(0)  # follow OpenMP's setting again
+        fl.set_num_threads(None)  # follow OpenMP's setting again

@@ -20,7 +20,9 @@ def test_from_torch_matches_torch(torch_dtype, np_dtype, bias, backend, shape):
     module = torch.nn.Linear(k, n, bias=bias, dtype=torch_dtype)
     layer = fl.Linear.from_torch(module, backend=backend)
     assert layer.dtype == np_dtype
-    assert repr(layer) == f"{repr(module)[:-1]}, backend={backend!r})"  # torch's, + backend
+    dtype = "" if np_dtype == np.float32 else f", dtype='{np.dtype(np_dtype).name}'"
+    # torch's, + the dtype where not the default, + the backend
+    assert repr(layer) == f"{repr(module)[:-1]}{dtype}, backend={backend!r})"
     x = torch.randn(m, k, dtype=torch_dtype)
     with torch.no_grad():
         expected = module(x).numpy()
