@@ -28,10 +28,11 @@ def assert_near(y, expected, k):
     np.testing.assert_allclose(y, expected, rtol=tol, atol=tol)
 
 
-def run_ort(path, x):
+def run_ort(path, x, output=None):
+    """ONNX Runtime's result: the graph's first output, or the one named."""
     ort = pytest.importorskip("onnxruntime")
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return session.run(None, {session.get_inputs()[0].name: x})[0]
+    return session.run(output and [output], {session.get_inputs()[0].name: x})[0]
 
 
 def op_types(path):
@@ -640,16 +641,54 @@ def test_layer_options(tmp_path):
         load_onnx(path, dtype=np.float64, weight_dtype="int8")
 
 
-def test_two_outputs_and_a_dead_end(tmp_path):
+def test_two_outputs_and_the_output_option(tmp_path):
+    """Several outputs: refused naming them and the option; output= reads the chain to
+    the value it names, any value the graph computes, and nodes that do not feed it are
+    ignored (with one output too)."""
     two = write(tmp_path, [node("Relu", ["x"], "y"), node("Tanh", ["y"], "z")],
                 outputs=("y", "z"), name="two.onnx")
-    with pytest.raises(ValueError, match=r"two.onnx: the graph has 1 inputs \['x'\] and 2 "
-                                         r"outputs \['y', 'z'\]"):
+    with pytest.raises(ValueError, match=r"two.onnx: the graph has 2 outputs \['y', 'z'\]; "
+                                         r".* load_onnx\(path, output=NAME\)"):
         load_onnx(two)
+    x = np.linspace(-3, 3, 12, dtype=np.float32).reshape(2, 6)
+    assert [repr(m) for m in load_onnx(two, output="y").modules] == ["ReLU()"]
+    assert [repr(m) for m in load_onnx(two, output="z").modules] == ["ReLU()", "Tanh()"]
+    np.testing.assert_array_equal(load_onnx(two, output="y")(x), np.maximum(x, 0))
     side = write(tmp_path, [node("Relu", ["x"], "y"), node("Tanh", ["y"], "z")],
-                 name="side.onnx")  # y is the output and feeds a node too
-    with pytest.raises(ValueError, match=r"node 'z_node' \(Tanh\): reads the graph's output"):
-        load_onnx(side)
+                 name="side.onnx")  # y is the output and feeds a node that leads nowhere
+    assert [repr(m) for m in load_onnx(side).modules] == ["ReLU()"]
+    with pytest.raises(ValueError, match=r"two.onnx: output='w' is no value of the graph; "
+                                         r"its outputs are \['y', 'z'\]"):
+        load_onnx(two, output="w")
+    with pytest.raises(TypeError, match="output must be the name of a value"):
+        load_onnx(two, output=0)
+    apart = write(tmp_path, [node("Relu", ["x"], "y"), node("Identity", ["c"], "z")],
+                  dict(c=f32([1.0])), outputs=("y", "z"), name="apart.onnx")
+    with pytest.raises(ValueError, match=r"'x' feeds only nodes that do not lead to the "
+                                         r"output: the output 'z' is not reached"):
+        load_onnx(apart, output="z")
+
+
+def test_models_without_opsets_are_refused(tmp_path):
+    """A file cut just before its opset_import field parses as a model with a graph and
+    no opsets; that, and a model declaring only other domains, are refused."""
+    path = write(tmp_path, [node("Relu", ["x"], "y")])
+    model = onnx.load(str(path))
+    data = model.SerializeToString()
+    del model.opset_import[:]
+    cut = model.SerializeToString()
+    assert data.startswith(cut)  # opset_import is serialized last here
+    (tmp_path / "cut.onnx").write_bytes(cut)
+    with pytest.raises(ValueError, match=r"cut.onnx: declares no opset of ONNX's default "
+                                         r"domain \(its opset_import is empty\): a "
+                                         r"truncated file"):
+        load_onnx(tmp_path / "cut.onnx")
+    model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    onnx.save(model, str(tmp_path / "other.onnx"))
+    with pytest.raises(ValueError, match=r"other.onnx: declares no opset of ONNX's default "
+                                         r"domain \(its opset_import lists only "
+                                         r"\['com.microsoft'\]\)"):
+        load_onnx(tmp_path / "other.onnx")
 
 
 @pytest.mark.parametrize("nodes", [[node("Shape", ["x"], "y")],
@@ -787,3 +826,149 @@ def test_onnxruntime_optimized_model_with_fused_gemm(tmp_path):
     with torch.no_grad():
         expected = model(x).numpy()
     assert_near(ours(x.numpy()), expected, 16)
+
+
+# -- files of other exporters -----------------------------------------------------------
+def test_onnxruntime_quickgelu_is_silu(tmp_path):
+    """ONNX Runtime's session optimizer (at its default level, and at EXTENDED, which
+    this writes with) fuses x * Sigmoid(x) into com.microsoft QuickGelu with alpha=1:
+    read as SiLU."""
+    torch = pytest.importorskip("torch")
+    ort = pytest.importorskip("onnxruntime")
+    nn = torch.nn
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Linear(16, 12), nn.SiLU(), nn.Linear(12, 4)).eval()
+    path = export(torch, model, torch.randn(3, 16), tmp_path / "plain.onnx", "torchscript",
+                  17)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    assert "QuickGelu" in op_types(tmp_path / "optimized.onnx")
+    ours = load_onnx(tmp_path / "optimized.onnx")
+    assert [type(m).__name__ for m in ours.modules] == ["Linear", "SiLU", "Linear"]
+    x = torch.randn(5, 16)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    assert_near(ours(x.numpy()), expected, 16)
+    assert_near(ours(x.numpy()), run_ort(tmp_path / "optimized.onnx", x.numpy()), 16)
+
+
+@pytest.mark.parametrize("alpha, shown", [(None, "1.702"), (0.5, "0.5")])
+def test_quickgelu_of_other_alphas_is_refused(tmp_path, alpha, shown):
+    attrs = {} if alpha is None else dict(alpha=alpha)  # ONNX Runtime's default: 1.702
+    path = write(tmp_path, [node("QuickGelu", ["x"], "y", domain="com.microsoft", **attrs)])
+    with pytest.raises(ValueError, match=rf"node 'y_node' \(com.microsoft.QuickGelu\): "
+                                         rf"alpha={shown}: x \* Sigmoid\(alpha \* x\) is "
+                                         rf"SiLU only for alpha=1"):
+        load_onnx(path)
+
+
+def sklearn_classifier(classes):
+    """A small scikit-learn MLPClassifier and data for it."""
+    import warnings
+    neural = pytest.importorskip("sklearn.neural_network")
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((200, 6)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(int) + (classes == 3) * (x[:, 1] > 0)
+    with warnings.catch_warnings():  # not converging in a few steps is fine here
+        warnings.simplefilter("ignore")
+        return neural.MLPClassifier((8,), max_iter=50, random_state=0).fit(x, y), x
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_skl2onnx_classifiers(tmp_path, classes):
+    """skl2onnx's files of a classifier: two outputs (labels, probabilities), refused
+    naming output=; the probabilities read with it, ZipMap's or not. The binary one
+    writes them as Concat(1 - Sigmoid(z), Sigmoid(z)), read as Softmax([0, z])."""
+    skl2onnx = pytest.importorskip("skl2onnx")
+    clf, x = sklearn_classifier(classes)
+    plain, zipped = tmp_path / "plain.onnx", tmp_path / "zipmap.onnx"
+    plain.write_bytes(skl2onnx.to_onnx(clf, x[:1], options={"zipmap": False})
+                      .SerializeToString())
+    zipped.write_bytes(skl2onnx.to_onnx(clf, x[:1]).SerializeToString())
+    if classes == 2:
+        assert {"Sub", "Concat"} <= set(op_types(plain)), "skl2onnx writes another form"
+    with pytest.raises(ValueError, match=r"plain.onnx: the graph has 2 outputs \['label', "
+                                         r"'probabilities'\].*output=NAME"):
+        load_onnx(plain)
+    with pytest.raises(ValueError, match=r"ZipMap\): turns the probabilities '(\w+)' into a "
+                                         r"list of dicts; read the chain to them instead, "
+                                         r"output='\1'"):
+        load_onnx(zipped, output="output_probability")
+    name = "probabilities" if classes == 2 else "out_activations_result"
+    x = np.concatenate([x, 10 * x])  # large logits too: probabilities of 0 and 1
+    expected = run_ort(plain, x, "probabilities")
+    for path, output in ((plain, "probabilities"), (zipped, name)):
+        ours = load_onnx(path, output=output)
+        kinds = [type(m).__name__ for m in ours.modules if type(m).__name__ != "Identity"]
+        assert kinds == ["Linear", "ReLU", "Linear", "Softmax"]
+        y = ours(x)
+        # within the rounding of probabilities near 1 (the file's 1 - p rounds there)
+        np.testing.assert_allclose(y, expected, rtol=1e-6, atol=2 * np.finfo(np.float32).eps)
+        np.testing.assert_allclose(y, clf.predict_proba(x), rtol=1e-5, atol=1e-6)
+
+
+def hummingbird_binary(tmp_path, order, width=1, between=None, name="hb.onnx"):
+    """The nodes hummingbird writes for a binary classifier (hand-built: hummingbird
+    pins onnx <= 1.16): Gemm -> z, Sigmoid, Sub(1, p), Concat along axis 1 -> the
+    probabilities, which ArgMax reads for the label, a second output."""
+    rng = np.random.default_rng(7)
+    w = rng.standard_normal((width, 6)).astype(np.float32)
+    b = rng.standard_normal(width).astype(np.float32)
+    one = helper.make_tensor("one", TensorProto.FLOAT, [], [1.0])
+    nodes = [node("Gemm", ["x", "w", "b"], "z", transB=1)]
+    z = "z"
+    if between is not None:
+        nodes.append(node(between, ["z"], "z2"))
+        z = "z2"
+    nodes += [node("Sigmoid", [z], "p"), helper.make_node("Constant", [], ["c1"], value=one),
+              node("Sub", ["c1", "p"], "q"),
+              node("Concat", ["q", "p"] if order == "q, p" else ["p", "q"], "probs", axis=1),
+              node("ArgMax", ["probs"], "variable", axis=1, keepdims=0)]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6])],
+        [helper.make_tensor_value_info("variable", TensorProto.INT64, ["N"]),
+         helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", 2 * width])],
+        initializer=[numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    path = tmp_path / name
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize("weight_dtype", [None, "int8"])
+@pytest.mark.parametrize("order", ["q, p", "p, q"])
+def test_binary_probabilities_are_softmax_of_zero_and_z(tmp_path, order, weight_dtype):
+    """Concat(1 - Sigmoid(z), Sigmoid(z)): the Gemm gains a row of zeros on the side of
+    1 - Sigmoid(z), then Softmax; its z keeps its bits, the zero row gives exactly 0."""
+    path = hummingbird_binary(tmp_path, order)
+    with pytest.raises(ValueError, match=r"\['variable', 'probs'\].*output=NAME"):
+        load_onnx(path)
+    ours = load_onnx(path, output="probs", weight_dtype=weight_dtype)
+    assert [type(m).__name__ for m in ours.modules] == ["Linear", "Softmax"]
+    linear = ours[0]
+    zero = 0 if order == "q, p" else 1
+    assert linear.out_features == 2 and not linear.weight[zero].any() and \
+        linear.bias[zero] == 0
+    x = np.random.default_rng(8).standard_normal((64, 6)).astype(np.float32) * 4
+    logits = linear(x)
+    assert not logits[:, zero].any()
+    y = ours(x)
+    np.testing.assert_array_equal(y, fl.Softmax(-1)(logits))
+    if weight_dtype is None:
+        np.testing.assert_allclose(y, run_ort(path, x, "probs"), rtol=1e-6,
+                                   atol=2 * np.finfo(np.float32).eps)
+
+
+@pytest.mark.parametrize("width, between", [(2, None), (1, "Tanh")])
+def test_binary_probabilities_not_after_one_output_are_refused(tmp_path, width, between):
+    """Two values per row, or z not written by a Linear: refused naming the value to
+    read the chain to instead."""
+    path = hummingbird_binary(tmp_path, "q, p", width, between)
+    with pytest.raises(ValueError, match=r"node 'p_node' \(Sigmoid\): .* compute "
+                                         r"Concat\(1 - Sigmoid\(z\), Sigmoid\(z\)\).*"
+                                         r"output='p'"):
+        load_onnx(path, output="probs")
+    assert [type(m).__name__ for m in load_onnx(path, output="p").modules][-1] == "Sigmoid"

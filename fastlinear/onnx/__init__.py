@@ -1,14 +1,20 @@
 """load_onnx: an ONNX file holding an MLP, as a fastlinear.Sequential.
 
-The graph must be one chain of layers from its single input to its single output. It
-maps, in ONNX's default domain unless named:
+The graph must be one chain of layers from its single input to its output: its only
+one, or the value named by load_onnx's `output` (nodes that do not feed that value, such
+as a classifier's label branch, are ignored). The file must declare its opsets. It maps,
+in ONNX's default domain unless named:
 
 * Gemm (transA=0; alpha and beta folded in), MatMul by a constant (K, N) matrix, and an
   Add of a constant right after either (its bias) -> Linear
 * com.microsoft FusedGemm (ONNX Runtime's optimizer output) -> Linear and its activation
 * Relu, LeakyRelu, Sigmoid, Tanh, Gelu, com.microsoft Gelu, BiasGelu and FastGelu
   -> ReLU, LeakyReLU, Sigmoid, Tanh, GELU (a BiasGelu's or FastGelu's bias goes into
-  the Linear before it)
+  the Linear before it); com.microsoft QuickGelu with alpha=1 (ONNX Runtime's fusion of
+  x * Sigmoid(x)) -> SiLU
+* a binary classifier's probabilities, Concat(1 - Sigmoid(z), Sigmoid(z)) of the one
+  output z of a Linear (skl2onnx, hummingbird) -> that Linear with a row of zeros
+  before z, then Softmax: Softmax([0, z]) is the same pair, within float32 rounding
 * activations written out in element-wise nodes, as older exporters write them:
   x * Sigmoid(x) -> SiLU; GELU's erf and tanh forms -> GELU. They are recognised by
   evaluating the nodes, so the order of the operands does not matter.
@@ -54,13 +60,17 @@ from ._walker import Walker
 __all__ = ["load_onnx"]
 
 
-def load_onnx(path, *, dtype=None, weight_dtype=None, group_size=None, backend="auto"):
+def load_onnx(path, *, output=None, dtype=None, weight_dtype=None, group_size=None,
+              backend="auto"):
     """A Sequential running the MLP in the ONNX file at `path` (see
     help(fastlinear.onnx) for the operators it reads, and the types the model takes and
-    returns). dtype: float64 when the file's weights are float64, else float32, unless
-    given. weight_dtype, group_size and backend apply to every Linear as in
-    Linear.from_torch: by default float16 and bfloat16 weights are kept as they are in a
-    float32 model, other weights take the model's dtype.
+    returns). output: the name of the value the chain ends at, needed where the graph
+    has several outputs (a classifier's labels and probabilities: output="probabilities"
+    for skl2onnx's); any value the graph computes may be named, and nodes that do not
+    feed it are ignored. dtype: float64 when the file's weights are float64, else
+    float32, unless given. weight_dtype, group_size and backend apply to every Linear as
+    in Linear.from_torch: by default float16 and bfloat16 weights are kept as they are
+    in a float32 model, other weights take the model's dtype.
     Raises ValueError or TypeError naming the file and the node it cannot read, and
     ImportError when the onnx package is not installed."""
     try:
@@ -78,6 +88,9 @@ def load_onnx(path, *, dtype=None, weight_dtype=None, group_size=None, backend="
             raise TypeError("path must be a file path, got bytes holding a NUL (the bytes "
                             "of a model? load_onnx reads a file: write them to one)")
         name = os.fsdecode(name)
+    if output is not None and not isinstance(output, str):
+        raise TypeError(f"output must be the name of a value (a str), got "
+                        f"{type(output).__name__}")
     _config.check_backend(backend)
     if dtype is not None:
         dtype = layer_dtype(dtype)
@@ -95,7 +108,7 @@ def load_onnx(path, *, dtype=None, weight_dtype=None, group_size=None, backend="
     options = dict(dtype=dtype, weight_dtype=weight_dtype, group_size=group_size,
                    backend=backend)
     try:
-        graph = Graph(onnx, model, os.path.dirname(os.path.abspath(name)))
+        graph = Graph(onnx, model, os.path.dirname(os.path.abspath(name)), output)
         return Walker(graph, options).run()
     except FileError as err:
         raise err.kind(f"{name}: {err}") from None

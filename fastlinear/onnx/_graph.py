@@ -27,33 +27,76 @@ def op_name(node):
 
 
 class Graph:
-    """The nodes of one graph with one input and one output, indexed."""
+    """The nodes of one graph with one input, indexed, read up to one output: the
+    graph's only one, or the value named by `output`. Nodes that do not feed that value
+    are left out of the index: branches such as a classifier's labels are ignored."""
 
-    def __init__(self, onnx, model, folder):
+    def __init__(self, onnx, model, folder, output=None):
         self.onnx, self.folder = onnx, folder
         graph = model.graph
         self.opset = next((o.version for o in model.opset_import if o.domain in DEFAULT),
                           None)
+        if self.opset is None:  # onnx.checker refuses such a model too
+            have = sorted(o.domain for o in model.opset_import)
+            listed = f"lists only {have}" if have else "is empty"
+            raise FileError(ValueError, f"declares no opset of ONNX's default domain (its "
+                            f"opset_import {listed}): a truncated file, or a model made "
+                            f"without opset_imports; a model must declare the opsets it "
+                            f"uses")
         self.nodes = list(graph.node)
         self.index = {id(n): i for i, n in enumerate(self.nodes)}
-        self.producer, self.users = {}, {}
+        self.producer = {}
         for node in self.nodes:
             for v in node.output:
                 if v in self.producer:
                     self.fail(node, f"writes {v!r}, which another node writes too")
                 if v:
                     self.producer[v] = node
-            for v in dict.fromkeys(v for v in node.input if v):
-                self.users.setdefault(v, []).append(node)
         self.inits = {t.name: t for t in graph.initializer}
         inputs = [i for i in graph.input if i.name not in self.inits]
-        if len(inputs) != 1 or len(graph.output) != 1:
+        outputs = [o.name for o in graph.output]
+        if len(inputs) != 1:
             raise FileError(ValueError, f"the graph has {len(inputs)} inputs "
-                            f"{[i.name for i in inputs]} and {len(graph.output)} outputs "
-                            f"{[o.name for o in graph.output]}; load_onnx reads one chain "
-                            f"of layers from one input to one output")
-        self.input, self.output = inputs[0], graph.output[0].name
+                            f"{[i.name for i in inputs]}; load_onnx reads one chain of "
+                            f"layers from one input")
+        self.input = inputs[0]
+        self.output = self._chosen(output, outputs)
+        self.feeding = self._feeding()
+        self.users, self.all_users = {}, {}
+        for node in self.nodes:
+            for v in dict.fromkeys(v for v in node.input if v):
+                self.all_users.setdefault(v, []).append(node)
+                if id(node) in self.feeding:
+                    self.users.setdefault(v, []).append(node)
         self.consts = {}
+
+    def _chosen(self, output, outputs):
+        """The value the chain ends at: `output`, which may name any value the graph
+        computes (a graph output, or one inside, such as the probabilities a ZipMap
+        reads), else the graph's one output."""
+        if output is None:
+            if len(outputs) != 1:
+                raise FileError(ValueError, f"the graph has {len(outputs)} outputs "
+                                f"{outputs}; load_onnx reads one chain of layers to one "
+                                f"output: choose it with load_onnx(path, output=NAME) "
+                                f"(a classifier's probabilities, say), and the branches "
+                                f"that do not feed it are ignored")
+            return outputs[0]
+        if output not in outputs and output not in self.producer and \
+                output != self.input.name:
+            raise FileError(ValueError, f"output={output!r} is no value of the graph; its "
+                            f"outputs are {outputs}")
+        return output
+
+    def _feeding(self):
+        """The ids of the nodes the output depends on, found walking back from it."""
+        found, todo = set(), [self.output]
+        while todo:
+            node = self.producer.get(todo.pop())
+            if node is not None and id(node) not in found:
+                found.add(id(node))
+                todo.extend(v for v in node.input if v)
+        return found
 
     def desc(self, node):
         if node.name:

@@ -7,11 +7,12 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from ..activations import GELU, LeakyReLU, ReLU, Sigmoid, Tanh
+from ..activations import GELU, LeakyReLU, ReLU, Sigmoid, SiLU, Tanh
 from ..modules import (BatchNorm1d, Dropout, Flatten, Identity, LayerNorm, LogSoftmax,
                        Softmax)
 from ..sequential import _MODULES
 from . import _shapes
+from ._graph import DEFAULT
 from ._tensors import BFLOAT16, DOUBLE, FLOAT, FLOAT16, f32
 
 
@@ -78,6 +79,7 @@ def add(w, node):
         return False
     w.add_bias(node, c)
     w.advance(node)
+    w.linear_out = w.value
     return None
 
 
@@ -96,6 +98,63 @@ def leaky_relu(w, node):
 
 def gelu(w, node):
     simple(w, node, GELU(w.attr(node, "approximate", "none")))
+
+
+def quick_gelu(w, node):
+    """com.microsoft.QuickGelu, x * Sigmoid(alpha * x): ONNX Runtime's optimizer writes
+    x * Sigmoid(x) so, with alpha=1, which is SiLU."""
+    alpha = f32(w.attr(node, "alpha", 1.702))  # ONNX Runtime's default
+    if alpha != 1:
+        w.fail(node, f"alpha={alpha}: x * Sigmoid(alpha * x) is SiLU only for alpha=1, "
+                     f"and fastlinear has no activation for other alphas")
+    simple(w, node, SiLU())
+
+
+def sigmoid(w, node):
+    """Sigmoid, or a binary classifier's two probabilities as skl2onnx and hummingbird
+    write them, Concat(1 - Sigmoid(z), Sigmoid(z)) of one value z per row: that is
+    Softmax([0, z]) (1 - Sigmoid(z) = Sigmoid(-z)), read as a row of zeros added to the
+    Linear that computes z, then Softmax. The zero row's output is exactly 0 and z's
+    bits do not change, so only Softmax's rounding differs from the file's nodes."""
+    pair = _probability_pair(w.graph, node)
+    if pair is None:
+        simple(w, node, Sigmoid())
+        return
+    concat, zero_first = pair
+    w.data_input(node)
+    axis = w.attr(concat, "axis", 0)
+    rank = w.rank if w.rank is not None else 2
+    if w.width != 1 or axis not in (-1, rank - 1) or not w.data_is_linear():
+        out = node.output[0]
+        w.fail(node, f"it and the nodes after it compute Concat(1 - Sigmoid(z), "
+                     f"Sigmoid(z)) (the two probabilities of a binary classifier), which "
+                     f"load_onnx reads where z is one value per row written by a Linear, "
+                     f"joined along the last axis; read the chain to the Sigmoid "
+                     f"instead, output={out!r}")
+    w.zero_row(zero_first)
+    w.emit(Softmax(-1))
+    w.advance(concat, 2)
+
+
+def _probability_pair(graph, node):
+    """(the Concat, whether 1 - Sigmoid(z) comes first) where node's output s feeds
+    exactly Sub(1, s) and a Concat of s and that, else None."""
+    s = node.output[0]
+    users = graph.data_users(s)
+    if len(users) != 2 or any(u.domain not in DEFAULT for u in users):
+        return None
+    sub = next((u for u in users if u.op_type == "Sub"), None)
+    concat = next((u for u in users if u.op_type == "Concat"), None)
+    if sub is None or concat is None or len(sub.input) != 2 or sub.input[1] != s:
+        return None
+    one = graph.const(sub.input[0])
+    if one is None or one.size != 1 or float(np.asarray(one, np.float64).flat[0]) != 1:
+        return None
+    neg = sub.output[0]
+    if graph.data_users(neg) != [concat] or neg == graph.output or \
+            list(concat.input) not in ([neg, s], [s, neg]):
+        return None
+    return concat, concat.input[0] == neg
 
 
 def biased(w, node, act):
@@ -120,7 +179,7 @@ def _last_axis(w, node, axis):
 def softmax(w, node, cls):
     # Before opset 13 the default axis was 1 (and the trailing axes were merged from
     # it): the last axis alone either way
-    default = 1 if w.graph.opset is not None and w.graph.opset < 13 else -1
+    default = 1 if w.graph.opset < 13 else -1
     _last_axis(w, node, w.attr(node, "axis", default))
     simple(w, node, cls(-1))
 
@@ -297,12 +356,23 @@ _OWN = {
     "LeakyRelu": Handler(leaky_relu), "Gelu": Handler(gelu),
     "com.microsoft.BiasGelu": Handler(lambda w, node: biased(w, node, GELU()), 2),
     "com.microsoft.FastGelu": Handler(lambda w, node: biased(w, node, GELU("tanh")), 2),
+    "com.microsoft.QuickGelu": Handler(quick_gelu), "Sigmoid": Handler(sigmoid),
     "Softmax": Handler(lambda w, node: softmax(w, node, Softmax)),
     "LogSoftmax": Handler(lambda w, node: softmax(w, node, LogSoftmax)),
     "Dropout": Handler(dropout, 3), "Cast": Handler(cast),
     "LayerNormalization": Handler(layer_normalization, 3),
     "BatchNormalization": Handler(batch_normalization, 5),
     "Flatten": Handler(flatten), "Reshape": Handler(reshape, 2),
+}
+# Operators refused with a way out: what to say about such a node
+REFUSED = {
+    "ai.onnx.ml.ZipMap": lambda node: (
+        f"turns the probabilities {node.input[0]!r} into a list of dicts; read the chain "
+        f"to them instead, output={node.input[0]!r} (or convert with skl2onnx's "
+        f"options={{'zipmap': False}})"),
+    "ArgMax": lambda node: (
+        f"picks a label; load_onnx reads chains of layers, such as the one to the "
+        f"values it picks from, output={node.input[0]!r}"),
 }
 # operator -> its handler: each module class's onnx_ops, then the operators above
 HANDLERS = {op: _plain(cls) for cls in _MODULES for op in cls.onnx_ops}

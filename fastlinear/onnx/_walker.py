@@ -28,6 +28,7 @@ class Walker:
         self.regrouped_by = None              # the node whose regrouping of rows is open
         self.shapes = {}                      # the data's shape at each value passed
         self.modules, self.pending = [], None
+        self.linear_out = None                # the value holding the open Linear's result
         self.at = None                        # the node being read, for errors
 
     def _read_input(self):
@@ -64,10 +65,6 @@ class Walker:
                 self._step(users)
             except (ValueError, TypeError) as exc:  # from a tensor or a module's checks
                 raise FileError(type(exc), f"{graph.desc(self.at)}: {exc}") from None
-        if graph.data_users(self.value):
-            self.fail(graph.data_users(self.value)[0],
-                      f"reads the graph's output {graph.output!r}; load_onnx reads one "
-                      f"chain of layers ending at the output")
         try:
             self.flush()
         except (ValueError, TypeError) as exc:
@@ -88,8 +85,10 @@ class Walker:
                                    f"target shape of a Reshape")
         writer = graph.producer.get(self.value)
         by = f" (written by {graph.desc(writer)})" if writer is not None else ""
-        raise FileError(ValueError, f"{self.value!r}{by} is read by no node: the graph's "
-                                    f"output {graph.output!r} is not reached from its "
+        read = "feeds only nodes that do not lead to the output" \
+            if graph.all_users.get(self.value) else "is read by no node"
+        raise FileError(ValueError, f"{self.value!r}{by} {read}: the output "
+                                    f"{graph.output!r} is not reached from the graph's "
                                     f"input")
 
     def _step(self, users):
@@ -99,6 +98,9 @@ class Walker:
         self.at = node
         if len(users) == 1:
             op = op_name(node)
+            advice = _handlers.REFUSED.get(op)
+            if advice is not None:
+                self.fail(node, advice(node))
             handler = _handlers.HANDLERS.get(op)
             if handler is not None:
                 if len(node.input) > handler.most_inputs:
@@ -185,10 +187,26 @@ class Walker:
         self.flush()
         self.pending = (node, weight, bias)
         self.advance(node, n)
+        self.linear_out = self.value
 
     def open_linear(self):
         """Whether the data is the output of the Linear read last, still open."""
         return self.pending is not None and self.pending[0].output[0] == self.value
+
+    def data_is_linear(self):
+        """Whether the data is the open Linear's result, its bias added or not."""
+        return self.pending is not None and self.linear_out == self.value
+
+    def zero_row(self, first):
+        """Adds an output of constant 0 to the open Linear, first or last: a row of
+        zeros and a bias of 0 give exactly 0 for any finite input, in any weight format,
+        and the other outputs keep their bits (each one's sum depends on its row alone)."""
+        node, weight, bias = self.pending
+        zeros = np.zeros((1, weight.shape[1]), weight.dtype)
+        parts = (zeros, weight) if first else (weight, zeros)
+        if bias is not None:
+            bias = np.concatenate((np.zeros(1), bias) if first else (bias, np.zeros(1)))
+        self.pending = (node, np.concatenate(parts), bias)
 
     def bias(self, node, c, n):
         """Constant c as a bias of n values: broadcast along the rows only."""
@@ -213,6 +231,7 @@ class Walker:
             return
         node, weight, bias = self.pending
         self.pending, at, self.at = None, self.at, node  # errors name the Linear's node
+        self.linear_out = None
         o = self.options
         # float16 and bfloat16 weights kept as they are, as from_torch keeps them
         weight_dtype = _formats.keep_given(o["weight_dtype"], weight.dtype.name, self.dtype)
