@@ -26,6 +26,9 @@ cdef extern from "fastlinear.h" nogil:
     void fl_unpack(const fl_packed *p, void *w, float *scale) noexcept
     int fl_forward(const fl_packed *p, const void *b, size_t m, const void *x, size_t ldx,
                    void *y, size_t ldy, int nthreads) noexcept
+    int fl_forward_plain(fl_dtype dtype, size_t n, size_t k, const void *w, size_t ldw,
+                         const void *b, size_t m, const void *x, size_t ldx, void *y,
+                         size_t ldy, int nthreads) noexcept
     ctypedef enum fl_act:
         pass
     cpdef enum:

@@ -223,6 +223,42 @@ cdef int _gemm(PackedWeights packed, const void *bias, const real[:, :] x,
         return fl_forward(packed._p, bias, m, xp, ldx, &out[0, 0], n, nthreads)
 
 
+def gemm_plain(weight, bias, x, out):
+    """out[:] = x @ weight.T + bias for a one-off product: weight (N, K) float32 or
+    float64, C-contiguous and aligned, packed block by block as the call reaches it (the
+    same bits as PackedWeights holding it); bias None or a C-contiguous (N,) array of its
+    type; x (M, K) of its type with unit stride along K; out (M, N) C-contiguous."""
+    cdef const void *bp = NULL
+    if bias is not None:
+        if (not isinstance(bias, np.ndarray) or bias.shape != (weight.shape[0],)
+                or bias.dtype != weight.dtype or not bias.flags.c_contiguous
+                or not bias.flags.aligned):
+            raise ValueError(f"the bias must be a C-contiguous ({weight.shape[0]},) array "
+                             f"of {weight.dtype}")
+        bp = cnp.PyArray_DATA(<cnp.ndarray>bias)
+    if weight.dtype == np.float32:
+        rc = _gemm_plain[float](weight, bp, x, out, _threads())
+    else:
+        rc = _gemm_plain[double](weight, bp, x, out, _threads())
+    if rc == FL_ENOMEM:
+        raise MemoryError(f"cannot allocate scratch for a batch of {x.shape[0]} rows")
+
+
+cdef int _gemm_plain(const real[:, ::1] w, const void *bias, const real[:, :] x,
+                     real[:, ::1] out, int nthreads) except -1:
+    cdef size_t n = w.shape[0], k = w.shape[1], m = x.shape[0]
+    if out.shape[0] != m or out.shape[1] != n or x.shape[1] != k:
+        raise ValueError("gemm_plain: operands of mismatched shapes")
+    if m == 0 or n == 0:
+        return FL_OK
+    cdef const void *wp = &w[0, 0] if k else NULL
+    cdef const void *xp = &x[0, 0] if k else NULL
+    cdef size_t ldx = x.strides[0] // sizeof(real) if m > 1 else k
+    cdef fl_dtype dt = _float_code(real is double)
+    with nogil:
+        return fl_forward_plain(dt, n, k, wp, k, bias, m, xp, ldx, &out[0, 0], n, nthreads)
+
+
 cdef class Model:
     """A chain of steps run by fl_model_forward in one call, built once from records
     with fl_step's fields by name (fastlinear._steps.Step, .Epilogue): kind, linear (a

@@ -17,6 +17,13 @@ def native(packed, bias, x2, batch, out):
                  lambda y: _core.gemm(packed, bias, x2, y))
 
 
+def native_plain(weight, bias, x2, batch, out):
+    """The same for a one-off product with plain weights (N, K), C-contiguous, of x2's
+    dtype: packed a block at a time as the kernel reaches it."""
+    return _into(out, batch, x2.shape[0], weight.shape[0], weight.dtype, (x2, weight, bias),
+                 lambda y: _core.gemm_plain(weight, bias, x2, y))
+
+
 def blas(weight, bias, x2, batch, out):
     """x2 @ weight.T + bias through BLAS (weight (N, K), bias (N,) or None, both of x2's
     dtype): a new (*batch, N) array, or `out` filled."""

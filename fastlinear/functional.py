@@ -1,7 +1,7 @@
 """Stateless forward: fastlinear.functional.linear(x, weight, bias)."""
 import numpy as np
 
-from . import _config, _core, _formats, _runner
+from . import _config, _runner
 from ._validate import as_rows, as_weight, kernel_ready, parameter
 
 __all__ = ["linear"]
@@ -13,8 +13,9 @@ def linear(x, weight, bias=None, *, out=None, backend="auto"):
     x: (*, K); weight: (N, K); bias: (N,) or None; returns (*, N), or writes `out`
     (C-contiguous, that shape and dtype) and returns it. The computation runs in the
     weight's dtype when it is float32 or float64, else in float64; x and bias are cast
-    to it. The native backend packs the weight on every call: for repeated calls with
-    the same weight, fastlinear.Linear packs it once.
+    to it. The native backend packs the weight a block at a time as the call reaches it
+    (reading it once), with the bits of a Linear holding it; for repeated calls with the
+    same weight, fastlinear.Linear packs it once.
     """
     backend = _config.resolve_backend(backend)
     w = as_weight(weight)
@@ -24,8 +25,6 @@ def linear(x, weight, bias=None, *, out=None, backend="auto"):
         bias = parameter(bias, (n,), dtype, "bias")
     x2, batch = as_rows(x, dtype, k, fortran_ok=backend == "blas")
     if backend == "native":
-        packed = _core.PackedWeights(n, k, _formats.FORMAT[dtype.name], 0)
-        packed.set_rows(0, np.require(w, dtype, ["C", "A"]), None)
-        return _runner.native(packed, bias, x2, batch, out)
+        return _runner.native_plain(np.require(w, dtype, ["C", "A"]), bias, x2, batch, out)
     return _runner.blas(kernel_ready(w, dtype, fortran_ok=True), bias, x2, batch, out)
 

@@ -86,6 +86,14 @@ void fl_unpack(const fl_packed *p, void *w, float *scale);
 int fl_forward(const fl_packed *p, const void *b, size_t m, const void *x, size_t ldx,
                void *y, size_t ldy, int nthreads);
 
+/* The same for weights of type FL_F32 or FL_F64 as the caller holds them (N rows of K
+ * values, unit stride along k, row stride ldw), for one-off products: each block of
+ * weights is packed as the call reaches it, by the thread that uses it, so W is read
+ * once; the same bits as fl_forward on the same weights packed by fl_pack_rows. */
+int fl_forward_plain(fl_dtype dtype, size_t n, size_t k, const void *w, size_t ldw,
+                     const void *b, size_t m, const void *x, size_t ldx, void *y,
+                     size_t ldy, int nthreads);
+
 /* Activations, applied elementwise: as the epilogue of a Linear step (after the bias, on
  * the tile just computed, before it leaves the cache) or as a step of their own. They
  * are fastlinear's own code (activation.h): the same bits on every ISA and machine.

@@ -6,7 +6,10 @@
 #include "driver.h"
 
 typedef struct {
-    const fl_packed *p;
+    const fl_packed *p;     /* the weights, or (plain) only their shape and kernel */
+    int plain;              /* W as the caller holds it, at w (rows ldw values apart) */
+    const char *w;
+    size_t ldw;
     const char *bias;       /* NULL, or N values */
     const fl_epilogue *ep;  /* NULL, or applied to each tile after its last k block */
     size_t m;
@@ -27,8 +30,20 @@ typedef struct {
     size_t sum_bytes;  /* the bytes of FL_SUM_BLOCK k rows of w */
 } fl_weights;
 
-static fl_weights weights(const fl_packed *p, size_t q, size_t pc, size_t kc, float *wbuf)
+static fl_weights weights(const fl_job *jb, size_t q, size_t pc, size_t kc, float *wbuf)
 {
+    const fl_packed *p = jb->p;
+    if (jb->plain) {
+        /* The whole panel packed into wbuf when the call reaches it (pc = 0 comes first),
+         * reading its NR rows of W front to back: the same layout, so the same bits, as
+         * weights packed once. */
+        const size_t nr = p->kern->nr, size = fl_value_size(p->dtype);
+        if (pc == 0)
+            fl_pack_block(p->dtype, nr, min_sz(nr, p->n - q * nr), p->k,
+                          jb->w + q * nr * jb->ldw * size, jb->ldw, wbuf);
+        return (fl_weights){p->kern->run, (const char *)wbuf + pc * nr * size,
+                            FL_SUM_BLOCK * nr * size};
+    }
     if (wbuf) {
         fl_expand(p, q, pc, kc, wbuf);
         return (fl_weights){p->isa->k[FL_F32].run, (const char *)wbuf,
@@ -114,7 +129,7 @@ static void run_direct(const fl_job *jb, size_t r0, size_t r1, size_t q0, size_t
         size_t pc = 0;
         do {  /* at least once: K = 0 still writes the bias */
             const size_t kc = min_sz(kr->kc, k - pc);
-            const fl_weights wt = weights(jb->p, q, pc, kc, wbuf);
+            const fl_weights wt = weights(jb, q, pc, kc, wbuf);
             for (size_t ir = r0; ir < r1; ir += kr->mr)
                 run_tile(jb, wt, q, np, pc, kc, jb->x + (ir * jb->ldx + pc) * size,
                          (ptrdiff_t)jb->ldx, 1, ir, min_sz(kr->mr, r1 - ir));
@@ -143,7 +158,7 @@ static void run_packed(const fl_job *jb, size_t r0, size_t r1, size_t q0, size_t
                 fl_pack_x(p->dtype, mr, mc, kc, jb->x + (ic * jb->ldx + pc) * size, jb->ldx,
                           xbuf);
                 for (size_t q = jc; q < jc_end; q++) {
-                    const fl_weights wt = weights(p, q, pc, kc, wbuf);
+                    const fl_weights wt = weights(jb, q, pc, kc, wbuf);
                     for (size_t ir = 0; ir < mc; ir += mr)
                         run_tile(jb, wt, q, 1, pc, kc, (char *)xbuf + ir * kc * size, 1,
                                  (ptrdiff_t)mr, ic + ir, min_sz(mr, mc - ir));
@@ -181,7 +196,7 @@ void fl_gemm_share(const fl_packed *p, const void *b, const fl_plan *pl,
     if (m == 0 || p->n == 0)
         return;
     const int any = ep && (ep->act != FL_ACT_NONE || ep->scale);
-    const fl_job jb = {p, b, any ? ep : NULL, m, x, ldx, y, ldy};
+    const fl_job jb = {p, 0, NULL, 0, b, any ? ep : NULL, m, x, ldx, y, ldy};
     run_share(&jb, pl, scratch, t, team);
 }
 
@@ -240,6 +255,54 @@ int fl_forward(const fl_packed *p, const void *b, size_t m, const void *x, size_
             char *scratch = buf ? buf + t * pl.buf_bytes : NULL;
             fl_gemm_share(p, b, &pl, NULL, m, x, ldx, y, ldy, scratch, t,
                           (size_t)fl_team_size());
+        }
+    }
+    free(buf);
+    fl_threads_end();
+    return FL_OK;
+}
+
+int fl_forward_plain(fl_dtype dtype, size_t n, size_t k, const void *w, size_t ldw,
+                     const void *b, size_t m, const void *x, size_t ldx, void *y,
+                     size_t ldy, int nthreads)
+{
+    if (m == 0 || n == 0)
+        return FL_OK;
+    const size_t size = fl_value_size(dtype);
+    if ((double)m * (double)k * (double)size > FL_DIRECT_X_MAX_BYTES) {
+        /* x would be packed a block at a time, each block reading all the weights: pack
+         * them once first, which costs less than the product */
+        fl_packed *p = fl_alloc(dtype, n, k, 0);
+        if (!p)
+            return FL_ENOMEM;
+        fl_pack_rows(p, 0, n, w, (ptrdiff_t)ldw, 1, NULL);
+        const int rc = fl_forward(p, b, m, x, ldx, y, ldy, nthreads);
+        fl_free(p);
+        return rc;
+    }
+    const fl_isa *isa = fl_current_isa();
+    const fl_kernel *kr = &isa->k[dtype];
+    const fl_packed shape = {isa, kr, dtype, n, k, 0, (n + kr->nr - 1) / kr->nr, 0, NULL,
+                             NULL};
+    const fl_job jb = {&shape, 1, w, ldw, b, NULL, m, x, ldx, y, ldy};
+    size_t threads = fl_threads_begin((double)m * (double)n * (double)k, nthreads);
+    threads = min_sz(threads, shape.panels);
+    /* per thread: one panel of weights, K x NR values, whole cache lines */
+    const size_t bytes = (k * kr->nr * size + 63) / 64 * 64;
+    char *buf = fl_aligned_alloc(threads, bytes ? bytes : 64);
+    if (!buf) {
+        fl_threads_end();
+        return FL_ENOMEM;
+    }
+    if (threads == 1) {
+        run_direct(&jb, 0, m, 0, shape.panels, (float *)buf);
+    } else {
+        fl_team_starting();
+#pragma omp parallel num_threads((int)threads)
+        {
+            const size_t t = (size_t)fl_thread_id(), team = (size_t)fl_team_size();
+            run_direct(&jb, 0, m, shape.panels * t / team, shape.panels * (t + 1) / team,
+                       (float *)(buf + t * bytes));
         }
     }
     free(buf);

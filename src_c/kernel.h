@@ -145,6 +145,12 @@ const fl_isa *fl_current_isa(void);
 /* 64-byte aligned, uninitialised; NULL on overflow or exhaustion; release with free(). */
 void *fl_aligned_alloc(size_t count, size_t size);
 
+/* Packs a kc x nr block of float32 or float64 weights for the kernel: columns c < cols
+ * from rows of W (kc contiguous values each, ldw values apart: c's at w + c * ldw), the
+ * rest zero; dst[k * nr + c] as in a packed panel. */
+void fl_pack_block(fl_dtype dtype, size_t nr, size_t cols, size_t kc, const void *w,
+                   size_t ldw, void *dst);
+
 /* Packs rows [0, m) x columns [0, kc) of x (row stride ldx) into micro-panels of MR rows:
  * element (i, k) goes to dst[(i / mr) * kc * mr + k * mr + i % mr]. */
 void fl_pack_x(fl_dtype dtype, size_t mr, size_t m, size_t kc, const void *x, size_t ldx,

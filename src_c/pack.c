@@ -186,6 +186,55 @@ void fl_expand(const fl_packed *p, size_t q, size_t pc, size_t kc, float *dst)
     p->kern->widen(kc, panel + fl_panel_offset(p, pc), p->group, dst);
 }
 
+typedef float fl_f4 __attribute__((vector_size(16)));
+typedef float fl_f4_mem __attribute__((vector_size(16), aligned(4), may_alias));
+
+/* dst[k * nr + c] = src[c * ld + k] for c < 4, k < 4: a 4 x 4 transpose in SSE/NEON
+ * registers (four loads, eight shuffles, four stores instead of sixteen scattered
+ * stores). */
+static void transpose4(const float *src, size_t ld, float *dst, size_t nr)
+{
+    const fl_f4 r0 = *(const fl_f4_mem *)src, r1 = *(const fl_f4_mem *)(src + ld);
+    const fl_f4 r2 = *(const fl_f4_mem *)(src + 2 * ld), r3 = *(const fl_f4_mem *)(src + 3 * ld);
+    const fl_f4 t0 = __builtin_shufflevector(r0, r1, 0, 4, 1, 5);
+    const fl_f4 t1 = __builtin_shufflevector(r0, r1, 2, 6, 3, 7);
+    const fl_f4 t2 = __builtin_shufflevector(r2, r3, 0, 4, 1, 5);
+    const fl_f4 t3 = __builtin_shufflevector(r2, r3, 2, 6, 3, 7);
+    *(fl_f4_mem *)dst = __builtin_shufflevector(t0, t2, 0, 1, 4, 5);
+    *(fl_f4_mem *)(dst + nr) = __builtin_shufflevector(t0, t2, 2, 3, 6, 7);
+    *(fl_f4_mem *)(dst + 2 * nr) = __builtin_shufflevector(t1, t3, 0, 1, 4, 5);
+    *(fl_f4_mem *)(dst + 3 * nr) = __builtin_shufflevector(t1, t3, 2, 3, 6, 7);
+}
+
+void fl_pack_block(fl_dtype dtype, size_t nr, size_t cols, size_t kc, const void *w,
+                   size_t ldw, void *dst)
+{
+    const size_t size = fl_value_size(dtype);
+    memset(dst, 0, kc * nr * size);  /* the columns past `cols` */
+    if (size == sizeof(float)) {
+        const float *src = w;
+        float *d = dst;
+        size_t c = 0;
+        for (; c + 4 <= cols; c += 4) {  /* 4 rows of W at a time, read along k */
+            size_t kk = 0;
+            for (; kk + 4 <= kc; kk += 4)
+                transpose4(src + c * ldw + kk, ldw, d + kk * nr + c, nr);
+            for (; kk < kc; kk++)
+                for (size_t i = 0; i < 4; i++)
+                    d[kk * nr + c + i] = src[(c + i) * ldw + kk];
+        }
+        for (; c < cols; c++)
+            for (size_t kk = 0; kk < kc; kk++)
+                d[kk * nr + c] = src[c * ldw + kk];
+        return;
+    }
+    const double *src = w;
+    double *d = dst;
+    for (size_t c = 0; c < cols; c++)  /* row by row, so W is read along k */
+        for (size_t kk = 0; kk < kc; kk++)
+            d[kk * nr + c] = src[c * ldw + kk];
+}
+
 void fl_pack_x(fl_dtype dtype, size_t mr, size_t m, size_t kc, const void *x, size_t ldx,
                void *dst)
 {

@@ -235,3 +235,26 @@ def test_nan_weight_spoils_its_column_only(isa, backend):
     np.testing.assert_array_equal(np.isnan(y), np.isnan(expected))
     np.testing.assert_array_equal(np.isinf(y), np.isinf(expected))
     assert np.all(np.isnan(y[:, 3])) and not np.any(np.isnan(np.delete(y, [3, 66], axis=1)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_one_off_linear_has_the_bits_of_a_layer(isa, dtype, threads):
+    """functional.linear packs each panel of W as the call reaches it (a few rows, where
+    x is read in place) or all of W first (many rows): the bits of a Linear holding W,
+    at tile and panel edges, with and without a bias, one and two threads."""
+    rng = np.random.default_rng(3)
+    for m, k, n in ((1, 300, 70), (5, 1100, 33), (2, 7, 130), (300, 260, 70), (3, 0, 5)):
+        layer = fl.Linear(max(k, 1), n, dtype=dtype, backend="native") if k else None
+        w = rng.standard_normal((n, k)).astype(dtype)
+        b = rng.standard_normal(n).astype(dtype)
+        x = rng.standard_normal((m, k)).astype(dtype)
+        for bias in (b, None):
+            for t in (1, 2):
+                fl.set_num_threads(t)
+                y = fl.functional.linear(x, w, bias, backend="native")
+                if layer is None:  # K = 0: the bias alone
+                    np.testing.assert_array_equal(y, np.broadcast_to(
+                        bias if bias is not None else 0, (m, n)))
+                    continue
+                layer.weight, layer.bias = w, bias
+                np.testing.assert_array_equal(y, layer(x), err_msg=f"{m}x{k}x{n}")
