@@ -117,7 +117,8 @@ static void run_tile(const fl_job *jb, fl_weights wt, size_t q, size_t np, size_
  * front to back (its k blocks lie one after another), for all the rows; a single row
  * takes two panels at a time where the kernel can (twice the independent sums to hide
  * the FMA latency: that bounds one row of compressed weights, read from cache). `wbuf`:
- * NULL, or room for one widened KC x NR block where the format's kernel is missing. */
+ * NULL, or room for one widened KC x NR block where the format's kernel is missing, or
+ * for a whole panel of a plain W (fl_forward_plain). */
 static void run_direct(const fl_job *jb, size_t r0, size_t r1, size_t q0, size_t q1,
                        float *wbuf)
 {
