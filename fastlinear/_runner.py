@@ -87,12 +87,20 @@ def data_dtype(arr):
     return np.dtype(np.float64 if arr.dtype == np.float64 else np.float32)
 
 
-def model(compiled, x):
-    """A _core.Model over x (*, compiled.in_features): a new (*, out_features) array."""
+def model(compiled, x, out=None):
+    """A _core.Model over x (*, compiled.in_features): a new (*, out_features) array,
+    or `out` filled."""
     x2, batch = as_rows(x, compiled.dtype, compiled.in_features)
-    y = np.empty((x2.shape[0], compiled.out_features), compiled.dtype)
-    compiled.forward(x2, y)
-    return y.reshape(*batch, compiled.out_features)
+    return _into(out, batch, x2.shape[0], compiled.out_features, compiled.dtype, (x2,),
+                 lambda y: compiled.forward(x2, y))
+
+
+def fill(out, y):
+    """`out`, checked as for a result like y, holding y: for the paths that compute
+    their result aside (modules run one by one, a model cut in pieces)."""
+    check_out(out, y.shape, y.dtype)
+    out[...] = y
+    return out
 
 
 def module(m, x, dtype=None):

@@ -3,7 +3,7 @@ code (src_c/activation.h): the same bits on every CPU, ISA and library version, 
 fused into the Linear before it in a Sequential. Inputs of any shape; float64 input gives
 float64, any other real input float32; a new array is returned (the input is never
 changed). Accuracy (ulp against float64): docs/models.md, "Activations"."""
-from . import _core, _runner, _steps
+from . import _core, _optional, _runner, _steps
 
 __all__ = ["ReLU", "LeakyReLU", "GELU", "SiLU", "Sigmoid", "Tanh"]
 
@@ -27,6 +27,10 @@ class _Activation:
 
     def state_dict(self):
         return {}
+
+    def to_torch(self):
+        """The torch.nn module this one stands for (torch is imported here)."""
+        return _optional.torch_module(self)
 
     def __repr__(self):
         return f"{type(self).__name__}()"

@@ -1,7 +1,7 @@
 """fastlinear.Linear: torch.nn.Linear's forward pass, without torch."""
 import numpy as np
 
-from . import _config, _core, _formats, _runner
+from . import _config, _core, _formats, _optional, _runner
 from ._validate import (as_array, as_rows, as_weight, check_keys, layer_dtype, parameter,
                         positive_int)
 
@@ -281,11 +281,13 @@ class Linear:
         """A torch.nn.Linear with this layer's weight values: float32 or float64 like the
         layer, bfloat16 or float16 for those weights (exactly); int8 and int4 weights
         become their float32 values."""
-        try:
-            import torch
-        except ImportError:
-            raise ImportError("to_torch needs PyTorch: pip install torch") from None
-        dtype = getattr(torch, self._format.values)
+        return self._torch_linear(self._format.values)
+
+    def _torch_linear(self, dtype_name):
+        """A torch.nn.Linear of that dtype with these weight values (exactly, where it
+        holds them: a Sequential asks for float32, whatever the weights' format)."""
+        torch = _optional.torch("to_torch")
+        dtype = getattr(torch, dtype_name)
         module = torch.nn.Linear(self._in, self._out, bias=self._has_bias, dtype=dtype)
         with torch.no_grad():
             module.weight.copy_(torch.from_numpy(np.array(self.weight)))

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from . import _core, _runner, _steps
+from . import _core, _optional, _runner, _steps
 from ._validate import as_array, check_keys, layer_dtype, parameter, positive_int
 
 __all__ = ["Identity", "Dropout", "Flatten", "LayerNorm", "Softmax", "LogSoftmax",
@@ -31,6 +31,10 @@ class Identity:
 
     def state_dict(self):
         return {}
+
+    def to_torch(self):
+        """The torch.nn module this one stands for (torch is imported here)."""
+        return _optional.torch_module(self)
 
     def __repr__(self):
         return "Identity()"
@@ -79,6 +83,10 @@ class Flatten:
 
     def state_dict(self):
         return {}
+
+    def to_torch(self):
+        """The torch.nn module this one stands for (torch is imported here)."""
+        return _optional.torch_module(self)
 
     def __repr__(self):
         return f"Flatten(start_dim={self.start_dim}, end_dim={self.end_dim})"
@@ -131,6 +139,10 @@ class _RowSoftmax:
 
     def state_dict(self):
         return {}
+
+    def to_torch(self):
+        """The torch.nn module this one stands for (torch is imported here)."""
+        return _optional.torch_module(self)
 
     def __repr__(self):
         return f"{type(self).__name__}(dim={self.dim})"
@@ -241,6 +253,16 @@ class LayerNorm:
         if self.elementwise_affine:
             self._set(state_dict["weight"], state_dict.get("bias", np.zeros(self._n)))
 
+    def to_torch(self):
+        """A torch.nn.LayerNorm with these parameters, in this module's dtype."""
+        torch = _optional.torch("to_torch")
+        module = torch.nn.LayerNorm(self._n, self.eps, self.elementwise_affine,
+                                    bias=self._with_bias, dtype=getattr(torch, self._dtype.name))
+        with torch.no_grad():
+            for name in self._state_keys():
+                getattr(module, name).copy_(torch.from_numpy(getattr(self, name).copy()))
+        return module.eval()
+
     def __repr__(self):
         extra = "" if self._with_bias or not self.elementwise_affine else ", bias=False"
         extra += _dtype_arg(self._dtype)
@@ -327,6 +349,21 @@ class BatchNorm1d:
         self._load(state_dict.get("weight", np.ones(n)), state_dict.get("bias", np.zeros(n)),
                    state_dict["running_mean"], state_dict["running_var"],
                    state_dict["num_batches_tracked"])
+
+    def to_torch(self):
+        """A torch.nn.BatchNorm1d in eval mode with these statistics and parameters, in
+        this module's dtype."""
+        torch = _optional.torch("to_torch")
+        module = torch.nn.BatchNorm1d(self._n, self.eps, self.momentum, self.affine,
+                                      dtype=getattr(torch, self._dtype.name))
+        w, b, mean, var, batches = self._params.arrays
+        with torch.no_grad():
+            for name, value in (("weight", w), ("bias", b), ("running_mean", mean),
+                                ("running_var", var)):
+                if getattr(module, name) is not None:
+                    getattr(module, name).copy_(torch.from_numpy(value.copy()))
+            module.num_batches_tracked.fill_(batches)
+        return module.eval()
 
     def __repr__(self):
         return (f"BatchNorm1d({self._n}, eps={self.eps}, momentum={self.momentum}, "

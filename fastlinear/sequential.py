@@ -1,11 +1,12 @@
 """fastlinear.Sequential: a chain of modules run in one native call per forward (the
 Linear layers with their activations fused, LayerNorm, softmax ... between them), built
 directly or converted from a torch.nn.Sequential."""
+import copy
 import sys
 
 import numpy as np
 
-from . import _core, _runner, _steps
+from . import _core, _optional, _runner, _steps
 from . import activations as _activations, modules as _modules
 from ._validate import as_array, check_keys
 from .linear import Linear
@@ -100,15 +101,16 @@ class _Segment:
                     steps[-1] = fused
         return steps
 
-    def run(self, x):
-        if self.plain is not None and (not self.plain_2d or (
+    def run(self, x, out=None):
+        """The segment over x: a new array, or `out` filled (see Sequential.__call__)."""
+        if out is None and self.plain is not None and (not self.plain_2d or (
                 type(x) is np.ndarray and x.ndim == 2)):
             y = self.plain.forward_fast(x)  # the common case, without Python steps
             if y is not None:
                 return y
         arr = as_array(x, "input")
         if not self.entries:
-            return arr
+            return arr if out is None else _runner.fill(out, arr)
         if arr.ndim == 0:
             raise ValueError("input must have at least 1 dimension (*, features), got a "
                              "0-d array")
@@ -122,9 +124,10 @@ class _Segment:
                 path, m = self.batchnorms[0]
                 raise ValueError(f"module {path} ({m!r}) takes (N, C) or (N, C, L) input, "
                                  f"got a {arr.ndim}-D input of shape {arr.shape}")
-            return self.run_split(arr)
+            y = self.run_split(arr)
+            return y if out is None else _runner.fill(out, y)
         dtype = self.dtype or _runner.data_dtype(arr)
-        return _runner.model(self.model(arr.shape[-1], dtype), arr)
+        return _runner.model(self.model(arr.shape[-1], dtype), arr, out)
 
     def split(self):
         """The pieces for (N, C, L) input: the segment cut at each BatchNorm1d, which
@@ -218,7 +221,11 @@ class Sequential:
         self._cache = (state, program)
         return program
 
-    def __call__(self, x):
+    def __call__(self, x, out=None):
+        """The modules over x: a new array, or `out` filled and returned (C-contiguous,
+        the result's shape and dtype, checked as Linear checks its `out`). The native
+        call writes into `out`; where the modules run one by one (BLAS layers) or the
+        model is cut (BatchNorm1d on (N, C, L) input), the result is copied there."""
         program = self._program()
         if program is None:  # module by module, the norms in the Linear layers' dtype
             dtype = next((m.dtype for _, m in self._flat() if isinstance(m, Linear)), None)
@@ -227,10 +234,11 @@ class Sequential:
                     x = m._apply(x, dtype) if dtype and hasattr(m, "_apply") else m(x)
                 except ValueError as exc:
                     raise ValueError(f"module {path} ({m!r}): {exc}") from None
-            return as_array(x, "input")
-        for part in program:
+            y = as_array(x, "input")
+            return y if out is None else _runner.fill(out, y)
+        for part in program[:-1]:
             x = part(x) if isinstance(part, Flatten) else part.run(x)
-        return x
+        return program[-1].run(x, out)  # a program ends in a segment, maybe empty
 
     forward = __call__
 
@@ -241,6 +249,47 @@ class Sequential:
         if isinstance(i, slice):
             return Sequential(*self.modules[i])
         return self.modules[i]
+
+    def quantize(self, weight_dtype, group_size=None):
+        """A new Sequential whose Linear layers store their weight values as
+        `weight_dtype` (see Linear.quantize); the other modules are copies (their
+        parameters are replaced, never written, so they share the arrays), nested
+        Sequentials stay nested. This model is left as it is."""
+        return self._quantized(weight_dtype, group_size, "")
+
+    def _quantized(self, weight_dtype, group_size, prefix):
+        modules = []
+        for i, m in enumerate(self.modules):
+            path = f"{prefix}{i}"
+            if isinstance(m, Sequential):
+                modules.append(m._quantized(weight_dtype, group_size, f"{path}."))
+            elif isinstance(m, Linear):
+                try:
+                    modules.append(m.quantize(weight_dtype, group_size))
+                except (TypeError, ValueError) as exc:
+                    raise type(exc)(f"module {path} ({m!r}): {exc}") from None
+            else:
+                modules.append(copy.copy(m))
+        return Sequential(*modules)
+
+    def to_torch(self):
+        """A torch.nn.Sequential of plain torch modules (each module's to_torch()),
+        nested as this one, in eval mode, with the same state_dict keys. Where the model
+        has Linear layers, every parameter is in their dtype: float32 weights equal to
+        each layer.weight (bfloat16, float16, int8 and int4 weights as their float32
+        values), as the model computes."""
+        torch = _optional.torch("to_torch")
+        dtype = next((m.dtype for _, m in self._flat() if isinstance(m, Linear)), None)
+        return self._torch(torch, dtype).eval()
+
+    def _torch(self, torch, dtype):
+        # Linear layers made in the model's dtype at once: a bfloat16 torch.nn.Linear
+        # would round the bias too.
+        module = torch.nn.Sequential(*(
+            m._torch(torch, dtype) if isinstance(m, Sequential)
+            else m._torch_linear(dtype.name) if isinstance(m, Linear)
+            else m.to_torch() for m in self.modules))
+        return module if dtype is None else module.to(getattr(torch, dtype.name))
 
     def _stateful(self):
         return [(p, m) for p, m in self._flat() if hasattr(m, "_state_keys")]

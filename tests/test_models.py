@@ -465,3 +465,131 @@ def test_each_module_class_declares_its_own_names():
         declared = [n for cls in _MODULES for n in vars(cls).get(names, ())]
         assert len(declared) == len(set(declared)), names
     assert all("torch_names" in vars(cls) for cls in _MODULES)
+
+
+def _quantizable():
+    return fl.Sequential(fl.Linear(64, 48, rng=0), fl.GELU(), fl.Sequential(
+        fl.LayerNorm(48), fl.Linear(48, 40, rng=1)), fl.BatchNorm1d(40), fl.Softmax())
+
+
+@pytest.mark.parametrize("fmt, group", [("int8", None), ("int4", 32), ("bfloat16", None)])
+def test_sequential_quantize(fmt, group):
+    model = _quantizable()
+    x = np.random.default_rng(0).standard_normal((5, 64)).astype(np.float32)
+    before, weights = model(x), [m.weight for m in (model[0], model[2][1])]
+    q = model.quantize(fmt, group_size=group)
+    assert isinstance(q[2], fl.Sequential) and len(q) == len(model)  # nested as given
+    by_hand = fl.Sequential(model[0].quantize(fmt, group), fl.GELU(), fl.Sequential(
+        model[2][0], model[2][1].quantize(fmt, group)), model[3], fl.Softmax())
+    assert np.array_equal(q(x), by_hand(x))  # each Linear as Linear.quantize makes it
+    assert q[0].weight_dtype == q[2][1].weight_dtype == fmt and q[0].group_size == group
+    # this model is left as it is, and the other modules are copies of its own
+    assert np.array_equal(model(x), before)
+    assert all(np.array_equal(m.weight, w) for m, w in zip((model[0], model[2][1]), weights))
+    assert q[2][0] is not model[2][0] and repr(q[2][0]) == repr(model[2][0])
+    q[2][0].weight = np.full(48, 2.0)
+    assert np.array_equal(model[2][0].weight, np.ones(48))
+    assert np.array_equal(model(x), before)
+
+
+def test_sequential_quantize_names_the_module():
+    with pytest.raises(ValueError, match=r"module 0 \(Linear\(.*\)\): weight_dtype must"):
+        _quantizable().quantize("int3")
+    f64 = fl.Sequential(fl.ReLU(), fl.Sequential(fl.Linear(4, 4, dtype=np.float64)))
+    with pytest.raises(ValueError, match=r"module 1\.0 .*float64 layer keeps float64"):
+        f64.quantize("int8")
+    assert f64.quantize("float64")[1][0].dtype == np.float64
+
+
+@pytest.mark.parametrize("dtype_name", ["float32", "float64"])
+def test_sequential_to_torch(dtype_name):
+    torch = torch_or_skip()
+    model = _mlp(torch, getattr(torch, dtype_name))
+    ours = fl.Sequential.from_torch(model)
+    back = ours.to_torch()
+    assert not back.training and all(not m.training for m in back.modules())
+    assert isinstance(back, torch.nn.Sequential) and isinstance(back[7], torch.nn.Sequential)
+    assert [type(m).__name__ for m in back.modules()] == [
+        type(m).__name__ for m in model.modules()]  # plain torch modules, nested as given
+    theirs = model.state_dict()
+    assert list(back.state_dict()) == list(theirs)
+    for key, value in back.state_dict().items():
+        assert value.dtype == theirs[key].dtype and torch.equal(value, theirs[key]), key
+    x = np.random.default_rng(0).standard_normal((7, 3, 16)).astype(dtype_name)
+    with torch.no_grad():
+        np.testing.assert_allclose(back(torch.from_numpy(x)).numpy(), ours(x),
+                                   rtol=1e-5 if dtype_name == "float32" else 1e-12,
+                                   atol=1e-5 if dtype_name == "float32" else 1e-12)
+    assert np.array_equal(fl.Sequential.from_torch(back)(x), ours(x))  # a round trip
+
+
+def test_sequential_to_torch_compressed_weights_as_float32():
+    torch = torch_or_skip()
+    ours = fl.Sequential.from_torch(_mlp(torch, torch.float32))
+    for fmt, group in (("int4", 32), ("int8", None), ("bfloat16", None), ("float16", None)):
+        q = ours.quantize(fmt, group)
+        back = q.to_torch()
+        linears = [m for _, m in q._flat() if isinstance(m, fl.Linear)]
+        torch_linears = [m for m in back.modules() if isinstance(m, torch.nn.Linear)]
+        assert len(linears) == len(torch_linears)
+        for m, t in zip(linears, torch_linears):
+            assert t.weight.dtype == torch.float32
+            assert np.array_equal(t.weight.detach().numpy(), m.weight)
+            assert np.array_equal(t.bias.detach().numpy(), m.bias)
+    # the modules without parameters on their own
+    for m in (fl.LeakyReLU(0.3), fl.GELU("tanh"), fl.Softmax(0), fl.Flatten(0, 1),
+              fl.Dropout(0.25), fl.Identity()):
+        assert repr(m.to_torch()).startswith(repr(m).split("(")[0])
+    assert m.to_torch().__class__ is torch.nn.Identity
+    assert fl.GELU("tanh").to_torch().approximate == "tanh"
+    assert fl.Flatten(0, 1).to_torch().end_dim == 1
+
+
+def _out_models():
+    rng = np.random.default_rng(3)
+    return {
+        "one call": (fl.Sequential(fl.Linear(6, 9, rng=1), fl.GELU(), fl.LayerNorm(9),
+                                   fl.Linear(9, 4, rng=2), fl.Softmax()),
+                     rng.standard_normal((2, 3, 6)).astype(np.float32)),
+        "cut by a Flatten": (fl.Sequential(fl.Linear(6, 5, rng=1), fl.Flatten(),
+                                           fl.Linear(15, 4, rng=2)),
+                             rng.standard_normal((2, 3, 6)).astype(np.float32)),
+        "BLAS, one by one": (fl.Sequential(fl.Linear(6, 4, backend="blas", rng=1),
+                                           fl.ReLU()),
+                             rng.standard_normal((5, 6))),
+        "BatchNorm1d on (N, C, L)": (fl.Sequential(fl.Linear(6, 6, rng=1),
+                                                   fl.BatchNorm1d(3)),
+                                     rng.standard_normal((2, 3, 6)).astype(np.float32)),
+        "no Linear": (fl.Sequential(fl.Tanh()), rng.standard_normal(4)),
+        "empty": (fl.Sequential(), rng.standard_normal((2, 2))),
+    }
+
+
+@pytest.mark.parametrize("name", list(_out_models()))
+def test_sequential_out(name):
+    model, x = _out_models()[name]
+    expected = model(x)
+    out = np.full(expected.shape, np.nan, expected.dtype)  # C-contiguous
+    assert model(x, out=out) is out and np.array_equal(out, expected)
+    assert model.forward(x, out=out) is out
+    with pytest.raises(ValueError, match=r"out must have shape"):
+        model(x, out=np.empty((1, *expected.shape), expected.dtype))
+    other = np.float64 if expected.dtype == np.float32 else np.float32
+    with pytest.raises(ValueError, match=r"out must have dtype"):
+        model(x, out=np.empty(expected.shape, other))
+    if expected.ndim == 2:
+        with pytest.raises(ValueError, match=r"out must be C-contiguous"):
+            model(x, out=np.empty(expected.shape[::-1], expected.dtype).T)
+    read_only = np.empty(expected.shape, expected.dtype)
+    read_only.flags.writeable = False
+    with pytest.raises(ValueError, match="out is read-only"):
+        model(x, out=read_only)
+    with pytest.raises(TypeError, match="out must be a numpy.ndarray"):
+        model(x, out=list(expected))
+
+
+def test_sequential_out_may_be_the_input():
+    model = fl.Sequential(fl.Linear(8, 8, rng=0), fl.ReLU(), fl.Linear(8, 8, rng=1))
+    x = np.random.default_rng(0).standard_normal((4, 8)).astype(np.float32)
+    expected = model(x)
+    assert model(x, out=x) is x and np.array_equal(x, expected)
