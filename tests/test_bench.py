@@ -1,14 +1,30 @@
-"""The benchmark runs end to end on tiny shapes: table, JSON, plot. (It measures
-nothing here; timings belong to the benchmark itself.)"""
+"""The benchmark runs end to end on tiny shapes: legend, table, JSON, plot, progress; its
+machine probe reads what the kernel reads. (It measures nothing here; timings belong to
+the benchmark itself.)"""
+import argparse
 import importlib.util
+import io
 import json
+import math
+import os
+import re
+import sys
 import tempfile
+import time
 
+import numpy as np
 import pytest
 
 from fastlinear import _core
 from fastlinear.bench import compressed, harness, limits, linear
-from fastlinear.bench.__main__ import main
+from fastlinear.bench.__main__ import build_parser, main
+
+QUICK = ["--rounds", "1", "--budget", "0.001", "--settle", "0", "--threads", "1"]
+SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src_c")
+
+
+def _has_probe():
+    return limits._probe(_core.isa_name()) is not None
 
 
 def test_benchmark_writes_table_json_and_plot(tmp_path, capsys):
@@ -30,7 +46,13 @@ def test_benchmark_writes_table_json_and_plot(tmp_path, capsys):
     data = json.loads(out.read_text())
     assert data["meta"]["isa"] == _core.isa_name()
     assert [(r["m"], r["k"], r["n"]) for r in data["results"]] == [(1, 16, 8), (3, 20, 9)]
+    if _has_probe():
+        assert data["meta"]["fma_peak_gflops"] > 0
     for row in data["results"]:
+        if _has_probe():  # the bound probed between the rounds, kept with the row
+            assert row["bound"] in ("FMA", "BW") and row["limit_fraction"] > 0
+            assert row["fma_peak_gflops"] > 0 and row["read_us"] > 0
+            assert set(row["read_us_by_way"]) == {"kernel", "plain"}
         assert set(row["us"]) >= {"fastlinear", "fastlinear out=", "fastlinear-blas", "numpy"}
         assert all(t > 0 for t in row["us"].values())
         rival = row["best_rival"]
@@ -42,6 +64,7 @@ def test_benchmark_writes_table_json_and_plot(tmp_path, capsys):
     if has_plot:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert len(data["sweep"]) == len(linear.SWEEP_M)
+        assert f"{len(linear.SWEEP_M)} more shapes" in text  # --plot says what it adds
 
 
 def test_bad_shape_is_refused():
@@ -49,11 +72,159 @@ def test_bad_shape_is_refused():
         harness.parse_shapes("1x2")
 
 
+def _header(text):
+    return next(line for line in text.splitlines() if "M x K x N" in line)
+
+
 def test_wide_table_has_every_ratio(capsys):
-    main(["--shapes", "2x8x4", "--rounds", "1", "--budget", "0.001", "--settle", "0",
-                "--threads", "1", "--wide"])
-    header = capsys.readouterr().out.splitlines()[2]
+    main(["--shapes", "2x8x4", *QUICK, "--wide"])
+    text = capsys.readouterr().out
+    header = _header(text)
     assert "blas" in header and "/numpy" in header and "GB/s" in header
+    legend = text[:text.index(header)]
+    assert "blas" in legend and "GB/s" in legend and "/numpy" in legend
+
+
+def test_legend_and_header_come_before_the_first_measurement(capsys, monkeypatch):
+    """What the first measurement finds already printed: the machine, the units, a legend
+    entry for every column, what a share of a bound means, and the header."""
+    printed = []
+    measure = linear.measure
+
+    def spy(*args, **kwargs):
+        printed.append(capsys.readouterr().out)
+        return measure(*args, **kwargs)
+    monkeypatch.setattr(linear, "measure", spy)
+    main(["--shapes", "2x8x4", *QUICK])
+    before = printed[0]
+    assert before.startswith("fastlinear ") and f"ISA path {_core.isa_name()}" in before
+    assert f"Times in {harness.micro()}s per call" in before
+    assert f"time ({harness.micro()}s)" in before
+    header = _header(before)
+    legend = before[:before.index(header)]
+    for _, title, _, _ in linear.COLUMNS[1:]:
+        assert re.search(rf"^ +{re.escape(title)} ", legend, re.M), title
+    assert "100% = at the bound" in legend and "FMA peak" in legend and "noise" in legend
+    assert "2x8x4" not in before
+
+
+@pytest.mark.skipif(not _has_probe(), reason="no C compiler with OpenMP")
+def test_no_share_of_a_bound_far_above_100_percent():
+    """A shape bound by reading its weights (1 MiB, in cache) and one bound by its
+    arithmetic: the kernel cannot beat the machine's bound by more than noise."""
+    rows = main(["--shapes", "1x256x1024,64x256x256", "--rounds", "3", "--budget", "0.005",
+                 "--settle", "0.01", "--threads", "1"])
+    assert [row["bound"] for row in rows] == ["BW", "FMA"]
+    for row in rows:
+        assert 0 < row["limit_fraction"] < 1.25, row
+
+
+@pytest.mark.skipif(not _has_probe(), reason="no C compiler with OpenMP")
+def test_probe_reads_the_packed_weights_at_a_sane_speed():
+    """The probe reads the bytes the kernel reads (N rounded up to whole panels, K rows
+    each), about as fast as numpy copies that many bytes, or faster (a copy writes too),
+    and not absurdly faster (no read left out)."""
+    probe = limits._probe(_core.isa_name())
+    row = probe.row_bytes()
+    k, n = 1024, 4096
+    weights = limits.Weights(k, n - 3, np.float32, 1)
+    assert weights.panels == math.ceil(n * 4 / row)
+    assert weights.nbytes == weights.panels * k * row and weights.panel_bytes % 64 == 0
+    src = np.ones(weights.nbytes // 4, np.float32)
+    dst = np.empty_like(src)
+    copy = math.inf
+    for _ in range(10):
+        start = time.perf_counter()
+        np.copyto(dst, src)
+        copy = min(copy, time.perf_counter() - start)
+    copy_gbs = src.nbytes / copy / 1e9
+    for way in ("kernel", "plain"):
+        gbs = weights.gbs(way)
+        assert 0.5 * copy_gbs < gbs < 50 * copy_gbs, (way, gbs, copy_gbs)
+
+
+def _enum(path, name):
+    with open(path) as f:
+        text = f.read()
+    return int(re.search(rf"\b{name} = (\d+)", text).group(1))
+
+
+@pytest.mark.skipif(not os.path.isdir(SRC), reason="the C sources are not here")
+def test_probe_reads_as_the_kernels_do():
+    """limits.py and limits.c restate how each kernel reads its weights: vectors per k
+    row, two panels for one row of x, the prefetch distance. They agree with src_c."""
+    with open(os.path.join(SRC, "blocking.h")) as f:
+        prefetch = int(re.search(r"#define FL_PREFETCH_BYTES (\d+)", f.read()).group(1))
+    probe_c = os.path.join(os.path.dirname(limits.__file__), "limits.c")
+    assert _enum(probe_c, "PREFETCH_BYTES") == prefetch
+    for isa, flags in limits.ISA_FLAGS.items():
+        kernel = os.path.join(SRC, "kernels", f"{isa}.c")
+        assert f"-DROW_VECTORS={_enum(kernel, 'NV')}" in flags, isa
+        assert f"-DTWO_PANELS={_enum(kernel, 'TWO_PANELS')}" in flags, isa
+    if _has_probe():
+        isa = _core.isa_name()
+        kernel = os.path.join(SRC, "kernels", f"{isa}.c")
+        assert limits._probe(isa).row_bytes() == _enum(kernel, "NV") * _enum(kernel, "VBYTES")
+
+
+def test_progress_without_tqdm_prints_plain_lines(capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # import tqdm raises ImportError
+    main(["--shapes", "1x16x8,2x8x4", *QUICK])
+    captured = capsys.readouterr()
+    assert "[1/2] shape 1x16x8" in captured.err and "[2/2] shape 2x8x4" in captured.err
+    assert "2x8x4" in captured.out
+
+
+def test_progress_off_a_terminal_is_a_line_per_shape_with_the_time_left(capsys):
+    pytest.importorskip("tqdm")
+    main(["--shapes", "1x16x8,2x8x4", *QUICK])
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(":")[0] for line in lines if line.startswith("[")] == [
+        "[1/2] shape 1x16x8", "[2/2] shape 2x8x4"]
+    assert all(" left" in line for line in lines if line.startswith("["))
+
+
+def test_progress_on_a_terminal_is_a_bar_above_the_rows(monkeypatch, capsys):
+    pytest.importorskip("tqdm")
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+    bar = Terminal()
+    monkeypatch.setattr(sys, "stderr", bar)
+    progress = harness.Progress(2)
+    for shape in ("1x2x3", "4x5x6"):
+        progress.show(shape)
+        progress.write(f"row {shape}")
+    progress.close()
+    assert capsys.readouterr().out.splitlines() == ["row 1x2x3", "row 4x5x6"]
+    assert "shape 4x5x6:" in bar.getvalue() and "1/2 [" in bar.getvalue()
+
+
+def test_every_flag_has_help():
+    parser = build_parser()
+    for action in parser._actions:
+        if action.dest != "help":
+            assert action.help and action.help != argparse.SUPPRESS, action.option_strings
+    assert "12 more shapes" in parser.format_help().replace("\n", " ").replace("  ", " ")
+
+
+def test_plot_legend_covers_no_data():
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+    names = ("fastlinear", "fastlinear out=", "numpy", "torch", "onnxruntime")
+    rows = [{"m": m, "gflops": {name: (i + 1) * 10.0 * math.log2(2 * m)
+                                for i, name in enumerate(names)},
+             "fma_peak_gflops": 600.0} for m in linear.SWEEP_M]
+    fig = linear.sweep_figure(rows, 768, 3072, "float32", 2)
+    try:
+        fig.canvas.draw()
+        (ax,) = fig.axes
+        legend = ax.get_legend()
+        assert legend is not None
+        assert not legend.get_window_extent().overlaps(ax.get_window_extent())
+    finally:
+        plt.close(fig)
 
 
 def test_probe_leaves_no_folder_behind(tmp_path, monkeypatch):
@@ -75,6 +246,7 @@ def test_help_names_the_command_and_its_defaults(capsys):
     text = capsys.readouterr().out
     assert "usage: python -m fastlinear.bench" in text
     assert "--threads" in text and "(default: 2)" in text
+    assert "--dtype" in text and "(default: float32)" in text
 
 
 def _installed(*modules):

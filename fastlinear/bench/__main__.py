@@ -25,10 +25,12 @@ dynamic int8 and MatMulNBits int4), with each one's error against the float64 pr
 the unquantized weights. fastlinear/bench/compressed.py says how each is built.
 
 Each shape is also set against this machine's limits for the ISA path that runs
-(fastlinear.bench.limits): the time the FMA peak allows for its arithmetic and the time
-the read bandwidth allows for its weights, at their size. The larger of the two is the
-shape's bound; "limit" is that bound's share of fastlinear's time (100% = at the
-machine's limit). --wide adds the BLAS backend, every ratio and the weights' GB/s.
+(fastlinear.bench.limits), probed around the shape's rounds: the time its arithmetic
+takes at the FMA peak, and the time the weights take to be read once the way the kernel
+reads them (its order, vector width and prefetch). The larger of the two is the shape's
+bound; "limit" is that bound's share of fastlinear's time (100% = at the machine's
+limit). --wide adds the BLAS backend, every ratio and the weights' GB/s. The legend above
+each table says what every column is; times are in microseconds.
 
 Unset OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE for this command if your environment sets
 them: they pin numpy's OpenBLAS to slower kernels.
@@ -45,14 +47,16 @@ from . import compressed, linear, mlp
 from .harness import describe, parse_shapes, run_meta, set_threads
 
 
-def main(argv=None):
+def build_parser():
     parser = argparse.ArgumentParser(
         prog="python -m fastlinear.bench", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--threads", type=int, default=2,
                         help="threads for every library (fastlinear, numpy's OpenBLAS, "
                              "torch, ONNX Runtime)")
-    parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    parser.add_argument("--dtype", choices=["float32", "float64"], default="float32",
+                        help="the float table's type of x, W, b and y (every contender "
+                             "computes in it)")
     parser.add_argument("--weight-dtype", default="float32",
                         choices=["float32", *COMPRESSED, "all"],
                         help="float32: the float32 table; bfloat16, float16, int8, int4 "
@@ -78,8 +82,18 @@ def main(argv=None):
                              ".onnx file given) at batch 1, 8, 64, 1024 against torch eager "
                              "and ONNX Runtime (fastlinear/bench/mlp.py)")
     parser.add_argument("--json", help="also write the results to this file")
-    parser.add_argument("--plot", help="also sweep M for --plot-kn and save a PNG here")
-    parser.add_argument("--plot-kn", default="768x3072", help="K x N of the plot's sweep")
+    parser.add_argument("--plot", metavar="FILE.png",
+                        help="after the table, a sweep of M = "
+                             f"{linear.SWEEP_M[0]} .. {linear.SWEEP_M[-1]} at --plot-kn "
+                             f"({len(linear.SWEEP_M)} more shapes, each measured like a row "
+                             "of the table), saved as a PNG of GFLOP/s against M")
+    parser.add_argument("--plot-kn", default="768x3072", metavar="KxN",
+                        help="K x N of the --plot sweep")
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.mlp is not None:
         return main_mlp(args)
@@ -89,15 +103,22 @@ def main(argv=None):
         parser.error("--group-size is for --weight-dtype int4")
 
     dtype = np.dtype(args.dtype)
-    limits_set = set_threads(args.threads)
-    print(describe(dtype, args.threads))
     shapes = parse_shapes(getattr(args, "shapes", linear.DEFAULT_SHAPES))
-    sweep_kn = tuple(int(v) for v in args.plot_kn.split("x")) if args.plot else None
+    sweep_kn = None
+    if args.plot:
+        try:
+            sweep_kn = tuple(int(v) for v in args.plot_kn.lower().split("x"))
+        except ValueError:
+            sweep_kn = ()
+        if len(sweep_kn) != 2:
+            parser.error(f"--plot-kn {args.plot_kn!r}: expected KxN, e.g. 768x3072")
+    limits_set = set_threads(args.threads)
+    machine = describe(dtype, args.threads)
     results, sweep = linear.run_table(shapes, sweep_kn, args.plot, dtype, args.threads,
                                       args.rounds, args.budget, args.settle, args.wide)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"meta": run_meta(args, limits_set), "results": results,
+            json.dump({"meta": run_meta(args, limits_set, machine), "results": results,
                        "sweep": sweep}, f, indent=1)
     return results
 
@@ -105,11 +126,12 @@ def main(argv=None):
 def main_mlp(args):
     """--mlp: the whole-model table (mlp.py); returns its rows."""
     limits_set = set_threads(args.threads)
-    print(describe(np.dtype(np.float32), args.threads))
+    machine = describe(np.dtype(np.float32), args.threads)
     rows = mlp.run_mlp(args.mlp, args.threads, args.rounds, args.budget, args.settle)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"meta": run_meta(args, limits_set), "mlp": rows}, f, indent=1)
+            json.dump({"meta": run_meta(args, limits_set, machine), "mlp": rows}, f,
+                      indent=1)
     return rows
 
 
@@ -126,12 +148,12 @@ def main_compressed(parser, args):
         parser.error("--group-size is for --weight-dtype int4")
     group_size = group_size or DEFAULT_GROUP
     limits_set = set_threads(args.threads)
-    print(describe(np.dtype(np.float32), args.threads))
+    machine = describe(np.dtype(np.float32), args.threads)
     shapes = parse_shapes(getattr(args, "shapes", compressed.DEFAULT_SHAPES))
     results = compressed.run_tables(formats, shapes, group_size, args.threads, args.rounds,
                                     args.budget, args.settle)
     if args.json:
-        meta = run_meta(args, limits_set)
+        meta = run_meta(args, limits_set, machine)
         meta["group_size"] = group_size
         with open(args.json, "w") as f:
             json.dump({"meta": meta, "compressed": results}, f, indent=1)

@@ -30,7 +30,8 @@ import numpy as np
 
 import fastlinear as fl
 
-from .harness import Progress, best_times, format_us, ort_session, rel_error, torch_linear
+from .harness import (Progress, best_times, format_us, group_line, micro, ort_session, rel_error,
+                      torch_linear)
 
 DEFAULT_SHAPES = "1x4096x4096,8x4096x4096,128x768x3072"
 # Table titles of the contenders (8 characters at most): fl fastlinear, pt PyTorch,
@@ -284,14 +285,15 @@ def columns(weight_dtype):
     return cols
 
 
-GROUP_TITLES = {"time": " time (us) ", "ratio": " ratio ", "error": " error "}
-
-
 def table_head(weight_dtype, group_size, threads, rounds):
-    """The lines above a format's table: what it measures, the rivals, the header."""
+    """The lines above a format's table: what it measures, every column, the header."""
     what = f"{weight_dtype} weights" + (f", groups of {group_size}"
                                         if weight_dtype == "int4" else "")
-    lines = [f"{what}, {threads} threads, best of {rounds} rounds",
+    ours = TITLES[f"fastlinear {weight_dtype}"]
+    lines = [f"{what}, {threads} threads; times in {micro()}s per call, the best of {rounds} "
+             "interleaved rounds",
+             f"  {'fl f32':>8}: fastlinear, float32 weights",
+             f"  {ours:>8}: fastlinear, {weight_dtype} weights",
              f"  {'/f32':>8}: time of fastlinear {weight_dtype} / time of fastlinear float32",
              f"  {'/best':>8}: time of fastlinear {weight_dtype} / time of the fastest rival",
              f"  {'error':>8}: max|y - y64| / max|y64|, y64 the float64 product of the "
@@ -299,15 +301,8 @@ def table_head(weight_dtype, group_size, threads, rounds):
     for name in rival_names(weight_dtype):
         lines.append(f"  {TITLES[name]:>8}: {LEGEND[name].format(g=group_size)}")
     cols = columns(weight_dtype)
-    groups, spans = [], []
-    for group, _, width, _ in cols:
-        if spans and groups[-1] == group:
-            spans[-1] += width + 1
-        else:
-            groups.append(group)
-            spans.append(width)
-    lines.append(" ".join(f"{GROUP_TITLES.get(g, ''):-^{s}}" if g else " " * s
-                          for g, s in zip(groups, spans)))
+    titles = {"time": f" time ({micro()}s) ", "ratio": " ratio ", "error": " error "}
+    lines.append(group_line([(titles.get(g, ""), width) for g, _, width, _ in cols]))
     lines.append(" ".join(f"{title:>{width}}" for _, title, width, _ in cols))
     return lines
 
@@ -322,17 +317,16 @@ def run_tables(formats, shapes, group_size, threads, rounds, budget, settle):
     progress = Progress(len(formats) * len(shapes))
     results = {}
     for weight_dtype in formats:
-        print()
-        for line in table_head(weight_dtype, group_size, threads, rounds):
-            print(line)
+        for line in ["", *table_head(weight_dtype, group_size, threads, rounds)]:
+            progress.write(line, step=False)
         rng = np.random.default_rng(0)
         rows = []
         for shape in shapes:
-            progress.show(shape)
+            progress.show(f"{weight_dtype} {'x'.join(map(str, shape))}")
             row = measure(shape, weight_dtype, threads, group_size, rounds, budget, settle,
                           rng)
-            progress.clear()
-            print(format_row(row), flush=True)
+            progress.write(format_row(row))
             rows.append(row)
         results[weight_dtype] = rows
+    progress.close()
     return results

@@ -1,11 +1,13 @@
 """What every table of the benchmark shares: the same thread count for every library,
 the rivals' sessions (torch's F.linear, ONNX Runtime on a model), interleaved best-of
-timing, the error against a float64 reference, the progress bar, the shape and time
-formats, and the description of the machine (CPU, ISA path, its probed limits) printed
-above the tables and written to the JSON.
+timing (with the machine's limits probed around the rounds), the error against a float64
+reference, the progress (tqdm where installed), the shape and time formats, and the
+description of the machine (CPU, ISA path, its probed limits) printed above the tables
+and written to the JSON.
 
-The rivals' packages (threadpoolctl, torch, onnxruntime) are optional: each is imported
-where it is used, and a rival whose package is missing is left out.
+The rivals' packages (threadpoolctl, torch, onnxruntime) and tqdm are optional: each is
+imported where it is used; a rival whose package is missing is left out, and progress
+falls back to plain lines without tqdm.
 """
 import platform
 import sys
@@ -84,16 +86,23 @@ def calls_for(run, budget):
     return max(1, int(budget / max(once, 1e-7)))
 
 
-def best_times(runs, rounds, budget, settle):
+def best_times(runs, rounds, budget, settle, between=None):
     """name -> best seconds per call over `rounds` interleaved rounds. Before each
     contender's turn the process sleeps `settle` seconds, so that the others' thread pools
-    stop spinning on the cores."""
+    stop spinning on the cores. `between`, if given, is called before the first round and
+    after each round, after the same sleep: the machine's limits probed around the
+    contenders' turns, at the same moments."""
     counts = {}
     for name, run in runs.items():
         time.sleep(settle)
         counts[name] = calls_for(run, budget)
     best = {name: float("inf") for name in runs}
-    for _ in range(rounds):
+    for r in range(rounds + 1):
+        if between is not None:
+            time.sleep(settle)
+            between()
+        if r == rounds:
+            break
         for name, run in runs.items():
             n = counts[name]
             time.sleep(settle)
@@ -125,31 +134,83 @@ def parse_shapes(text):
     return shapes
 
 
+def micro():
+    """The prefix of microseconds: "µ" where stdout can print it, else "u"."""
+    try:
+        "\u00b5".encode(getattr(sys.stdout, "encoding", None) or "ascii")
+        return "\u00b5"
+    except (LookupError, UnicodeEncodeError):
+        return "u"
+
+
 def format_us(t):
     """Microseconds in a table cell: three significant digits or so; '-' for none."""
     return "-" if t is None else f"{t:.2f}" if t < 10 else f"{t:.1f}" if t < 1e4 else f"{t:.0f}"
 
 
+def group_line(groups):
+    """A line of group titles over the columns: `groups` is [(title, width)] per column;
+    neighbours with the same title share one, centred in dashes; '' leaves blanks."""
+    merged = []
+    for title, width in groups:
+        if merged and title and merged[-1][0] == title:
+            merged[-1][1] += width + 1
+        else:
+            merged.append([title, width])
+    return " ".join(f"{title:-^{width}}" if title else " " * width
+                    for title, width in merged).rstrip()
+
+
 class Progress:
-    """A one-line progress bar on stderr while a shape is measured (terminals only)."""
+    """Where the benchmark stands, on stderr: before each step (a shape), its name, how
+    many steps are done and the time left. On a terminal, a live tqdm bar that the rows
+    printed with write() push down; elsewhere (a log, a pipe), one line per step, its
+    time left estimated by tqdm from the steps done. Without tqdm, a plain line per
+    step."""
 
-    def __init__(self, total):
-        self.total, self.done = total, 0
-        self.live = sys.stderr.isatty()
+    def __init__(self, total, what="shape"):
+        self.total, self.done, self.what = total, 0, what
+        self.start = time.monotonic()
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            tqdm = None
+        self.tqdm, self.bar = tqdm, None
+        if tqdm is not None and sys.stderr.isatty():
+            self.bar = tqdm(total=total, file=sys.stderr, leave=False, unit=what,
+                            dynamic_ncols=True,
+                            bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} "
+                                       "[{elapsed}<{remaining}]")
 
-    def show(self, shape):
-        if self.live:
-            width = 30
-            filled = width * self.done // max(self.total, 1)
-            sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] "
-                             f"{self.done + 1}/{self.total} {'x'.join(map(str, shape))} ")
-            sys.stderr.flush()
+    def show(self, label):
+        """Before a step: `label` is being measured."""
+        if self.bar is not None:
+            self.bar.set_description_str(f"{self.what} {label}")
+            return
+        head = f"[{self.done + 1}/{self.total}] {self.what} {label}"
+        if self.tqdm is not None:
+            line = self.tqdm.format_meter(
+                self.done, self.total, time.monotonic() - self.start, prefix=head,
+                bar_format="{desc}: {elapsed} elapsed, {remaining} left")
+        else:
+            line = f"{head}: {time.monotonic() - self.start:.0f} s elapsed"
+        print(line, file=sys.stderr, flush=True)
 
-    def clear(self):
-        self.done += 1
-        if self.live:
-            sys.stderr.write("\r" + " " * 70 + "\r")
-            sys.stderr.flush()
+    def write(self, line, step=True):
+        """`line` on stdout (above the bar on a terminal); `step`: after a step, its row."""
+        if self.bar is not None:
+            with self.tqdm.external_write_mode(file=sys.stdout):
+                print(line, flush=True)
+        else:
+            print(line, flush=True)
+        if step:
+            self.done += 1
+            if self.bar is not None:
+                self.bar.update(1)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
 
 
 # -- the machine ------------------------------------------------------------------------
@@ -167,26 +228,29 @@ def cpu_model():
 
 
 def describe(dtype, threads):
-    """Two lines naming what is measured: versions, ISA path, CPU, the path's limits."""
+    """Prints two lines naming what is measured (versions, ISA path, CPU; the first at
+    once, before the probes run), then the path's limits at the start; returns those
+    limits for the JSON (None where there is no C compiler)."""
     isa = fl._core.isa_name()
-    peak = limits.fma_peak(dtype, threads)
-    bw = [limits.read_bandwidth(mib << 20, threads) for mib in PROBED_MIB]
-    first = (f"fastlinear {fl.__version__}, {np.dtype(dtype).name}, {threads} threads, "
-             f"ISA path {isa}, {cpu_model()}")
-    if peak is None or None in bw:
-        return first + "\n(no C compiler: machine limits not probed)"
-    reads = ", ".join(f"{gbs:.0f} GB/s ({mib} MiB)" for gbs, mib in zip(bw, PROBED_MIB))
-    return first + f"\n{isa} limits: FMA peak {peak:.0f} GFLOP/s, read bandwidth {reads}"
+    print(f"fastlinear {fl.__version__}, {np.dtype(dtype).name}, {threads} threads, "
+          f"ISA path {isa}, {cpu_model()}", flush=True)
+    peak = limits.fma_peak(dtype, threads, runs=40)
+    bw = {mib: limits.read_bandwidth(mib << 20, threads) for mib in PROBED_MIB}
+    if peak is None:
+        print("(no C compiler: machine limits not probed)", flush=True)
+        return {"fma_peak_gflops": None, "read_gbs": None}
+    reads = ", ".join(f"{gbs:.0f} GB/s ({mib} MiB)" for mib, gbs in bw.items())
+    print(f"{isa} limits at the start: FMA peak {peak:.0f} GFLOP/s; weights read {reads}",
+          flush=True)
+    return {"fma_peak_gflops": peak,
+            "read_gbs": {f"{mib} MiB": gbs for mib, gbs in bw.items()}}
 
 
-def run_meta(args, limits_set):
-    """The JSON's description of the run: versions, machine, threads, limits; `limits_set`
-    is set_threads's."""
-    dtype = np.dtype(args.dtype)
+def run_meta(args, limits_set, machine):
+    """The JSON's description of the run: versions, machine, threads, the limits probed at
+    the start (`machine`, describe's); `limits_set` is set_threads's."""
     return {"fastlinear": fl._config.config_info(), "threads": args.threads,
             "dtype": args.dtype, "weight_dtype": args.weight_dtype,
             "machine": platform.machine(), "cpu": cpu_model(), "isa": fl._core.isa_name(),
-            "fma_peak_gflops": limits.fma_peak(dtype, args.threads),
-            "read_gbs": {f"{mib} MiB": limits.read_bandwidth(mib << 20, args.threads)
-                         for mib in PROBED_MIB},
+            **machine,
             "blas": limits_set.get_original_num_threads() if limits_set else None}

@@ -1,20 +1,33 @@
 """This machine's limits for a linear layer, measured for one ISA path of the native
-kernel: the multiply-add peak of its cores (GFLOP/s) and their read bandwidth (GB/s) for
-data of a given size (in cache or beyond it). The probe is C (limits.c), compiled on
-first use with the system compiler for the vector width of the ISA path that runs
-(-mavx2 -mfma for "avx2", -mavx512f for "avx512", baseline x86-64 for "ref"), -O3
--fopenmp, and loaded with ctypes: a benchmark aid, not part of the library's build.
+kernel: the multiply-add peak of its cores (GFLOP/s), and the time they take to read a
+layer's weights. The probe is C (limits.c), compiled on first use with the system
+compiler for the vector width of the ISA path that runs (-mavx2 -mfma for "avx2",
+-mavx512f -mfma for "avx512", baseline x86-64 for "ref"), -O3 -fopenmp, and loaded with
+ctypes: a benchmark aid, not part of the library's build.
 
-How it measures, so that it is stable from run to run: the FMA peak is the best of 9
-runs of 12 independent FMA chains per thread, 50 million steps (0.05-0.1 s) each; the
-bandwidth is the best of 5 passes of about 1 GB read each, after one pass that faults
-the pages in.
+How each is measured:
+
+- FMA peak: each thread runs 12 independent FMA chains of the path's vectors for half a
+  millisecond; the best of many runs. These hosts' speed moves 15-30% from one minute
+  to the next, so the benchmark probes it again around the rounds of each shape
+  (`Bound`), and short runs find the machine undisturbed as often as its calls do.
+- Read bound: the bytes of the shape's packed weights (panels of NR output columns, K
+  rows each, one after another), each thread reading its band of panels as the kernel
+  splits them, two ways: the kernel's (for rows of x taken in place, its fastest): the
+  band streamed front to back, two panels side by side for one row of x where the
+  kernel does so, row by row, in vectors of the path's width, each row prefetched
+  FL_PREFETCH_BYTES ahead; and plain, the same band and loads without the prefetch
+  (faster for weights in cache on some CPUs). The buffer is read over and over, as the
+  benchmark calls a layer over and over, so weights that fit a cache are read from
+  there. The bound is the best time of one pass either way: a kernel that reads its
+  weights the kernel's way and computes too cannot beat it.
 
     python -m fastlinear.bench.limits --threads 2 [--isa avx2]
 """
 import argparse
 import ctypes
 import functools
+import math
 import os
 import subprocess
 import tempfile
@@ -24,8 +37,18 @@ import numpy as np
 from .. import _core
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-# The vector width of each ISA path, as compiler flags (x86-64); other CPUs get none.
-ISA_FLAGS = {"ref": [], "avx2": ["-mavx2", "-mfma"], "avx512": ["-mavx512f", "-mfma"]}
+# Per ISA path (x86-64): the compiler flags of its vector width, and how its kernel reads
+# a panel (src_c/kernels/<isa>.c: NV vectors per k row, TWO_PANELS for one row of x).
+# Other CPUs get the portable kernel's 16-byte vectors.
+ISA_FLAGS = {"ref": ["-DROW_VECTORS=2", "-DTWO_PANELS=0"],
+             "avx2": ["-mavx2", "-mfma", "-DROW_VECTORS=4", "-DTWO_PANELS=1"],
+             "avx512": ["-mavx512f", "-mfma", "-DROW_VECTORS=4", "-DTWO_PANELS=1"]}
+# Seconds of one FMA run, and of one measure of reads (as many passes as fit, at least
+# one): far above the timer's resolution and the start of a thread team, and short, so
+# that the best of many runs finds the machine undisturbed as often as the benchmark's
+# calls do (on a busy host a long run is always cut by the scheduler somewhere).
+FMA_SECONDS = 0.0005
+READ_SECONDS = 0.0005
 
 
 def current_isa():
@@ -38,55 +61,138 @@ def _probe(isa):
     cc = os.environ.get("CC", "cc")
     with tempfile.TemporaryDirectory(prefix="fastlinear-limits-") as tmp:
         lib = os.path.join(tmp, "limits.so")
-        cmd = [cc, "-O3", *ISA_FLAGS.get(isa, []), "-fopenmp", "-shared", "-fPIC",
-               os.path.join(HERE, "limits.c"), "-o", lib]
+        cmd = [cc, "-O3", *ISA_FLAGS.get(isa, ISA_FLAGS["ref"]), "-fopenmp", "-shared",
+               "-fPIC", os.path.join(HERE, "limits.c"), "-o", lib]
         try:
             subprocess.run(cmd, check=True, capture_output=True)
             probe = ctypes.CDLL(lib)  # stays mapped after the file is removed
         except (OSError, subprocess.CalledProcessError):
             return None
     probe.fma_gflops.restype = ctypes.c_double
-    probe.fma_gflops.argtypes = [ctypes.c_int, ctypes.c_long, ctypes.c_int, ctypes.c_double]
-    probe.read_gbs.restype = ctypes.c_double
-    probe.read_gbs.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int]
+    probe.fma_gflops.argtypes = [ctypes.c_int, ctypes.c_double, ctypes.c_int,
+                                 ctypes.c_double]
+    probe.read_panels.restype = ctypes.c_double
+    probe.read_panels.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t,
+                                  ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                                  ctypes.c_int]
     return probe
 
 
-def fma_peak(dtype, threads, isa=None):
-    """Best GFLOP/s of `threads` threads doing nothing but independent FMAs of the
-    vector width of `isa` (default: the native kernel's ISA now)."""
-    return _fma_peak(np.dtype(dtype).itemsize, threads, isa or current_isa())
-
-
-@functools.lru_cache(maxsize=None)
-def _fma_peak(itemsize, threads, isa):
-    probe = _probe(isa)
+def fma_peak(dtype, threads, isa=None, runs=16, seconds=FMA_SECONDS):
+    """Best GFLOP/s of `runs` runs of `threads` threads doing nothing but independent FMAs
+    of the vector width of `isa` (default: the native kernel's ISA now), or None without
+    a C compiler. Measured anew at each call."""
+    probe = _probe(isa or current_isa())
     if probe is None:
         return None
-    iters = 50_000_000  # 50-100 ms a run at 2-4 GHz: long enough to be steady
-    return max(probe.fma_gflops(itemsize, iters, threads, 0.999999) for _ in range(9))
+    itemsize = np.dtype(dtype).itemsize
+    return max(probe.fma_gflops(itemsize, seconds, threads, 0.999999) for _ in range(runs))
 
 
-def read_bandwidth(nbytes, threads, isa=None):
-    """Best GB/s of `threads` threads reading the same `nbytes` over and over with loads
-    of `isa`'s width (so data that fits a cache is read from there, larger data from
-    memory)."""
-    return _read_bandwidth(nbytes, threads, isa or current_isa())
+class Weights:
+    """A K x N weight matrix of `dtype` laid out as the kernel of `isa` packs it, in a
+    buffer of its own (written, so that no page is the shared zero page), and the time
+    `threads` threads take to read it (limits.c, read_panels) in one of two ways:
+    "kernel", the kernel's (for `m` rows of x: one row reads two panels side by side
+    where the kernel does; the kernel's prefetch), and "plain", each thread's band
+    streamed with plain loads and no software prefetch."""
+
+    def __init__(self, k, n, dtype, threads, m=1, isa=None):
+        self.probe = _probe(isa or current_isa())
+        if self.probe is None:
+            raise RuntimeError("no C compiler with OpenMP found (set CC)")
+        row = self.probe.row_bytes()
+        itemsize = np.dtype(dtype).itemsize
+        self.k, self.threads = k, threads
+        self.ways = {"kernel": (int(m == 1), 1), "plain": (0, 0)}  # (pairs, prefetch)
+        self.panels = max(1, math.ceil(n * itemsize / row))
+        self.panel_bytes = math.ceil(k * row / 64) * 64
+        self.nbytes = self.panels * k * row  # what the kernel reads: N rounded up to NR
+        raw = np.full(self.panels * self.panel_bytes + 64, 1, np.uint8)
+        start = (-raw.ctypes.data) % 64
+        self._buf = raw[start:start + self.panels * self.panel_bytes]
+        self.best = {}  # way -> the fastest pass seen
+
+    def _pass(self, way, reps):
+        """Seconds per pass of `reps` passes in a row (one start of the thread team)."""
+        pairs, prefetch = self.ways[way]
+        return self.probe.read_panels(self._buf.ctypes.data, self.panels, self.panel_bytes,
+                                      self.k, pairs, prefetch, reps, self.threads) / reps
+
+    def seconds(self, way="kernel", runs=8):
+        """The best time of one pass over the weights read `way`, over `runs` measures of
+        about READ_SECONDS each."""
+        if way not in self.best:
+            self._pass(way, 1)  # the first pass faults the pages in
+            reps, best = 1, math.inf  # then passes in a row, doubled to READ_SECONDS
+            while True:
+                once = self._pass(way, reps)
+                best = min(best, once)
+                if once * reps >= READ_SECONDS:
+                    break
+                reps *= 2
+            self.best[way] = best
+        for _ in range(runs):
+            reps = max(1, round(READ_SECONDS / self.best[way]))
+            self.best[way] = min(self.best[way], self._pass(way, reps))
+        return self.best[way]
+
+    def gbs(self, way="kernel", runs=8):
+        return self.nbytes / self.seconds(way, runs) / 1e9
 
 
-@functools.lru_cache(maxsize=None)
-def _read_bandwidth(nbytes, threads, isa):
-    probe = _probe(isa)
-    if probe is None:
+def read_bandwidth(nbytes, threads, isa=None, way=None, runs=8):
+    """GB/s of `threads` threads reading about `nbytes` of float32 weights (K = 4096) for
+    one row of x, `way` as Weights reads them (default: the faster way), or None without
+    a C compiler."""
+    if _probe(isa or current_isa()) is None:
         return None
-    chunk = 64 * 8 * threads
-    nbytes = max(chunk, nbytes // chunk * chunk)
-    raw = np.ones(nbytes + 64, np.uint8)
-    start = (-raw.ctypes.data) % 64
-    buf = raw[start:start + nbytes]
-    reps = max(1, int(1e9 // nbytes))  # about 1 GB read per pass
-    probe.read_gbs(buf.ctypes.data, nbytes, 1, threads)  # fault the pages in
-    return max(probe.read_gbs(buf.ctypes.data, nbytes, reps, threads) for _ in range(5))
+    k = 4096
+    weights = Weights(k, max(1, nbytes // (4 * k)), np.float32, threads, 1, isa)
+    return max(weights.gbs(w, runs) for w in ([way] if way else weights.ways))
+
+
+class Bound:
+    """The machine's bound for one shape M x K x N, probed again at each call of probe()
+    (around the benchmark's rounds) and kept at its best: the highest FMA peak and the
+    fastest read of the weights seen, either way (Weights). bound() is the larger of the
+    two times then: ("FMA", seconds) for 2 M K N flops at that peak, ("BW", seconds) for
+    one read of the weights; or None without a C compiler. A kernel reads its weights
+    the kernel's way and computes too: it cannot beat either time."""
+
+    def __init__(self, m, k, n, dtype, threads, isa=None):
+        self.flops = 2.0 * m * k * n
+        self.dtype, self.threads, self.isa = np.dtype(dtype), threads, isa or current_isa()
+        self.peak, self.read = 0.0, {}
+        self.weights = (Weights(k, n, dtype, threads, m, self.isa)
+                        if _probe(self.isa) is not None else None)
+        self.nbytes = self.weights.nbytes if self.weights else None
+
+    def probe(self):
+        if self.weights is None:
+            return
+        self.peak = max(self.peak, fma_peak(self.dtype, self.threads, self.isa, runs=12))
+        for way in self.weights.ways:
+            self.read[way] = self.weights.seconds(way)
+
+    def release(self):
+        """Frees the weights' buffer; the bound found so far stays."""
+        self.weights = None
+
+    def bound(self):
+        if not self.peak or not self.read:
+            return None
+        return max(("FMA", self.flops / self.peak / 1e9), ("BW", min(self.read.values())),
+                   key=lambda b: b[1])
+
+    def record(self):
+        """What the JSON keeps of it."""
+        if not self.peak or not self.read:
+            return {}
+        read_s = min(self.read.values())
+        return {"fma_peak_gflops": self.peak, "read_us": read_s * 1e6,
+                "read_gbs": self.nbytes / read_s / 1e9,
+                "read_us_by_way": {way: t * 1e6 for way, t in self.read.items()}}
 
 
 def main(argv=None):
@@ -102,10 +208,12 @@ def main(argv=None):
         raise SystemExit("no C compiler with OpenMP found (set CC)")
     print(f"ISA path {isa}, {args.threads} threads")
     for dtype in ("float32", "float64"):
-        print(f"FMA peak {dtype}: {fma_peak(dtype, args.threads, isa):.1f} GFLOP/s")
+        print(f"FMA peak {dtype}: {fma_peak(dtype, args.threads, isa, runs=100):.1f} GFLOP/s")
     for mib in (1, 8, 16, 64, 256):
-        print(f"read bandwidth, {mib} MiB: "
-              f"{read_bandwidth(mib << 20, args.threads, isa):.1f} GB/s")
+        reads = {way: read_bandwidth(mib << 20, args.threads, isa, way)
+                 for way in ("kernel", "plain")}
+        print(f"weights read, {mib} MiB: " + ", ".join(f"{gbs:.1f} GB/s the {way} way"
+                                                       for way, gbs in reads.items()))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ import numpy as np
 import fastlinear as fl
 
 from . import limits
-from .harness import Progress, best_times, cpu_model, format_us, ort_session, torch_linear
+from .harness import (Progress, best_times, cpu_model, format_us, group_line, micro, ort_session,
+                      torch_linear)
 
 DEFAULT_SHAPES = ("1x100x50,140x100x50,1x768x3072,1x4096x4096,8x4096x4096,32x768x3072,"
                   "128x768x3072,512x1024x1024,2048x2048x2048")
@@ -74,27 +75,17 @@ def check_agreement(runs, x, w, b):
             raise SystemExit(f"{name} disagrees with the float64 reference")
 
 
-def machine_bound(m, k, n, dtype, threads):
-    """(name, seconds) of the slower of the two limits for this shape, or None."""
-    peak = limits.fma_peak(dtype, threads)
-    weight_bytes = n * k * np.dtype(dtype).itemsize
-    bandwidth = limits.read_bandwidth(weight_bytes, threads)
-    if peak is None or bandwidth is None:
-        return None
-    return max(("FMA", 2.0 * m * k * n / peak / 1e9),
-               ("BW", weight_bytes / bandwidth / 1e9), key=lambda b: b[1])
-
-
-def measure(shape, dtype, threads, bound, rounds, budget, settle, rng):
-    """One shape: best time per contender, derived rates and ratios; `bound` is
-    machine_bound's for the shape."""
+def measure(shape, dtype, threads, rounds, budget, settle, rng):
+    """One shape: best time per contender, derived rates and ratios, and the machine's
+    bound for the shape probed around the rounds (limits.Bound)."""
     m, k, n = shape
     x = rng.standard_normal((m, k)).astype(dtype)
     w = (rng.standard_normal((n, k)) / np.sqrt(k)).astype(dtype)
     b = rng.standard_normal(n).astype(dtype)
     runs = contenders(x, w, b, dtype, threads)
     check_agreement(runs, x, w, b)
-    best = best_times(runs, rounds, budget, settle)
+    bound = limits.Bound(m, k, n, dtype, threads)
+    best = best_times(runs, rounds, budget, settle, between=bound.probe)
     ours = best["fastlinear"]
     rival = min((name for name in RIVALS if name in best), key=best.get)
     row = {"m": m, "k": k, "n": n,
@@ -104,13 +95,17 @@ def measure(shape, dtype, threads, bound, rounds, budget, settle, rng):
            "best_rival": rival,
            "ratio_best": ours / best[rival],
            "ratio_best_out": best["fastlinear out="] / best[rival],
-           "ratio": {name: ours / best[name] for name in best if name != "fastlinear"}}
-    if bound is not None:
-        row["bound"], row["limit_fraction"] = bound[0], bound[1] / ours
+           "ratio": {name: ours / best[name] for name in best if name != "fastlinear"},
+           **bound.record()}
+    bound.release()
+    if bound.bound() is not None:
+        row["bound"], seconds = bound.bound()
+        row["limit_fraction"] = seconds / ours
     return row
 
 
-# The table's columns: (title, width, cell of a row). The default fits 100 columns.
+# The table's columns: (group, title, width, cell of a row). The default fits 100
+# columns.
 def _us(row, name):
     return format_us(row["us"].get(name))
 
@@ -120,85 +115,142 @@ def _limit(row):
 
 
 COLUMNS = [
-    ("M x K x N", 14, lambda r: f"{r['m']}x{r['k']}x{r['n']}"),
-    ("fastlinear", 10, lambda r: _us(r, "fastlinear")),
-    ("out=", 9, lambda r: _us(r, "fastlinear out=")),
-    ("numpy", 9, lambda r: _us(r, "numpy")),
-    ("torch", 9, lambda r: _us(r, "torch")),
-    ("onnxrt", 9, lambda r: _us(r, "onnxruntime")),
-    ("/best", 6, lambda r: f"{r['ratio_best']:.2f}"),
-    ("out=/best", 9, lambda r: f"{r['ratio_best_out']:.2f}"),
-    ("GFLOP/s", 8, lambda r: f"{r['gflops']['fastlinear']:.1f}"),
-    ("limit", 8, _limit),
+    ("", "M x K x N", 14, lambda r: f"{r['m']}x{r['k']}x{r['n']}"),
+    ("time", "fastlinear", 10, lambda r: _us(r, "fastlinear")),
+    ("time", "out=", 9, lambda r: _us(r, "fastlinear out=")),
+    ("time", "numpy", 9, lambda r: _us(r, "numpy")),
+    ("time", "torch", 9, lambda r: _us(r, "torch")),
+    ("time", "onnxrt", 9, lambda r: _us(r, "onnxruntime")),
+    ("ratio", "/best", 6, lambda r: f"{r['ratio_best']:.2f}"),
+    ("ratio", "out=/best", 9, lambda r: f"{r['ratio_best_out']:.2f}"),
+    ("", "GFLOP/s", 8, lambda r: f"{r['gflops']['fastlinear']:.1f}"),
+    ("", "limit", 8, _limit),
 ]
 WIDE_COLUMNS = [
-    ("blas", 9, lambda r: _us(r, "fastlinear-blas")),
-    ("GB/s", 6, lambda r: f"{r['weight_gbs']:.1f}"),
-    *[(f"/{name[:6]}", 7, lambda r, name=name: f"{r['ratio'][name]:.2f}"
+    ("wide", "blas", 9, lambda r: _us(r, "fastlinear-blas")),
+    ("wide", "GB/s", 6, lambda r: f"{r['weight_gbs']:.1f}"),
+    *[("wide", f"/{name[:6]}", 7, lambda r, name=name: f"{r['ratio'][name]:.2f}"
        if name in r["ratio"] else "-") for name in RIVALS],
 ]
 
 
-def print_row(row, header, wide=False):
+def legend(rounds, wide):
+    """What the table's columns are, printed above it."""
+    entries = [
+        ("fastlinear", "fl.Linear(x), a new array each call"),
+        ("out=", "fl.Linear(x, out=buf), into the caller's array"),
+        ("numpy", "x @ W.T + b"),
+        ("torch", "torch.nn.functional.linear"),
+        ("onnxrt", "ONNX Runtime, one Gemm node"),
+        ("/best", "fastlinear's time / the fastest rival's (numpy, torch, onnxrt): below 1, "
+                  "faster"),
+        ("out=/best", "the same for out="),
+        ("GFLOP/s", "2 M K N / fastlinear's time"),
+        ("limit", "the machine's bound for the shape / fastlinear's time, 100% = at the bound:\n"
+                  "FMA: 2 M K N flops at the FMA peak; BW: the weights read once, the kernel's\n"
+                  "way or with plain loads, whichever is faster (fastlinear.bench.limits); the\n"
+                  "larger of the two times. Each is the best probed around the shape's rounds\n"
+                  "(before, between, after: the machine of the same moment), so a share above\n"
+                  "100% is noise"),
+    ]
+    if wide:
+        entries += [("blas", 'fl.Linear(x) with backend="blas" (scipy\'s BLAS)'),
+                    ("GB/s", "the weights' bytes / fastlinear's time"),
+                    ("/numpy ...", "fastlinear's time / that rival's")]
+    lines = [f"Times in {micro()}s per call, each contender's best of {rounds} interleaved "
+             "rounds; all compute",
+             "y = x @ W.T + b for the same arrays on the same threads."]
+    for title, text in entries:
+        first, *rest = text.split("\n")
+        lines.append(f"  {title:<10}  {first}")
+        lines += [" " * 14 + more for more in rest]
+    return lines
+
+
+def head(wide):
+    """The two header lines: the groups of columns, then their titles."""
     columns = COLUMNS + (WIDE_COLUMNS if wide else [])
-    if header:
-        print(" ".join(f"{title:>{width}}" for title, width, _ in columns))
-    print(" ".join(f"{cell(row):>{width}}" for _, width, cell in columns), flush=True)
+    titles = {"time": f" time ({micro()}s) ", "ratio": " ratio "}
+    return [group_line([(titles.get(g, ""), w) for g, _, w, _ in columns]),
+            " ".join(f"{title:>{width}}" for _, title, width, _ in columns)]
 
 
-def plot(rows, path, k, n, dtype, threads):
-    """GFLOP/s against M for one K x N, a line per contender."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no plot", file=sys.stderr)
-        return
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+def format_row(row, wide=False):
+    columns = COLUMNS + (WIDE_COLUMNS if wide else [])
+    return " ".join(f"{cell(row):>{width}}" for _, _, width, cell in columns)
+
+
+def sweep_figure(rows, k, n, dtype, threads):
+    """GFLOP/s against M for one K x N, a line per contender, the legend beside the axes
+    (it covers no data); a matplotlib Figure."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(9, 4.5))
     for name in rows[0]["gflops"]:
         ax.plot([r["m"] for r in rows], [r["gflops"][name] for r in rows], marker="o",
                 label=name)
-    peak = limits.fma_peak(dtype, threads)
-    if peak:
-        ax.axhline(peak, color="grey", linestyle="--",
-                   label=f"FMA peak of {fl._core.isa_name()} (probe)")
+    peaks = [r["fma_peak_gflops"] for r in rows if r.get("fma_peak_gflops")]
+    if peaks:
+        ax.axhline(max(peaks), color="grey", linestyle="--",
+                   label=f"FMA peak of {fl._core.isa_name()}\n(best probe of the sweep)")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("batch size M")
     ax.set_ylabel("GFLOP/s")
     ax.set_title(f"y = x @ W.T + b, K x N = {k} x {n}, {dtype}, {threads} threads\n"
                  f"ISA path {fl._core.isa_name()}, {cpu_model()}", fontsize=10)
     ax.grid(True, alpha=0.3)
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    return fig
+
+
+def plot(rows, path, k, n, dtype, threads):
+    """The sweep's figure, saved as a PNG at `path`."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        print("matplotlib is not installed: no plot", file=sys.stderr)
+        return
+    import matplotlib.pyplot as plt
+    fig = sweep_figure(rows, k, n, dtype, threads)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
     print(f"plot written to {path}")
 
 
 def run_table(shapes, sweep_kn, plot_path, dtype, threads, rounds, budget, settle, wide):
     """The table of `shapes`, then (with `sweep_kn`, a (k, n)) the sweep of M for that
-    K x N and its plot at `plot_path`, printing each row as it is measured; returns
-    (rows, sweep rows)."""
+    K x N and its plot at `plot_path`, printing the legend and the header first, then each
+    row as it is measured; returns (rows, sweep rows)."""
     sweep_shapes = [(m, *sweep_kn) for m in SWEEP_M] if sweep_kn else []
-    # The probes run now, while no other library's threads spin on the cores.
-    bounds = {shape: machine_bound(*shape, dtype, threads) for shape in shapes + sweep_shapes}
+    for line in legend(rounds, wide):
+        print(line)
+    if sweep_shapes:
+        print(f"--plot: after the table, {len(sweep_shapes)} more shapes, a sweep of "
+              f"M = {SWEEP_M[0]} .. {SWEEP_M[-1]} at K x N = {sweep_kn[0]} x {sweep_kn[1]},\n"
+              "        each measured as a row of the table, then drawn as GFLOP/s against M")
+    print()
+    for line in head(wide):
+        print(line)
+    sys.stdout.flush()
     rng = np.random.default_rng(0)
     progress = Progress(len(shapes) + len(sweep_shapes))
     results = []
     for shape in shapes:
-        progress.show(shape)
-        row = measure(shape, dtype, threads, bounds[shape], rounds, budget, settle, rng)
-        progress.clear()
-        print_row(row, header=not results, wide=wide)
-        results.append(row)
+        progress.show("x".join(map(str, shape)))
+        results.append(measure(shape, dtype, threads, rounds, budget, settle, rng))
+        progress.write(format_row(results[-1], wide))
     sweep = []
     if sweep_shapes:
-        print(f"sweep of M for K x N = {sweep_kn[0]} x {sweep_kn[1]}:")
+        for line in ["", f"sweep of M for --plot, K x N = {sweep_kn[0]} x {sweep_kn[1]}:",
+                     *head(wide)]:
+            progress.write(line, step=False)
         for shape in sweep_shapes:
-            progress.show(shape)
-            row = measure(shape, dtype, threads, bounds[shape], rounds, budget, settle, rng)
-            progress.clear()
-            print_row(row, header=not sweep, wide=wide)
-            sweep.append(row)
+            progress.show("sweep " + "x".join(map(str, shape)))
+            sweep.append(measure(shape, dtype, threads, rounds, budget, settle, rng))
+            progress.write(format_row(sweep[-1], wide))
+    progress.close()
+    if sweep_shapes:
         plot(sweep, plot_path, *sweep_kn, dtype.name, threads)
     return results, sweep

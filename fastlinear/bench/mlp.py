@@ -21,7 +21,7 @@ from scipy.special import erf
 
 import fastlinear as fl
 
-from .harness import best_times, ort_session, rel_error
+from .harness import Progress, best_times, micro, ort_session, rel_error
 
 MLP = ((784, 512, "relu"), (512, 512, "gelu"), (512, 256, "relu"), (256, 10, None))
 BATCHES = (1, 8, 64, 1024)
@@ -110,10 +110,12 @@ def ort_runner(model_or_path, threads):
     return lambda x: session.run(None, {name: x})[0]
 
 
-def measure_model(title, runs_for, ref_for, input_for, threads, rounds, budget, settle):
+def measure_model(title, runs_for, ref_for, input_for, threads, rounds, budget, settle,
+                  progress):
     """Rows of one model at each batch: times in microseconds and errors per contender."""
     rows = []
     for m in BATCHES:
+        progress.show(f"{title} batch {m}")
         x = input_for(m)
         runs = runs_for(x)
         y64 = ref_for(x)
@@ -121,7 +123,7 @@ def measure_model(title, runs_for, ref_for, input_for, threads, rounds, budget, 
         best = best_times(runs, rounds, budget, settle)
         rows.append({"model": title, "batch": m,
                      "us": {name: t * 1e6 for name, t in best.items()}, "error": errors})
-        print(format_row(rows[-1]), flush=True)
+        progress.write(format_row(rows[-1]))
     return rows
 
 
@@ -137,13 +139,23 @@ def format_row(row):
     return " ".join(cells)
 
 
-HEAD = (f"{'model':>12} {'batch':>6} {'fl us':>10} {'torch us':>10} {'ort us':>10} "
-        f"{'/torch':>7} {'/ort':>7}  max error / max |y| against float64")
+def head(rounds):
+    """The legend and the header of the table."""
+    us = f"{micro()}s"
+    return [f"Times in {us} per call, each contender's best of {rounds} interleaved rounds.",
+            "  mlp: 784-512 (ReLU) - 512 (GELU) - 256 (ReLU) - 10; fl: fastlinear.Sequential, "
+            "torch: eager,",
+            "  ort: ONNX Runtime; /torch, /ort: fastlinear's time / that rival's; error: "
+            "max|y - y64| / max|y64|",
+            f"{'model':>12} {'batch':>6} {'fl ' + us:>10} {'torch ' + us:>10} "
+            f"{'ort ' + us:>10} {'/torch':>7} {'/ort':>7}  error against float64"]
 
 
 def run_mlp(onnx_paths, threads, rounds, budget, settle):
     """The MLP table, then one per .onnx file; returns the rows."""
-    print(HEAD)
+    for line in head(rounds):
+        print(line)
+    progress = Progress(len(BATCHES) * (1 + len(onnx_paths)), "model")
     rng = np.random.default_rng(0)
     layers = mlp_weights(rng)
     ours, theirs = fastlinear_model(layers), torch_model(layers)
@@ -168,13 +180,14 @@ def run_mlp(onnx_paths, threads, rounds, budget, settle):
         return rng.standard_normal((m, MLP[0][0])).astype(np.float32)
 
     rows = measure_model("mlp", runs_for, lambda x: reference(layers, x), input_for,
-                         threads, rounds, budget, settle)
+                         threads, rounds, budget, settle, progress)
     for path in onnx_paths:
-        rows += run_onnx_file(path, threads, rounds, budget, settle, rng)
+        rows += run_onnx_file(path, threads, rounds, budget, settle, rng, progress)
+    progress.close()
     return rows
 
 
-def run_onnx_file(path, threads, rounds, budget, settle, rng):
+def run_onnx_file(path, threads, rounds, budget, settle, rng, progress):
     import onnx
     graph_input = onnx.load(path, load_external_data=False).graph.input[0]
     dims = [d.dim_value for d in graph_input.type.tensor_type.shape.dim][1:]
@@ -195,4 +208,4 @@ def run_onnx_file(path, threads, rounds, budget, settle, rng):
 
     title = os.path.basename(path)[:12]
     return measure_model(title, runs_for, lambda x: ref(x.astype(np.float64)), input_for,
-                         threads, rounds, budget, settle)
+                         threads, rounds, budget, settle, progress)
