@@ -17,6 +17,7 @@ cdef extern from "fastlinear.h" nogil:
     enum:
         FL_OK
         FL_ENOMEM
+        FL_SUM_BLOCK
     ctypedef struct fl_packed:
         pass
     fl_packed *fl_alloc(fl_dtype dtype, size_t n, size_t k, size_t group) noexcept
@@ -72,7 +73,10 @@ cdef extern from "fastlinear.h" nogil:
     const char *fl_supported_isa(int i) noexcept
     ctypedef struct fl_blocking:
         size_t mr, nr, kc, mc, nc, direct_x_max_bytes
+    int fl_set_blocking(const char *isa, fl_dtype dtype, size_t kc, size_t mc,
+                        size_t nc) noexcept
     void fl_get_blocking(fl_dtype dtype, fl_blocking *out) noexcept
+    int fl_default_blocking(const char *isa, fl_dtype dtype, fl_blocking *out) noexcept
     int fl_openmp_enabled() noexcept
     int fl_default_threads() noexcept
 

@@ -410,6 +410,31 @@ def blocking(dtype):
     return b
 
 
+# Values of k per summation block (fastlinear.h): the tuned KC is a multiple of it.
+SUM_BLOCK = FL_SUM_BLOCK
+
+
+def set_blocking(str isa, dtype, size_t kc=0, size_t mc=0, size_t nc=0):
+    """Block sizes for calls with float32 (every format but float64) or float64 weights
+    on the named ISA, from their next start; 0, 0, 0: the ISA's own. Never the bits."""
+    rc = fl_set_blocking(isa.encode(), _float_code(np.dtype(dtype) == np.float64), kc, mc,
+                         nc)
+    if rc == -1:
+        raise ValueError(f"unknown ISA {isa!r}; expected one of {supported_isas()}")
+    if rc == -2:
+        raise ValueError(f"block sizes kc={kc}, mc={mc}, nc={nc} cannot be used on {isa}: kc "
+                         f"a multiple of {FL_SUM_BLOCK}, mc of the tile's rows, nc of its "
+                         f"columns, each positive and at most 2**20")
+
+
+def default_blocking(str isa, dtype):
+    """The named ISA's own block sizes (its kernels/<isa>.c) for float32 or float64."""
+    cdef fl_blocking b
+    if fl_default_blocking(isa.encode(), _float_code(np.dtype(dtype) == np.float64), &b):
+        raise ValueError(f"unknown ISA {isa!r}; expected one of {supported_isas()}")
+    return b
+
+
 def openmp_enabled():
     return bool(fl_openmp_enabled())
 

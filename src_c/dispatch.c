@@ -1,5 +1,6 @@
 /* Picks the micro-kernel ISA once: the best one this CPU runs, unless fl_set_isa() says
  * otherwise (the Python layer passes FASTLINEAR_ISA through it). */
+#include <stdatomic.h>
 #include <string.h>
 #include "blocking.h"
 #include "kernel.h"
@@ -52,8 +53,69 @@ const char *fl_supported_isa(int i)
     return NULL;
 }
 
+/* Block sizes set by fl_set_blocking, per ISA and value type (0: the ISA's own). Each
+ * is valid on its own, so a call that reads them while another thread sets them gets
+ * sizes it can use (the bits never depend on them). */
+static atomic_size_t chosen[N_ISAS][2][3];
+
+static int isa_index(const fl_isa *isa)
+{
+    for (int i = 0; i < N_ISAS; i++)
+        if (all_isas[i] == isa)
+            return i;
+    return -1;
+}
+
+fl_blocks fl_blocks_in_force(const fl_isa *isa, fl_dtype dtype)
+{
+    const fl_kernel *k = &isa->k[dtype];
+    fl_blocks bl = {k->kc, k->mc, k->nc};
+    const int i = isa_index(isa), v = fl_formats[dtype].values == FL_F64;
+    if (i >= 0) {
+        const size_t kc = atomic_load_explicit(&chosen[i][v][0], memory_order_relaxed);
+        const size_t mc = atomic_load_explicit(&chosen[i][v][1], memory_order_relaxed);
+        const size_t nc = atomic_load_explicit(&chosen[i][v][2], memory_order_relaxed);
+        bl = (fl_blocks){kc ? kc : bl.kc, mc ? mc : bl.mc, nc ? nc : bl.nc};
+    }
+    return bl;
+}
+
+int fl_set_blocking(const char *name, fl_dtype dtype, size_t kc, size_t mc, size_t nc)
+{
+    int i = 0;
+    while (i < N_ISAS && strcmp(all_isas[i]->name, name) != 0)
+        i++;
+    if (i == N_ISAS || dtype < 0 || dtype >= FL_NDTYPES)
+        return -1;
+    const fl_kernel *k = &all_isas[i]->k[dtype];
+    const size_t most = (size_t)1 << 20;
+    if (kc || mc || nc) {
+        if (!kc || kc % FL_SUM_BLOCK || kc > most || !mc || mc % k->mr || mc > most || !nc
+            || nc % k->nr || nc > most)
+            return -2;
+    }
+    const int v = fl_formats[dtype].values == FL_F64;
+    atomic_store_explicit(&chosen[i][v][0], kc, memory_order_relaxed);
+    atomic_store_explicit(&chosen[i][v][1], mc, memory_order_relaxed);
+    atomic_store_explicit(&chosen[i][v][2], nc, memory_order_relaxed);
+    return 0;
+}
+
+int fl_default_blocking(const char *name, fl_dtype dtype, fl_blocking *out)
+{
+    for (int i = 0; i < N_ISAS; i++)
+        if (strcmp(all_isas[i]->name, name) == 0) {
+            const fl_kernel *k = &all_isas[i]->k[dtype];
+            *out = (fl_blocking){k->mr, k->nr, k->kc, k->mc, k->nc, FL_DIRECT_X_MAX_BYTES};
+            return 0;
+        }
+    return -1;
+}
+
 void fl_get_blocking(fl_dtype dtype, fl_blocking *out)
 {
-    const fl_kernel *k = &fl_current_isa()->k[dtype];
-    *out = (fl_blocking){k->mr, k->nr, k->kc, k->mc, k->nc, FL_DIRECT_X_MAX_BYTES};
+    const fl_isa *isa = fl_current_isa();
+    const fl_kernel *k = &isa->k[dtype];
+    const fl_blocks bl = fl_blocks_in_force(isa, dtype);
+    *out = (fl_blocking){k->mr, k->nr, bl.kc, bl.mc, bl.nc, FL_DIRECT_X_MAX_BYTES};
 }

@@ -9,6 +9,7 @@
 /* How one product of m rows is cut among `team` threads: each takes a share of `parts`,
  * which are row micro-panels (split_rows) or weight panels. */
 typedef struct {
+    fl_blocks bl;       /* the block sizes of the whole call */
     int pack_x, split_rows, widen;
     size_t parts;
     size_t xbuf_bytes;  /* per thread: a block of packed x (pack_x) ... */
@@ -16,7 +17,8 @@ typedef struct {
                            scratch each thread needs, 0 for none */
 } fl_plan;
 
-fl_plan fl_plan_gemm(const fl_packed *p, size_t m, size_t team);
+/* bl: the call's block sizes (fl_blocks_in_force, read once per call). */
+fl_plan fl_plan_gemm(const fl_packed *p, size_t m, size_t team, fl_blocks bl);
 
 /* Thread t's share (t < team) of y = ep(x @ W.T + b) under plan pl; scratch: pl's
  * buf_bytes for this thread, 64-byte aligned. b (N values) and ep may be NULL. */

@@ -151,8 +151,20 @@ const char *fl_isa_name(void);
 int fl_set_isa(const char *name);
 /* Name of the i-th ISA this CPU and build support, best last; NULL past the end. */
 const char *fl_supported_isa(int i);
-/* The block sizes fl_alloc() would use now for `dtype` (for tests and diagnostics). */
+/* Block sizes (kernel.h): the register tile MR x NR, the k, row and column blocks, and
+ * the most bytes of x read in place. */
 typedef struct { size_t mr, nr, kc, mc, nc, direct_x_max_bytes; } fl_blocking;
+/* Sets the block sizes (kernel.h: KC, MC, NC) that calls with weights of `dtype`'s value
+ * type (float32 for every format but FL_F64) use on the named ISA from their next start
+ * on; all three 0: the ISA's own again. They never change the bits (the order of each
+ * sum is fixed by k alone), only the speed. Returns 0, -1 for an unknown ISA, -2 for
+ * sizes the kernel cannot take (kc a multiple of FL_SUM_BLOCK, mc of MR, nc of NR, all
+ * positive and at most 2^20). */
+int fl_set_blocking(const char *isa, fl_dtype dtype, size_t kc, size_t mc, size_t nc);
+/* The named ISA's own block sizes for `dtype` (its kernels/<isa>.c): 0, or -1 for an
+ * ISA this build lacks. */
+int fl_default_blocking(const char *isa, fl_dtype dtype, fl_blocking *out);
+/* The block sizes calls use now for `dtype` (for tests and diagnostics). */
 void fl_get_blocking(fl_dtype dtype, fl_blocking *out);
 /* 1 when built with OpenMP, else 0. */
 int fl_openmp_enabled(void);

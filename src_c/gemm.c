@@ -7,6 +7,7 @@
 
 typedef struct {
     const fl_packed *p;     /* the weights, or (plain) only their shape and kernel */
+    fl_blocks bl;           /* the call's block sizes */
     int plain;              /* W as the caller holds it, at w (rows ldw values apart) */
     const char *w;
     size_t ldw;
@@ -129,7 +130,7 @@ static void run_direct(const fl_job *jb, size_t r0, size_t r1, size_t q0, size_t
         const size_t np = min_sz(step, q1 - q);
         size_t pc = 0;
         do {  /* at least once: K = 0 still writes the bias */
-            const size_t kc = min_sz(kr->kc, k - pc);
+            const size_t kc = min_sz(jb->bl.kc, k - pc);
             const fl_weights wt = weights(jb, q, pc, kc, wbuf);
             for (size_t ir = r0; ir < r1; ir += kr->mr)
                 run_tile(jb, wt, q, np, pc, kc, jb->x + (ir * jb->ldx + pc) * size,
@@ -148,14 +149,14 @@ static void run_packed(const fl_job *jb, size_t r0, size_t r1, size_t q0, size_t
     const fl_packed *p = jb->p;
     const fl_kernel *kr = p->kern;
     const size_t size = fl_value_size(p->dtype), mr = kr->mr, k = p->k;
-    const size_t nc_panels = kr->nc / kr->nr;
+    const size_t nc_panels = jb->bl.nc / kr->nr;
     for (size_t jc = q0; jc < q1; jc += nc_panels) {
         const size_t jc_end = min_sz(jc + nc_panels, q1);
         size_t pc = 0;
         do {
-            const size_t kc = min_sz(kr->kc, k - pc);
-            for (size_t ic = r0; ic < r1; ic += kr->mc) {
-                const size_t mc = min_sz(kr->mc, r1 - ic);
+            const size_t kc = min_sz(jb->bl.kc, k - pc);
+            for (size_t ic = r0; ic < r1; ic += jb->bl.mc) {
+                const size_t mc = min_sz(jb->bl.mc, r1 - ic);
                 fl_pack_x(p->dtype, mr, mc, kc, jb->x + (ic * jb->ldx + pc) * size, jb->ldx,
                           xbuf);
                 for (size_t q = jc; q < jc_end; q++) {
@@ -197,15 +198,16 @@ void fl_gemm_share(const fl_packed *p, const void *b, const fl_plan *pl,
     if (m == 0 || p->n == 0)
         return;
     const int any = ep && (ep->act != FL_ACT_NONE || ep->scale);
-    const fl_job jb = {p, 0, NULL, 0, b, any ? ep : NULL, m, x, ldx, y, ldy};
+    const fl_job jb = {p, pl->bl, 0, NULL, 0, b, any ? ep : NULL, m, x, ldx, y, ldy};
     run_share(&jb, pl, scratch, t, team);
 }
 
-fl_plan fl_plan_gemm(const fl_packed *p, size_t m, size_t team)
+fl_plan fl_plan_gemm(const fl_packed *p, size_t m, size_t team, fl_blocks bl)
 {
     const fl_kernel *kr = p->kern;
     const size_t size = fl_value_size(p->dtype);
     fl_plan pl = {0};
+    pl.bl = bl;
     pl.pack_x = (double)m * (double)p->k * (double)size > FL_DIRECT_X_MAX_BYTES
                 || (kr->widen_rows && m >= kr->widen_rows);
     /* Compressed weights are widened into a buffer where their kernel is missing, and
@@ -223,8 +225,8 @@ fl_plan fl_plan_gemm(const fl_packed *p, size_t m, size_t team)
         /* Per thread: one MC x KC block of x, its last micro-panel rounded up to MR
          * rows, then one KC x NR block of weights, each rounded up to whole cache lines
          * so that threads never share one. */
-        const size_t rows = (min_sz(kr->mc, m) + kr->mr - 1) / kr->mr * kr->mr;
-        const size_t kc = min_sz(kr->kc, p->k);
+        const size_t rows = (min_sz(pl.bl.mc, m) + kr->mr - 1) / kr->mr * kr->mr;
+        const size_t kc = min_sz(pl.bl.kc, p->k);
         pl.xbuf_bytes = pl.pack_x ? (rows * kc * size + 63) / 64 * 64 : 0;
         const size_t wbuf_bytes = (kc * kr->nr * sizeof(float) + 63) / 64 * 64;
         pl.buf_bytes = pl.xbuf_bytes + (pl.widen ? wbuf_bytes : 0);
@@ -238,7 +240,7 @@ int fl_forward(const fl_packed *p, const void *b, size_t m, const void *x, size_
     if (m == 0 || p->n == 0)
         return FL_OK;
     size_t threads = fl_threads_begin((double)m * (double)p->n * (double)p->k, nthreads);
-    const fl_plan pl = fl_plan_gemm(p, m, threads);
+    const fl_plan pl = fl_plan_gemm(p, m, threads, fl_blocks_in_force(p->isa, p->dtype));
     threads = min_sz(threads, pl.parts);
     char *buf = NULL;
     if (pl.buf_bytes && !(buf = fl_aligned_alloc(threads, pl.buf_bytes))) {
@@ -285,7 +287,8 @@ int fl_forward_plain(fl_dtype dtype, size_t n, size_t k, const void *w, size_t l
     const fl_kernel *kr = &isa->k[dtype];
     const fl_packed shape = {isa, kr, dtype, n, k, 0, (n + kr->nr - 1) / kr->nr, 0, NULL,
                              NULL};
-    const fl_job jb = {&shape, 1, w, ldw, b, NULL, m, x, ldx, y, ldy};
+    const fl_job jb = {&shape, fl_blocks_in_force(isa, dtype), 1, w, ldw, b, NULL, m, x,
+                       ldx, y, ldy};
     size_t threads = fl_threads_begin((double)m * (double)n * (double)k, nthreads);
     threads = min_sz(threads, shape.panels);
     /* per thread: one panel of weights, K x NR values, whole cache lines */

@@ -132,6 +132,11 @@ void fl_expand(const fl_packed *p, size_t q, size_t pc, size_t kc, float *dst);
 #define FL_INT4_TILES 1
 #endif
 
+/* The block sizes a call uses (fl_kernel's kc, mc, nc unless fl_set_blocking() chose
+ * others for the ISA and the weights' value type): read once per call, into its plan. */
+typedef struct { size_t kc, mc, nc; } fl_blocks;
+fl_blocks fl_blocks_in_force(const fl_isa *isa, fl_dtype dtype);
+
 /* Kernels, one file per ISA (kernels/tile.h says what each defines). */
 extern const fl_isa fl_isa_ref;
 #if defined(__x86_64__) || defined(__i386__)

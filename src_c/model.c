@@ -25,6 +25,7 @@ typedef struct {
     size_t widest;
     char *scratch;       /* the GEMM's per-thread scratch, scratch_bytes each */
     size_t scratch_bytes;
+    fl_blocks *bl;       /* each LINEAR step's block sizes, read once for the call */
 } fl_model_call;
 
 /* Thread t's share of one step over `rows` rows: its band of the GEMM's parts, or its
@@ -36,7 +37,7 @@ static void run_step(const fl_model_call *c, const fl_step *st, size_t width, si
     const fl_dtype dt = c->dtype;
     const size_t size = fl_value_size(dt);
     if (st->kind == FL_STEP_LINEAR) {
-        const fl_plan pl = fl_plan_gemm(st->linear, rows, team);
+        const fl_plan pl = fl_plan_gemm(st->linear, rows, team, c->bl[st - c->steps]);
         fl_gemm_share(st->linear, st->bias, &pl, &st->ep, rows, in, ldin, out, ldout,
                       c->scratch ? c->scratch + t * c->scratch_bytes : NULL, t, team);
         return;
@@ -89,7 +90,10 @@ int fl_model_forward(const fl_step *steps, size_t nsteps, fl_dtype dtype, size_t
     if (m == 0)
         return FL_OK;
     fl_model_call c = {steps, nsteps, dtype, width_in, m, x, ldx, y, ldy, {NULL, NULL}, 0,
-                       NULL, 0};
+                       NULL, 0, NULL};
+    c.bl = calloc(nsteps, sizeof *c.bl);
+    if (!c.bl)
+        return FL_ENOMEM;
     double madds = 0;
     for (size_t s = 0; s < nsteps; s++) {
         const fl_step *st = &steps[s];
@@ -102,7 +106,9 @@ int fl_model_forward(const fl_step *steps, size_t nsteps, fl_dtype dtype, size_t
     const size_t threads = fl_threads_begin(madds * (double)m, nthreads);
     for (size_t s = 0; s < nsteps; s++)
         if (steps[s].kind == FL_STEP_LINEAR) {
-            const size_t need = fl_plan_gemm(steps[s].linear, rows, threads).buf_bytes;
+            const fl_packed *p = steps[s].linear;
+            c.bl[s] = fl_blocks_in_force(p->isa, p->dtype);
+            const size_t need = fl_plan_gemm(p, rows, threads, c.bl[s]).buf_bytes;
             c.scratch_bytes = need > c.scratch_bytes ? need : c.scratch_bytes;
         }
     /* Each buffer rounded up to whole 4 KiB pages, then FL_BUFFER_SKEW more: a row's
@@ -116,6 +122,7 @@ int fl_model_forward(const fl_step *steps, size_t nsteps, fl_dtype dtype, size_t
         mem = fl_aligned_alloc(1, 2 * buf_bytes + threads * c.scratch_bytes);
         if (!mem) {
             fl_threads_end();
+            free(c.bl);
             return FL_ENOMEM;
         }
         c.buf[0] = mem;
@@ -130,6 +137,7 @@ int fl_model_forward(const fl_step *steps, size_t nsteps, fl_dtype dtype, size_t
         run_team(&c, (size_t)fl_thread_id(), (size_t)fl_team_size());
     }
     free(mem);
+    free(c.bl);
     fl_threads_end();
     return FL_OK;
 }

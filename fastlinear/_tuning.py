@@ -1,0 +1,175 @@
+"""Block sizes for this machine: derived from its caches, or found by fastlinear.tune and
+stored per CPU model, ISA path and thread count in the user's cache folder. Applied
+before the first forward (fastlinear._config) and on every change of ISA or thread
+count; the order of each sum is fixed by k alone, so block sizes change the speed,
+never the bits.
+
+Stored results: $XDG_CACHE_HOME/fastlinear/tuning.json (default ~/.cache/fastlinear),
+{"version": 1, "entries": {key: {"float32": [kc, mc, nc], "float64": [...]}}} with key
+"<cpu model>|<isa>|<threads>|<fastlinear version>". FASTLINEAR_TUNING=off ignores it; a
+file that cannot be read or holds unusable values is ignored with a warning."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import warnings
+
+from . import _core
+from ._version import __version__
+
+FILE_VERSION = 1
+VALUE_TYPES = ("float32", "float64")
+# The caches the compiled block sizes were measured on (2-core AMD EPYC Zen 4/5 guests:
+# L1d 32 KiB, L2 1 MiB per core, L3 32 MiB), and the cache level each ISA's k block is
+# sized for (kernels/<isa>.c: AVX2 keeps its KC x NR weight slice in L1, AVX-512 and the
+# portable kernel stream theirs from L2).
+REFERENCE_CACHES = {1: 32 << 10, 2: 1 << 20, 3: 32 << 20}
+KC_LEVEL = {"ref": 2, "avx2": 1, "avx512": 2}
+
+# What is in force, per (isa, value type): (kc, mc, nc), and where it came from.
+in_force: dict[tuple[str, str], tuple[tuple[int, int, int], str]] = {}
+
+
+def cache_sizes() -> dict[int, int]:
+    """Data cache sizes by level, bytes, from Linux's sysfs (per core for L1/L2, the
+    whole L3); {} where they cannot be read."""
+    sizes: dict[int, int] = {}
+    base = "/sys/devices/system/cpu/cpu0/cache"
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return sizes
+    for name in names:
+        if not name.startswith("index"):
+            continue
+        try:
+            with open(os.path.join(base, name, "type")) as f:
+                kind = f.read().strip()
+            with open(os.path.join(base, name, "level")) as f:
+                level = int(f.read())
+            with open(os.path.join(base, name, "size")) as f:
+                text = f.read().strip()
+        except (OSError, ValueError):
+            continue
+        if kind == "Instruction":
+            continue
+        units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+        try:
+            size = int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text)
+        except (ValueError, IndexError):
+            continue
+        sizes[level] = size
+    return sizes
+
+
+def _round(value: float, step: int, low: int, high: int) -> int:
+    """value rounded down to a multiple of step, within [low, high] (multiples too)."""
+    return int(min(max(int(value) // step * step, low), high))
+
+
+def derived(isa: str, dtype: str, caches: dict[int, int] | None = None) -> tuple[int, int, int]:
+    """The ISA's compiled block sizes scaled by this machine's caches against the ones
+    they were measured on: KC by the level its weight slice lives in, MC by L2, NC by
+    L3; each within half and twice the compiled value, rounded to what the kernel takes
+    (kc a multiple of the summation block, mc of the tile's rows, nc of its columns)."""
+    caches = cache_sizes() if caches is None else caches
+    b = _compiled(isa, dtype)
+    s = _core.SUM_BLOCK
+
+    def scaled(value: int, level: int, step: int) -> int:
+        ratio = caches.get(level, REFERENCE_CACHES[level]) / REFERENCE_CACHES[level]
+        low = max(step, (value // 2) // step * step)
+        return _round(value * ratio, step, low, 2 * value)
+
+    return (scaled(b["kc"], KC_LEVEL.get(isa, 2), s), scaled(b["mc"], 2, b["mr"]),
+            scaled(b["nc"], 3, b["nr"]))
+
+
+def _compiled(isa: str, dtype: str) -> dict:
+    """The ISA's own block sizes, as kernels/<isa>.c sets them."""
+    return _core.default_blocking(isa, dtype)
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def key(isa: str, threads: int) -> str:
+    return f"{cpu_model()}|{isa}|{threads}|{__version__}"
+
+
+def path() -> str:
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(root, "fastlinear", "tuning.json")
+
+
+def enabled() -> bool:
+    return os.environ.get("FASTLINEAR_TUNING", "").lower() not in ("off", "0", "false", "no")
+
+
+def read() -> dict:
+    """The stored entries, {} for none; a file that cannot be used is ignored with a
+    warning (never trusted)."""
+    file = path()
+    if not os.path.exists(file):
+        return {}
+    try:
+        with open(file, encoding="utf-8") as f:
+            data = json.load(f)
+        if not isinstance(data, dict) or data.get("version") != FILE_VERSION:
+            raise ValueError(f"version {data.get('version') if isinstance(data, dict) else None!r}, "
+                             f"expected {FILE_VERSION}")
+        entries = data.get("entries")
+        if not isinstance(entries, dict):
+            raise ValueError("no entries")
+        return entries
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        warnings.warn(f"fastlinear: ignoring the stored tuning {file}: {exc}", RuntimeWarning,
+                      stacklevel=3)
+        return {}
+
+
+def write(entries: dict) -> str:
+    file = path()
+    os.makedirs(os.path.dirname(file), exist_ok=True)
+    tmp = f"{file}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump({"version": FILE_VERSION, "entries": entries}, f, indent=1, sort_keys=True)
+    os.replace(tmp, file)  # whole, never half written
+    return file
+
+
+def apply(threads: int) -> None:
+    """Sets every ISA's block sizes for `threads` threads: the stored tuning of this CPU,
+    ISA and thread count where there is one (and tuning is on), else those derived from
+    the caches."""
+    entries = read() if enabled() else {}
+    for isa in _core.supported_isas():
+        stored = entries.get(key(isa, threads))
+        for dtype in VALUE_TYPES:
+            blocks, source = derived(isa, dtype), "derived from the caches"
+            if stored is not None:
+                try:
+                    kc, mc, nc = (int(v) for v in stored[dtype])
+                    _core.set_blocking(isa, dtype, kc, mc, nc)
+                    in_force[isa, dtype] = ((kc, mc, nc), f"tuned ({path()})")
+                    continue
+                except (KeyError, TypeError, ValueError) as exc:
+                    warnings.warn(f"fastlinear: ignoring the stored tuning of {isa} "
+                                  f"{dtype} in {path()}: {exc}", RuntimeWarning, stacklevel=2)
+            _core.set_blocking(isa, dtype, *blocks)
+            in_force[isa, dtype] = (blocks, source)
+
+
+def describe() -> dict:
+    """{"avx512 float32": "kc=512 mc=144 nc=8192 (derived from the caches)", ...}"""
+    return {f"{isa} {dtype}": f"kc={b[0]} mc={b[1]} nc={b[2]} ({source})"
+            for (isa, dtype), (b, source) in sorted(in_force.items())}
