@@ -13,7 +13,7 @@ from . import activations, functional, modules
 from ._config import get_num_threads, set_num_threads, show_config, threads
 from ._version import __version__
 from .activations import *  # noqa: F401,F403 (each module class, by its __all__)
-from .io import load, save
+from .io import load, load_model, save
 from .linear import Linear
 from .modules import *  # noqa: F401,F403
 from .sequential import Sequential
@@ -36,5 +36,5 @@ else:
         return sorted({*globals(), "onnx", "load_onnx"})
 
 __all__ = ["Linear", "Sequential", *activations.__all__, *modules.__all__, "load_onnx",
-           "functional", "save", "load", "set_num_threads", "get_num_threads", "threads",
-           "show_config", "__version__"]
+           "functional", "save", "load", "load_model", "set_num_threads",
+           "get_num_threads", "threads", "show_config", "__version__"]

@@ -223,6 +223,22 @@ def check_stored(w, scale, fmt, group, n, k):
     return np.require(w, requirements=["C", "A"]), np.require(scale, requirements=["C", "A"])
 
 
+def identify(weight, scale, k):
+    """(format, group) of stored weights as a state dict holds them (weight, and
+    weight_scale or None; arrays) for rows of k values: the format whose stored type and
+    kind of scale they have, and for group scales the first group size their shape fits
+    (None if none fits; sizes with as many groups store the same bits); None when no
+    format stores them so."""
+    for fmt in FORMAT.values():
+        if weight.dtype != fmt.stored or (scale is None) != (fmt.scale is None):
+            continue
+        if fmt.scale != "group":
+            return fmt, 0
+        fits = [g for g in GROUP_SIZES if scale.shape[1:] == (groups(k, g),)]
+        return fmt, fits[0] if fits else None
+    return None
+
+
 def decode(stored, scale, fmt, group, k):
     """The float values (float32, or float64 for float64 weights) of stored rows."""
     if fmt.scale is None:

@@ -116,9 +116,48 @@ def check_out(out, shape, dtype):
     return out
 
 
-def check_keys(state_dict, expected):
-    """KeyError naming the missing and unexpected keys unless they are `expected`."""
+def check_keys(state_dict, expected, prefix="", hint=None):
+    """KeyError naming the missing and unexpected keys (as prefix + key) unless they are
+    `expected`; hint(), where given and not None, comes first: what to do."""
     keys, expected = set(state_dict), set(expected)
     if keys != expected:
-        raise KeyError(f"state_dict mismatch: missing keys {sorted(expected - keys)}, "
-                       f"unexpected keys {sorted(keys - expected)}")
+        note = hint() if hint is not None else None
+        raise KeyError(f"{note + '; ' if note else ''}state_dict mismatch: missing keys "
+                       f"{sorted(prefix + k for k in expected - keys)}, unexpected keys "
+                       f"{sorted(prefix + str(k) for k in keys - expected)}")
+
+
+def split_state(state_dict, prefixes):
+    """({prefix: {name: value}}, others): a model's state dict split among its modules,
+    each key a module's prefix (its path and a dot; '' for a lone module) and a name
+    without a dot; `others`, the keys of no module."""
+    parts, others = {prefix: {} for prefix in prefixes}, []
+    for key, value in state_dict.items():
+        head, dot, name = key.rpartition(".") if isinstance(key, str) else ("", "", None)
+        if name is not None and head + dot in parts:
+            parts[head + dot][name] = value
+        else:
+            others.append(key)
+    return parts, others
+
+
+def check_state(state_dict, shapes, prefix="", hint=None):
+    """A module's state dict as arrays, checked against `shapes` ({key: (shape, dtype)},
+    dtype None where any real array is converted on loading): its keys (check_keys),
+    then each array's type and shape. Errors name each key as prefix + key, so that a
+    key inside a model is named as the model's state dict spells it; hint() (a state
+    dict of another weight format: what to do) comes first where it says something."""
+    check_keys(state_dict, shapes, prefix, hint)
+    arrays, wrong = {}, []
+    for key, (shape, dtype) in shapes.items():
+        name = prefix + key
+        arr = arrays[key] = as_array(state_dict[key], name)
+        if dtype is not None and (arr.dtype != dtype or arr.shape != shape):
+            wrong.append(f"{name} must be {np.dtype(dtype)} of shape {shape}, got "
+                         f"{arr.dtype} of shape {arr.shape}")
+        elif arr.shape != shape:
+            wrong.append(f"{name} must have shape {shape}, got {arr.shape}")
+    if wrong:
+        note = hint() if hint is not None else None
+        raise ValueError("; ".join([note] + wrong if note else wrong))
+    return arrays

@@ -1,7 +1,15 @@
 """Saving and loading state dicts (name -> numpy array) as .npz or .safetensors files, the
-format chosen by the file name. Both formats hold the same dtypes, bit for bit:
+format chosen by the file name, and whole models: ``save(model, path)`` writes a Linear's,
+a Sequential's or a lone module's structure beside its state dict, which ``load_model``
+reads back into the same model. Both formats hold the same dtypes, bit for bit:
 float64, float32, float16, bfloat16 (``ml_dtypes.bfloat16``), int64/32/16/8,
 uint64/32/16/8 and bool.
+
+The structure is versioned JSON (fastlinear._structure states it: each module's kind
+and settings, nested Sequentials) in the file's own metadata: the .safetensors header's
+``__metadata__`` entry ``"fastlinear"`` (a string, as the format wants), and in .npz the
+reserved member ``__fastlinear__``, a 0-d str array. It is data, never pickle: nothing in
+a file is imported or executed.
 
 .safetensors is read and written here, without the safetensors package: 8 bytes of
 little-endian header length N, N bytes of UTF-8 JSON
@@ -15,8 +23,9 @@ raises ValueError naming the file and the problem.
 .npz is numpy's zip of .npy members, read with ``allow_pickle=False``. numpy has no
 bfloat16, so a bfloat16 array is stored as its uint16 bit patterns, and the reserved
 member ``__fastlinear_bfloat16__`` (a 1-d str array) lists the names of those arrays;
-``load`` views them back as bfloat16. No user key may use that reserved name.
+``load`` views them back as bfloat16. No user key may use those reserved names.
 """
+import contextlib
 import json
 import math
 import os
@@ -25,7 +34,9 @@ import zipfile
 import ml_dtypes
 import numpy as np
 
-__all__ = ["save", "load"]
+from . import _structure
+
+__all__ = ["save", "load", "load_model"]
 
 _DTYPES = {  # safetensors code -> numpy dtype (little-endian)
     "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"),
@@ -37,6 +48,8 @@ _DTYPES = {  # safetensors code -> numpy dtype (little-endian)
 _CODES = {dtype: code for code, dtype in _DTYPES.items()}
 _BF16 = _DTYPES["BF16"]
 _NPZ_BF16_KEY = "__fastlinear_bfloat16__"
+_NPZ_STRUCTURE_KEY = "__fastlinear__"
+_METADATA_KEY = "fastlinear"  # the structure's entry in a .safetensors __metadata__
 _MAX_HEADER = 100 * 1024 * 1024
 
 
@@ -83,31 +96,86 @@ def _bytes(array):
 
 def save(module_or_dict, path):
     """Writes a state dict (a dict of numpy arrays or torch tensors, or any object with
-    state_dict(), such as a Linear or a Sequential) to a .npz or .safetensors file."""
+    state_dict(), such as a torch module) to a .npz or .safetensors file; for a
+    fastlinear Linear, Sequential or other module, its structure too, so that
+    load_model(path) gives the model back."""
     kind = _format(path)
+    structure = _structure.describe(module_or_dict)
     state = _state(module_or_dict)
-    reserved = _NPZ_BF16_KEY if kind == "npz" else "__metadata__"
-    if reserved in state:
-        raise ValueError(f"the key {reserved!r} is reserved by the {kind} format")
+    for reserved in (_NPZ_BF16_KEY, _NPZ_STRUCTURE_KEY) if kind == "npz" else (
+            "__metadata__",):
+        if reserved in state:
+            raise ValueError(f"the key {reserved!r} is reserved by the {kind} format")
     if kind == "npz":
-        _save_npz(state, path)
+        _save_npz(state, path, structure)
     else:
-        _save_safetensors(state, path)
+        _save_safetensors(state, path, structure)
 
 
 def load(path):
     """The state dict in a .npz or .safetensors file, as a dict name -> numpy array."""
     if _format(path) == "npz":
-        return _load_npz(path)
+        return _load_npz(path)[0]
     return _load_safetensors(path)
 
 
-def _save_npz(state, path):
+def load_model(path):
+    """The Linear, Sequential or other module that save(model, path) wrote, as it was:
+    the same settings and the same stored weights, so the same outputs, bit for bit.
+    A file without a structure (a state dict saved alone, or by torch) raises
+    ValueError saying what to do instead; so does a structure that is malformed, of
+    an unknown version, or that does not match the file's tensors (TypeError: a setting
+    of the wrong type), each checked before anything is allocated for it."""
+    name = str(path)
+    if _format(path) == "npz":
+        state, text = _load_npz(path)
+        with _about(name):
+            structure = _read_structure(text)
+            _structure.check_tensors(structure, state)
+    else:
+        with open(path, "rb") as f:
+            tensors, metadata = _read_header(f, name)
+            with _about(name):
+                structure = _read_structure(metadata.get(_METADATA_KEY))
+                # Shapes and types checked before any tensor is read, on stand-ins of
+                # each shape that take no memory.
+                _structure.check_tensors(structure, {
+                    t[0]: np.broadcast_to(np.zeros((), t[1]), t[2]) for t in tensors})
+            state = _read_tensors(f, tensors, name)
+    with _about(name):
+        return _structure.build(structure, state)
+
+
+@contextlib.contextmanager
+def _about(name):
+    """Errors of a model's structure as ValueError (TypeError for a setting of the
+    wrong type) naming the file."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError) as exc:
+        message = exc.args[0] if exc.args else type(exc).__name__
+        raise (TypeError if isinstance(exc, TypeError) else ValueError)(
+            f"{name!r}: {message}") from None
+
+
+def _read_structure(text):
+    if text is None:
+        raise ValueError(
+            "it holds a state dict without a model structure (saved from a dict, or by "
+            "torch): build the model and load it with model.load_state_dict(fl.load(path)) "
+            "(torch modules: fl.Sequential.from_torch); fl.save(model, path) of a "
+            "fastlinear model writes the structure that fl.load_model reads")
+    return _structure.read(text)
+
+
+def _save_npz(state, path, structure=None):
     bf16 = [name for name, array in state.items() if array.dtype == _BF16]
     members = {name: array.view(np.uint16) if array.dtype == _BF16 else array
                for name, array in state.items()}
     if bf16:
         members[_NPZ_BF16_KEY] = np.array(bf16, dtype=str)
+    if structure is not None:
+        members[_NPZ_STRUCTURE_KEY] = np.array(structure, dtype=str)  # 0-d
     # Written member by member, like np.savez, whose keyword arguments would collide
     # with keys such as "file" or "allow_pickle".
     with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
@@ -117,6 +185,7 @@ def _save_npz(state, path):
 
 
 def _load_npz(path):
+    """(state dict, the structure's text or None)."""
     try:
         npz = np.load(path, allow_pickle=False)
         if not isinstance(npz, np.lib.npyio.NpzFile):
@@ -134,11 +203,18 @@ def _load_npz(path):
                 raise ValueError(f"{str(path)!r}: {_NPZ_BF16_KEY} lists {name!r}, which "
                                  f"is not a uint16 array in the file")
             state[name] = state[name].view(_BF16)
-    return state
+    structure = state.pop(_NPZ_STRUCTURE_KEY, None)
+    if structure is not None:
+        if structure.ndim != 0 or structure.dtype.kind != "U":
+            raise ValueError(f"{str(path)!r}: {_NPZ_STRUCTURE_KEY} must be a 0-d str array")
+        structure = str(structure)
+    return state, structure
 
 
-def _save_safetensors(state, path):
+def _save_safetensors(state, path, structure=None):
     header, offset = {}, 0
+    if structure is not None:
+        header["__metadata__"] = {_METADATA_KEY: structure}
     for name, array in state.items():
         header[name] = {"dtype": _CODES[array.dtype], "shape": list(array.shape),
                         "data_offsets": [offset, offset + array.nbytes]}
@@ -164,8 +240,9 @@ def _is_int(value):
 
 
 def _parse_header(f, size):
-    """The checked header: [(name, dtype, shape, begin, end)] with offsets from the file
-    start. Raises ValueError (the message without the file name) on any flaw."""
+    """The checked header: ([(name, dtype, shape, begin, end)] with offsets from the file
+    start, its __metadata__). Raises ValueError (the message without the file name) on
+    any flaw."""
     if size < 8:
         raise ValueError(f"{size} bytes is too short for the 8-byte header length")
     n = int.from_bytes(f.read(8), "little")
@@ -218,22 +295,28 @@ def _parse_header(f, size):
             raise ValueError(f"tensors {previous[0]!r} and {t[0]!r} overlap")
         if t[4] > t[3]:  # empty tensors overlap nothing
             previous = t
-    return tensors
+    return tensors, metadata
 
 
 def _load_safetensors(path):
     with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        try:
-            tensors = _parse_header(f, size)
-        except ValueError as exc:
-            raise ValueError(f"{str(path)!r}: malformed safetensors file: {exc}") from None
-        state = {}
-        for name, dtype, shape, begin, end in tensors:
-            array = np.empty(shape, dtype)
-            f.seek(begin)
-            if f.readinto(_bytes(array)) != end - begin:
-                raise ValueError(f"{str(path)!r}: malformed safetensors file: tensor "
-                                 f"{name!r} is truncated")
-            state[name] = array
+        return _read_tensors(f, _read_header(f, str(path))[0], str(path))
+
+
+def _read_header(f, name):
+    try:
+        return _parse_header(f, os.fstat(f.fileno()).st_size)
+    except ValueError as exc:
+        raise ValueError(f"{name!r}: malformed safetensors file: {exc}") from None
+
+
+def _read_tensors(f, tensors, name):
+    state = {}
+    for key, dtype, shape, begin, end in tensors:
+        array = np.empty(shape, dtype)
+        f.seek(begin)
+        if f.readinto(_bytes(array)) != end - begin:
+            raise ValueError(f"{name!r}: malformed safetensors file: tensor {key!r} is "
+                             f"truncated")
+        state[key] = array
     return state

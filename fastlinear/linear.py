@@ -2,7 +2,7 @@
 import numpy as np
 
 from . import _config, _core, _formats, _optional, _runner
-from ._validate import (as_array, as_rows, as_weight, check_keys, layer_dtype, parameter,
+from ._validate import (as_array, as_rows, as_weight, check_state, layer_dtype, parameter,
                         positive_int)
 
 __all__ = ["Linear"]
@@ -135,10 +135,10 @@ class Linear:
 
     def _state_keys(self):
         """The keys of state_dict(), in torch's order."""
-        keys = ["weight"]
-        if self._format.scale:
-            keys.append("weight_scale")
-        return (*keys, "bias") if self._has_bias else tuple(keys)
+        return tuple(self._state_shapes())
+
+    def _state_shapes(self):
+        return state_shapes(self._format, self._group, self._out, self._in, self._has_bias)
 
     @staticmethod
     def _view(arr):
@@ -263,9 +263,56 @@ class Linear:
     def load_state_dict(self, state_dict):
         """Loads the keys of state_dict() from numpy arrays or torch tensors; unknown or
         missing keys raise KeyError. Float formats take float weights (converted as when
-        assigned); int8 and int4 take exactly their stored form."""
-        check_keys(state_dict, self._state_keys())
-        self._load(state_dict)
+        assigned); int8 and int4 take exactly their stored form. A state dict of another
+        format gets an error naming it and the weight_dtype that takes it."""
+        self._load(self._checked_state(state_dict))
+
+    def _checked_state(self, state_dict, prefix=""):
+        """state_dict's arrays, checked (_validate.check_state): errors name each key
+        as prefix + key, which a Sequential sets to this layer's path."""
+        return check_state(state_dict, self._state_shapes(), prefix,
+                           lambda: self._format_hint(state_dict, prefix))
+
+    def _format_hint(self, state, prefix):
+        """What to do when `state` holds weights of another format than this layer's
+        (one of them scaled: float weights convert to float formats), else None."""
+        try:
+            w = as_array(state["weight"], "weight")
+            s = (as_array(state["weight_scale"], "weight_scale") if "weight_scale" in state
+                 else None)
+        except (KeyError, TypeError):
+            return None
+        found = _formats.identify(w, s, self._in)
+        if found is None:
+            return None
+        fmt, group = found
+        if (fmt is self._format and group in (self._group, None)) or not (
+                fmt.scale or self._format.scale):
+            return None  # this format, of other sizes; or floats, which convert
+        mine = self._format.name + " weights" + (
+            f" (group_size={self._group})" if self._group else "")
+        what = f"{prefix}weight {w.dtype} of shape {w.shape}"
+        what += f", {prefix}weight_scale of shape {s.shape}" if s is not None else ""
+        where = f"module {prefix[:-1]} (Linear)" if prefix else "this layer"
+        told = f"state_dict holds {fmt.name} weights ({what}) but {where} stores {mine}"
+
+        def build(fmt, group):
+            args = [str(self._in), str(self._out)]
+            args += [] if "bias" in state else ["bias=False"]
+            args += ["dtype=np.float64"] if fmt.activations == np.float64 else []
+            args += [f"weight_dtype={fmt.name!r}"] if fmt.compressed else []
+            args += [f"group_size={group}"] if group else []
+            return f"fl.Linear({', '.join(args)})"
+
+        if fmt.scale and group is None:
+            return f"{told}: build it with weight_dtype={fmt.name!r} and the group_size " \
+                   f"they were saved with ({prefix}weight_scale's shape fits none of " \
+                   f"{_formats.GROUP_SIZES} for in_features={self._in})"
+        if fmt.scale:
+            return f"{told}: build it as {build(fmt, group)} to load them"
+        again = f"quantize({self._format.name!r}" + (
+            f", group_size={self._group})" if self._group else ")")
+        return f"{told}: load them into {build(fmt, group)}, then call .{again} on it"
 
     def _load(self, state):
         bias = state.get("bias")
@@ -349,3 +396,17 @@ class Linear:
                 fmt += f", group_size={self._group}"
         return (f"Linear(in_features={self._in}, out_features={self._out}, "
                 f"bias={self._has_bias}{fmt}, backend={backend})")
+
+
+def state_shapes(fmt, group, out_features, in_features, bias):
+    """{key: (shape, dtype)} of a Linear's state_dict(), in torch's order, for the
+    layer's settings: dtype is the stored type where load_state_dict takes exactly the
+    stored form (scaled formats), None where it converts any real array."""
+    shapes = {"weight": ((out_features, fmt.cols(in_features)),
+                         fmt.stored if fmt.scale else None)}
+    if fmt.scale:
+        shapes["weight_scale"] = (fmt.scale_shape(out_features, in_features, group),
+                                  np.dtype(np.float32))
+    if bias:
+        shapes["bias"] = ((out_features,), None)
+    return shapes

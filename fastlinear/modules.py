@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from . import _core, _optional, _runner, _steps
-from ._validate import as_array, check_keys, layer_dtype, parameter, positive_int
+from ._validate import as_array, check_state, layer_dtype, parameter, positive_int
 
 __all__ = ["Identity", "Dropout", "Flatten", "LayerNorm", "Softmax", "LogSoftmax",
            "BatchNorm1d"]
@@ -194,7 +194,10 @@ class LayerNorm:
         self.eps = _eps(eps)
         self._dtype = layer_dtype(dtype)
         self.elementwise_affine, self._with_bias = bool(elementwise_affine), bool(bias)
-        self._set(np.ones(self._n), np.zeros(self._n))
+        if self.elementwise_affine:
+            self._set(np.ones(self._n), np.zeros(self._n))
+        else:  # nothing of size n: a saved model's n has no tensor to vouch for it then
+            self._set(None, None)
 
     def _set(self, weight, bias):
         if not self.elementwise_affine:
@@ -245,13 +248,20 @@ class LayerNorm:
             return ()
         return ("weight", "bias") if self._with_bias else ("weight",)
 
+    def _state_shapes(self):
+        return {k: ((self._n,), None) for k in self._state_keys()}
+
+    def _checked_state(self, state_dict, prefix=""):
+        # Errors name each key as prefix + key (see fastlinear.linear.Linear).
+        return check_state(state_dict, self._state_shapes(), prefix)
+
     def state_dict(self):
         return {k: getattr(self, k).copy() for k in self._state_keys()}
 
     def load_state_dict(self, state_dict):
-        check_keys(state_dict, self._state_keys())
+        state = self._checked_state(state_dict)
         if self.elementwise_affine:
-            self._set(state_dict["weight"], state_dict.get("bias", np.zeros(self._n)))
+            self._set(state["weight"], state.get("bias", np.zeros(self._n)))
 
     def to_torch(self):
         """A torch.nn.LayerNorm with these parameters, in this module's dtype."""
@@ -292,9 +302,12 @@ class BatchNorm1d:
         self._load(np.ones(n), np.zeros(n), np.zeros(n), np.ones(n), 0)
 
     def _load(self, weight, bias, mean, var, batches):
-        arrays = [parameter(v, (self._n,), np.float64, name) for v, name in
-                  ((weight, "weight"), (bias, "bias"), (mean, "running_mean"),
-                   (var, "running_var"))]
+        # Rounded to the module's dtype, as torch holds them and state_dict() gives
+        # them back (so a saved model computes the same bits), kept in float64 for
+        # the factors.
+        arrays = [parameter(v, (self._n,), self._dtype, name).astype(np.float64)
+                  for v, name in ((weight, "weight"), (bias, "bias"),
+                                  (mean, "running_mean"), (var, "running_var"))]
         if (arrays[3] < 0).any():
             raise ValueError("running_var has negative values")
         self._params = _Params((*arrays, int(np.asarray(batches))))
@@ -343,12 +356,19 @@ class BatchNorm1d:
         out["num_batches_tracked"] = np.array(batches, np.int64)
         return out
 
+    def _state_shapes(self):
+        *vectors, batches = self._state_keys()
+        return {**{k: ((self._n,), None) for k in vectors}, batches: ((), None)}
+
+    def _checked_state(self, state_dict, prefix=""):
+        return check_state(state_dict, self._state_shapes(), prefix)
+
     def load_state_dict(self, state_dict):
-        check_keys(state_dict, self._state_keys())
+        state = self._checked_state(state_dict)
         n = self._n
-        self._load(state_dict.get("weight", np.ones(n)), state_dict.get("bias", np.zeros(n)),
-                   state_dict["running_mean"], state_dict["running_var"],
-                   state_dict["num_batches_tracked"])
+        self._load(state.get("weight", np.ones(n)), state.get("bias", np.zeros(n)),
+                   state["running_mean"], state["running_var"],
+                   state["num_batches_tracked"])
 
     def to_torch(self):
         """A torch.nn.BatchNorm1d in eval mode with these statistics and parameters, in

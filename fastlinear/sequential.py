@@ -8,7 +8,7 @@ import numpy as np
 
 from . import _core, _optional, _runner, _steps
 from . import activations as _activations, modules as _modules
-from ._validate import as_array, check_keys
+from ._validate import as_array, check_keys, split_state
 from .linear import Linear
 from .modules import BatchNorm1d, Flatten, _RowSoftmax
 
@@ -301,14 +301,22 @@ class Sequential:
                 for key, value in m.state_dict().items()}
 
     def load_state_dict(self, state_dict):
-        """Loads each module's keys ('<path>.<name>'); other keys, or missing ones,
-        raise KeyError."""
-        check_keys(state_dict, [f"{p}.{key}" for p, m in self._stateful()
-                                for key in m._state_keys()])
-        for p, m in self._stateful():
-            prefix = f"{p}."
-            m.load_state_dict({k[len(prefix):]: v for k, v in state_dict.items()
-                               if k.startswith(prefix) and "." not in k[len(prefix):]})
+        """Loads each module's keys ('<path>.<name>'). Other keys, or missing ones,
+        raise KeyError; an array of the wrong shape or type, ValueError or TypeError;
+        each naming the key (and, for a Linear given weights of another format, the
+        weight_dtype that takes them). Every key is checked before any module changes."""
+        stateful = self._stateful()
+        parts, others = split_state(state_dict, [f"{p}." for p, _ in stateful])
+        if others:  # keys of no module: name them, and any missing ones
+            check_keys(state_dict, [f"{p}.{key}" for p, m in stateful
+                                    for key in m._state_keys()])
+        for p, m in stateful:
+            m._checked_state(parts[f"{p}."], f"{p}.")
+        for p, m in stateful:
+            try:
+                m.load_state_dict(parts[f"{p}."])
+            except (ValueError, TypeError) as exc:  # a value: NaN in bfloat16 weights ...
+                raise type(exc)(f"module {p} ({type(m).__name__}): {exc}") from None
 
     def __repr__(self):
         lines = []

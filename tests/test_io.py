@@ -1,13 +1,18 @@
 """.npz and .safetensors files (fastlinear.io): round trips of every dtype, bit for bit;
-malformed files; interop with the safetensors package and torch."""
+malformed files; interop with the safetensors package and torch; whole models saved with
+their structure and loaded back (fl.load_model), hostile structures; the errors of state
+dicts that do not fit a layer or a model."""
 import json
+import re
 import time
+import tracemalloc
 
 import ml_dtypes
 import numpy as np
 import pytest
 
 import fastlinear as fl
+from fastlinear import _structure
 from fastlinear import io as flio
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
@@ -366,3 +371,499 @@ def test_linear_round_trip_through_torch_safetensors(tmp_path):
 
 def test_reserved_names_are_documented():
     assert flio._NPZ_BF16_KEY in flio.__doc__
+    assert flio._NPZ_STRUCTURE_KEY in flio.__doc__
+    assert f'"{flio._METADATA_KEY}"' in flio.__doc__
+
+
+# ---- whole models: fl.save(model) and fl.load_model ------------------------------------
+
+WEIGHT_FORMATS = [("float32", None), ("bfloat16", None), ("float16", None), ("int8", None),
+                  ("int4", 32), ("int4", 64), ("int4", 128)]
+
+
+def with_state(module, seed):
+    """`module` with random values in its state dict (the same shapes and types)."""
+    rng = np.random.default_rng(seed)
+    state = {k: (rng.uniform(0.5, 2, v.shape) if k.endswith("var") else
+                 np.array(7) if k.endswith("tracked") else rng.standard_normal(v.shape))
+             for k, v in module.state_dict().items()}
+    module.load_state_dict(state)
+    return module
+
+
+def examples(dtype):
+    """One module of each kind fastlinear saves, with settings other than the defaults,
+    the widths chaining 6 -> 8 -> 5."""
+    dt = np.dtype(dtype)
+    return {
+        "Linear": fl.Linear(6, 8, rng=1, dtype=dt),
+        "ReLU": fl.ReLU(), "LeakyReLU": fl.LeakyReLU(0.25), "GELU": fl.GELU("tanh"),
+        "SiLU": fl.SiLU(), "Sigmoid": fl.Sigmoid(), "Tanh": fl.Tanh(),
+        "Identity": fl.Identity(), "Dropout": fl.Dropout(0.3),
+        "LayerNorm": with_state(fl.LayerNorm(8, eps=1e-3, dtype=dt), 2),
+        "BatchNorm1d": with_state(fl.BatchNorm1d(8, eps=1e-4, momentum=None, dtype=dt), 3),
+        "Flatten": fl.Flatten(1, -1), "Softmax": fl.Softmax(dim=-1),
+        "LogSoftmax": fl.LogSoftmax(dim=1),
+    }
+
+
+def assert_same_model(loaded, model, x):
+    assert type(loaded) is type(model) and repr(loaded) == repr(model)
+    expected, got = model.state_dict(), loaded.state_dict()
+    assert list(got) == list(expected)
+    for key in expected:
+        assert_same(got[key], expected[key])
+    np.testing.assert_array_equal(bits(loaded(x)), bits(model(x)))
+
+
+def rows_of(width, seed=0):
+    return np.random.default_rng(seed).standard_normal((5, width)).astype(np.float32)
+
+
+@pytest.mark.parametrize("suffix", SUFFIXES)
+@pytest.mark.parametrize("fmt, group", WEIGHT_FORMATS)
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_loads_as_saved_in_every_format(tmp_path, suffix, fmt, group, bias):
+    layer = fl.Linear(70, 20, bias=bias, rng=0).quantize(fmt, group)
+    path = tmp_path / f"layer{suffix}"
+    fl.save(layer, path)
+    loaded = fl.load_model(path)
+    assert (loaded.weight_dtype, loaded.group_size) == (fmt, group or
+                                                        (32 if fmt == "int4" else None))
+    assert_same_model(loaded, layer, rows_of(70))
+
+
+@pytest.mark.parametrize("suffix", SUFFIXES)
+@pytest.mark.parametrize("backend", ["native", "blas"])
+def test_float64_layer_and_backend_are_kept(tmp_path, suffix, backend):
+    layer = fl.Linear(33, 7, dtype=np.float64, rng=2, backend=backend)
+    fl.save(layer, tmp_path / f"l{suffix}")
+    loaded = fl.load_model(tmp_path / f"l{suffix}")
+    assert loaded.dtype == np.float64 and loaded.backend == backend
+    assert_same_model(loaded, layer, rows_of(33).astype(np.float64))
+
+
+def test_every_module_kind_is_saved():
+    """Each module class a Sequential holds has a kind; a new class must join examples()
+    (and, with parameters, _structure's table): the round trips below then cover it."""
+    assert set(_structure.KINDS) == set(examples(np.float32))
+    assert set(_structure.KINDS) == {c.__name__ for c in fl.sequential._MODULES}
+
+
+@pytest.mark.parametrize("suffix", SUFFIXES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_model_of_every_kind_loads_as_saved(tmp_path, suffix, dtype):
+    m = examples(dtype)
+    inner = [fl.Linear(8, 5, rng=4, dtype=dtype)]
+    if dtype == np.float32:
+        inner = [inner[0].quantize("int8"), fl.Linear(5, 5, rng=5).quantize("bfloat16")]
+    model = fl.Sequential(
+        m["Linear"], m["ReLU"], m["LeakyReLU"], m["GELU"], m["SiLU"], m["Sigmoid"],
+        m["Tanh"], m["Identity"], m["Dropout"], m["LayerNorm"], m["BatchNorm1d"],
+        fl.Sequential(*inner, fl.Sequential(m["Softmax"])), m["Flatten"],
+        m["LogSoftmax"], fl.Sequential())
+    path = tmp_path / f"model{suffix}"
+    fl.save(model, path)
+    loaded = fl.load_model(path)
+    assert_same_model(loaded, model, rows_of(6).astype(dtype))
+
+
+@pytest.mark.parametrize("suffix", SUFFIXES)
+@pytest.mark.parametrize("kind", list(_structure.KINDS))
+def test_lone_module_loads_as_saved(tmp_path, suffix, kind):
+    module = examples(np.float32)[kind]
+    path = tmp_path / f"{kind}{suffix}"
+    fl.save(module, path)
+    loaded = fl.load_model(path)
+    width = 6 if kind == "Linear" else 8
+    assert_same_model(loaded, module, rows_of(width))
+
+
+@pytest.mark.parametrize("suffix", SUFFIXES)
+def test_other_settings_are_kept(tmp_path, suffix):
+    model = fl.Sequential(
+        fl.Linear(4, 6, bias=False, rng=0), fl.LayerNorm(6, elementwise_affine=False),
+        with_state(fl.LayerNorm([6], bias=False), 1), with_state(
+            fl.BatchNorm1d(6, affine=False, momentum=np.float32(0.5)), 2),
+        fl.GELU(), fl.Dropout(1), fl.Softmax(dim=None), fl.Flatten(0, 1))
+    path = tmp_path / f"m{suffix}"
+    fl.save(model, path)
+    loaded = fl.load_model(path)
+    assert_same_model(loaded, model, rows_of(4))
+    assert loaded[3].momentum == 0.5 and type(loaded[3].momentum) is float
+
+
+def read_structure(path):
+    """The structure's JSON as the file holds it, read without fastlinear."""
+    if str(path).endswith(".npz"):
+        with np.load(path, allow_pickle=False) as f:
+            entry = f["__fastlinear__"]
+        assert entry.ndim == 0 and entry.dtype.kind == "U"
+        return json.loads(str(entry))
+    raw = path.read_bytes()
+    header = json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")])
+    assert all(isinstance(v, str) for v in header["__metadata__"].values())
+    return json.loads(header["__metadata__"]["fastlinear"])
+
+
+@pytest.mark.parametrize("suffix", SUFFIXES)
+def test_the_structure_in_the_file(tmp_path, suffix):
+    model = fl.Sequential(fl.Linear(4, 3, rng=0).quantize("int4", 64), fl.LeakyReLU(0.5),
+                          fl.Sequential(fl.Softmax(dim=-1)))
+    path = tmp_path / f"m{suffix}"
+    fl.save(model, path)
+    linear = {"kind": "Linear", "settings": {
+        "in_features": 4, "out_features": 3, "bias": True, "dtype": "float32",
+        "weight_dtype": "int4", "group_size": 64, "backend": "auto"}}
+    inner = {"kind": "Sequential", "modules": [{"kind": "Softmax", "settings": {"dim": -1}}]}
+    assert read_structure(path) == {"version": 1, "model": {"kind": "Sequential", "modules": [
+        linear, {"kind": "LeakyReLU", "settings": {"negative_slope": 0.5}}, inner]}}
+    # fl.load gives the state dict alone, as before
+    assert list(fl.load(path)) == list(model.state_dict())
+
+
+def test_model_file_loads_with_safetensors_torch(tmp_path):
+    st = pytest.importorskip("safetensors.numpy")
+    model = fl.Sequential(fl.Linear(4, 3, rng=0), fl.ReLU())
+    fl.save(model, tmp_path / "m.safetensors")
+    loaded = st.load_file(str(tmp_path / "m.safetensors"))
+    assert_same(loaded["0.weight"], model[0].weight)
+
+
+@pytest.mark.parametrize("suffix", SUFFIXES)
+def test_only_fastlinear_modules_save_a_structure(tmp_path, suffix):
+    class MyReLU(fl.ReLU):
+        pass
+
+    path = tmp_path / f"s{suffix}"
+    for obj in ({"weight": np.ones((2, 2))}, fl.Sequential(fl.Linear(2, 2), MyReLU())):
+        fl.save(obj, path)
+        with pytest.raises(ValueError, match="without a model structure.*"
+                                             r"model\.load_state_dict\(fl\.load\(path\)\)"):
+            fl.load_model(path)
+    if suffix == ".npz":
+        with pytest.raises(ValueError, match="'__fastlinear__' is reserved"):
+            fl.save({"__fastlinear__": np.ones(1)}, tmp_path / "r.npz")
+
+
+def test_settings_that_are_not_json_are_refused_when_saving(tmp_path):
+    bn = fl.BatchNorm1d(3)
+    bn.momentum = object()
+    with pytest.raises(TypeError, match="cannot save the setting"):
+        fl.save(fl.Sequential(bn), tmp_path / "m.npz")
+    assert not (tmp_path / "m.npz").exists()
+
+
+def test_torch_files_have_no_structure(tmp_path):
+    torch = pytest.importorskip("torch")
+    st = pytest.importorskip("safetensors.torch")
+    module = torch.nn.Sequential(torch.nn.Linear(3, 2))
+    st.save_file(module.state_dict(), str(tmp_path / "t.safetensors"),
+                 metadata={"format": "pt"})
+    fl.save(module, tmp_path / "t.npz")
+    for name in ("t.safetensors", "t.npz"):
+        with pytest.raises(ValueError, match=f"{name}.*without a model structure.*"
+                                             "from_torch"):
+            fl.load_model(tmp_path / name)
+
+
+# ---- hostile structures ------------------------------------------------------------------
+
+def linear_entry(**change):
+    settings = {"in_features": 4, "out_features": 3, "bias": True, "dtype": "float32",
+                "weight_dtype": "float32", "group_size": None, "backend": "auto"}
+    return {"kind": "Linear", "settings": {**settings, **change}}
+
+
+def linear_tensors(n=3, k=4):
+    return {"weight": np.ones((n, k), np.float32), "bias": np.ones(n, np.float32)}
+
+
+def seq(*entries):
+    return {"kind": "Sequential", "modules": list(entries)}
+
+
+def nested(depth):
+    entry = seq()
+    for _ in range(depth):
+        entry = seq(entry)
+    return entry
+
+
+def write_model(path, structure, tensors):
+    """A file holding `tensors` and `structure` (a JSON-able object, or text as it is)."""
+    text = structure if isinstance(structure, str) else json.dumps(
+        {"version": 1, "model": structure})
+    if str(path).endswith(".npz"):
+        np.savez(path, **tensors, __fastlinear__=np.array(text))
+    else:
+        flio._save_safetensors(tensors, path, text)
+    return path
+
+
+LN = {"normalized_shape": 2**40, "eps": 1e-5, "elementwise_affine": True, "bias": True,
+      "dtype": "float32"}
+BN = {"num_features": 2**40, "eps": 1e-5, "momentum": 0.1, "affine": True,
+      "dtype": "float32"}
+SMALL = {"weight": np.ones(3, np.float32), "bias": np.ones(3, np.float32)}
+HOSTILE = [
+    # (structure, tensors, exception, message)
+    ("not json", {}, ValueError, "not valid JSON"),
+    ("[" * 100000, {}, ValueError, "nested too deeply"),
+    ('{"version": 1, "version": 1, "model": {}}', {}, ValueError, "duplicate key"),
+    ("[1]", {}, ValueError, "not an object with a version"),
+    ('{"model": {}}', {}, ValueError, "not an object with a version"),
+    ('{"version": 1}', {}, ValueError, "exactly the keys version and model"),
+    ('{"version": 1, "model": {"kind": "ReLU", "settings": {}}, "x": 0}', {}, ValueError,
+     "exactly the keys version and model"),
+    (nested(100), {}, ValueError, "nested more than 64 deep"),
+    ({"kind": "Conv2d", "settings": {}}, {}, ValueError, "unknown kind 'Conv2d'"),
+    ({"kind": "os.system", "settings": {"command": "true"}}, {}, ValueError,
+     "unknown kind 'os.system'"),
+    ({"kind": "_Activation", "settings": {}}, {}, ValueError, "unknown kind"),
+    ({"kind": ["Linear"], "settings": {}}, {}, ValueError, "an object with a kind"),
+    ([], {}, ValueError, "expected an object with a kind"),
+    (seq(5), {}, ValueError, "module 0: expected an object with a kind"),
+    ({"kind": "Sequential", "modules": {}}, {}, ValueError, "modules .a list."),
+    ({"kind": "ReLU"}, {}, ValueError, r"kind and settings \(an object\)"),
+    ({"kind": "ReLU", "settings": [], "x": 1}, {}, ValueError, "kind and settings"),
+    ({"kind": "ReLU", "settings": {"inplace": True}}, {}, ValueError,
+     r"expected the settings \[\], got \['inplace'\]"),
+    ({"kind": "Linear", "settings": {"in_features": 4}}, {}, ValueError,
+     "expected the settings .'in_features', 'out_features'"),
+    (linear_entry(in_features="4"), linear_tensors(), ValueError,
+     "in_features must be a positive integer, got '4'"),
+    (linear_entry(out_features=-3), linear_tensors(), ValueError,
+     "out_features must be a positive integer, got -3"),
+    (linear_entry(bias="yes"), linear_tensors(), TypeError, "bias must be true or false"),
+    (linear_entry(dtype="object"), linear_tensors(), ValueError,
+     "dtype must be 'float32' or 'float64', got 'object'"),
+    (linear_entry(dtype=["f4"]), linear_tensors(), ValueError, "dtype must be"),
+    (linear_entry(weight_dtype=5), linear_tensors(), TypeError, "weight_dtype must be a"),
+    (linear_entry(weight_dtype="int3"), linear_tensors(), ValueError,
+     "weight_dtype must be one of"),
+    (linear_entry(weight_dtype="int4", group_size=32.0), linear_tensors(), TypeError,
+     "group_size must be an integer or null"),
+    (linear_entry(weight_dtype="int4", group_size=16), linear_tensors(), ValueError,
+     "group_size must be one of"),
+    (linear_entry(backend="cuda"), linear_tensors(), ValueError, "unknown backend 'cuda'"),
+    (linear_entry(backend=None), linear_tensors(), TypeError, "backend must be a string"),
+    ({"kind": "GELU", "settings": {"approximate": 3}}, {}, ValueError, "approximate must"),
+    ({"kind": "Flatten", "settings": {"start_dim": "1", "end_dim": -1}}, {}, TypeError,
+     "start_dim must be an int"),
+    ({"kind": "Dropout", "settings": {"p": [0.5]}}, {}, ValueError, "between 0 and 1"),
+    ({"kind": "LeakyReLU", "settings": {"negative_slope": "0.1"}}, {}, TypeError,
+     "negative_slope must be a number"),
+    ({"kind": "Softmax", "settings": {"dim": {"a": 1}}}, {}, TypeError, "dim must be"),
+    ({"kind": "LayerNorm", "settings": {**LN, "eps": "1e-5"}}, SMALL, TypeError,
+     "eps must be a number"),
+    ({"kind": "BatchNorm1d", "settings": {**BN, "momentum": [0.1]}}, SMALL, TypeError,
+     "momentum must be a number"),
+    ({"kind": "BatchNorm1d", "settings": {**BN, "affine": 1}}, SMALL, TypeError,
+     "affine must be true or false"),
+    # absurd sizes: refused against the tensors, before anything of that size exists
+    (linear_entry(in_features=2**40), linear_tensors(), ValueError,
+     r"weight must have shape \(3, 1099511627776\), got \(3, 4\)"),
+    (seq(linear_entry(out_features=2**40)), {"0." + k: v for k, v in
+                                              linear_tensors().items()}, ValueError,
+     r"0.weight must have shape \(1099511627776, 4\), got \(3, 4\); 0.bias must have"),
+    (linear_entry(weight_dtype="int4", in_features=2**40), {
+        "weight": np.ones((3, 2), np.uint8), "weight_scale": np.ones((3, 1), np.float32),
+        "bias": np.ones(3, np.float32)}, ValueError, r"weight must be uint8 of shape \(3, "
+                                                      r"549755813888\)"),
+    ({"kind": "LayerNorm", "settings": LN}, SMALL, ValueError,
+     r"weight must have shape \(1099511627776,\), got \(3,\)"),
+    ({"kind": "BatchNorm1d", "settings": BN}, {
+        **SMALL, "running_mean": np.ones(3), "running_var": np.ones(3),
+        "num_batches_tracked": np.array(0)}, ValueError,
+     r"running_mean must have shape \(1099511627776,\)"),
+    # the tensors do not fit the structure
+    (linear_entry(), {"weight": np.ones((3, 4), np.float32)}, ValueError,
+     r"missing keys \['bias'\]"),
+    (linear_entry(), {**linear_tensors(), "extra": np.ones(1)}, ValueError,
+     r"unexpected keys \['extra'\]"),
+    (seq(linear_entry()), linear_tensors(), ValueError,
+     r"missing keys \['0.bias', '0.weight'\], unexpected keys \['bias', 'weight'\]"),
+    (seq(linear_entry(), {"kind": "ReLU", "settings": {}}), {
+        **{"0." + k: v for k, v in linear_tensors().items()}, "1.weight": np.ones(2)},
+     ValueError, r"unexpected keys \['1.weight'\]"),
+    (linear_entry(weight_dtype="int8"), {
+        "weight": np.ones((3, 4), np.float32), "weight_scale": np.ones(3, np.float32),
+        "bias": np.ones(3, np.float32)}, ValueError,
+     r"weight must be int8 of shape \(3, 4\), got float32"),
+    (linear_entry(), {"weight": np.ones((3, 4), bool), "bias": np.ones(3, np.float32)},
+     None, None),  # any real array converts to a float format, as load_state_dict does
+    # settings that only the built model refuses
+    (seq(linear_entry(), linear_entry(dtype="float64", weight_dtype="float64",
+                                             in_features=3)), {
+        "0.weight": np.ones((3, 4)), "0.bias": np.ones(3), "1.weight": np.ones((3, 3)),
+        "1.bias": np.ones(3)}, ValueError, "must share one dtype"),
+    (linear_entry(weight_dtype="int4", backend="blas"), {
+        "weight": np.ones((3, 2), np.uint8), "weight_scale": np.ones((3, 1), np.float32),
+        "bias": np.ones(3, np.float32)}, ValueError, "BLAS backend runs float weights"),
+    ({"kind": "LayerNorm", "settings": {**LN, "normalized_shape": 3, "eps": -1}}, SMALL,
+     ValueError, "eps must be a number >= 0"),
+    ({"kind": "BatchNorm1d", "settings": {**BN, "num_features": 3}}, {
+        **SMALL, "running_mean": np.ones(3), "running_var": -np.ones(3),
+        "num_batches_tracked": np.array(0)}, ValueError, "running_var has negative values"),
+    (linear_entry(weight_dtype="bfloat16"), {
+        "weight": np.full((3, 4), np.nan, np.float32), "bias": np.ones(3, np.float32)},
+     ValueError, "NaN or Inf values, which bfloat16 weights cannot hold"),
+]
+
+
+@pytest.mark.parametrize("suffix", SUFFIXES)
+@pytest.mark.parametrize("structure, tensors, exc, message", HOSTILE)
+def test_hostile_structures(tmp_path, suffix, structure, tensors, exc, message):
+    path = write_model(tmp_path / f"bad{suffix}", structure, tensors)
+    tracemalloc.start()
+    start = time.perf_counter()
+    try:
+        if exc is None:
+            fl.load_model(path)
+        else:
+            with pytest.raises(exc, match=message) as info:
+                fl.load_model(path)
+            assert str(path) in str(info.value)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert time.perf_counter() - start < 1.0
+    assert peak < 16 << 20  # nothing large allocated (numpy reports to tracemalloc)
+
+
+def test_layernorm_without_parameters_allocates_nothing_for_its_width(tmp_path):
+    path = write_model(tmp_path / "ln.npz", {"kind": "LayerNorm", "settings": {
+        **LN, "elementwise_affine": False}}, {})
+    ln = fl.load_model(path)  # nothing vouches for the width: the input is checked
+    assert ln.normalized_shape == (2**40,)
+    with pytest.raises(ValueError, match="over 1099511627776 values got rows of 3"):
+        ln(np.ones((2, 3)))
+
+
+@pytest.mark.parametrize("suffix", SUFFIXES)
+@pytest.mark.parametrize("version, message", [
+    (2, "version 2, from a newer fastlinear; this one .* reads version 1: upgrade"),
+    (10**30, "from a newer fastlinear"),
+    (0, "unknown structure version 0"), ("1", "unknown structure version '1'"),
+    (True, "unknown structure version True"), (1.0, "unknown structure version 1.0"),
+    (None, "unknown structure version None"),
+])
+def test_structure_versions(tmp_path, suffix, version, message):
+    text = json.dumps({"version": version, "model": {"kind": "ReLU", "settings": {}}})
+    path = write_model(tmp_path / f"v{suffix}", text, {})
+    with pytest.raises(ValueError, match=message):
+        fl.load_model(path)
+    write_model(path, text.replace(json.dumps(version), "1", 1), {})
+    assert isinstance(fl.load_model(path), fl.ReLU)
+
+
+def test_malformed_npz_structure_entry(tmp_path):
+    path = tmp_path / "bad.npz"
+    np.savez(path, __fastlinear__=np.array(["{}"]))
+    with pytest.raises(ValueError, match="bad.npz.*__fastlinear__ must be a 0-d str array"):
+        fl.load_model(path)
+    np.savez(path, __fastlinear__=np.array(b'{"version": 1}'))
+    with pytest.raises(ValueError, match="must be a 0-d str array"):
+        fl.load_model(path)
+
+
+def test_malformed_files_stay_malformed_for_load_model(tmp_path):
+    path = write_safetensors(tmp_path / "bad.safetensors", {"w": entry(offsets=(0, 16))},
+                             bytes(8))
+    with pytest.raises(ValueError, match="bad.safetensors': malformed safetensors file"):
+        fl.load_model(path)
+    with pytest.raises(ValueError, match="expected a .npz or .safetensors name"):
+        fl.load_model(tmp_path / "m.pt")
+
+
+# ---- state dicts that do not fit: errors that say what to do -----------------------------
+
+@pytest.mark.parametrize("fmt, group", [("int8", None), ("int4", 32), ("int4", 128)])
+def test_a_scaled_state_dict_names_its_format(fmt, group):
+    layer = fl.Linear(300, 20, rng=0)
+    state = layer.quantize(fmt, group).state_dict()
+    keywords = f"weight_dtype='{fmt}'" + (f", group_size={group}" if group else "")
+    with pytest.raises(KeyError, match=re.escape(
+            f"state_dict holds {fmt} weights (weight {state['weight'].dtype} of shape "
+            f"{state['weight'].shape}, weight_scale of shape {state['weight_scale'].shape}"
+            f") but this layer stores float32 weights: build it as "
+            f"fl.Linear(300, 20, {keywords}) to load them")):
+        layer.load_state_dict(state)
+    fl.Linear(300, 20, weight_dtype=fmt, group_size=group).load_state_dict(state)
+
+
+def test_a_float_state_dict_in_a_scaled_layer_says_quantize():
+    float_state = fl.Linear(100, 50, bias=False, rng=0).state_dict()
+    with pytest.raises(KeyError, match=re.escape(
+            "holds float32 weights (weight float32 of shape (50, 100)) but this layer "
+            "stores int4 weights (group_size=64): load them into fl.Linear(100, 50, "
+            "bias=False), then call .quantize('int4', group_size=64) on it")):
+        fl.Linear(100, 50, bias=False, weight_dtype="int4", group_size=64).load_state_dict(
+            float_state)
+
+
+def test_scaled_formats_mixed_up():
+    layer = fl.Linear(100, 50, rng=0)
+    int4 = layer.quantize("int4")
+    with pytest.raises(ValueError, match=re.escape(
+            "holds int8 weights (weight int8 of shape (50, 100), weight_scale of shape "
+            "(50,)) but this layer stores int4 weights (group_size=32): build it as "
+            "fl.Linear(100, 50, weight_dtype='int8')")):
+        int4.load_state_dict(layer.quantize("int8").state_dict())
+    with pytest.raises(ValueError, match=re.escape(
+            "build it as fl.Linear(100, 50, weight_dtype='int4', group_size=64)")):
+        int4.load_state_dict(layer.quantize("int4", 64).state_dict())
+    with pytest.raises(KeyError, match=re.escape(
+            "stores float64 weights: build it as fl.Linear(100, 50, weight_dtype='int4', "
+            "group_size=32)")):
+        fl.Linear(100, 50, dtype=np.float64).load_state_dict(int4.state_dict())
+    state = int4.state_dict()
+    state["weight_scale"] = state["weight_scale"][:, :3]  # fits no group size
+    with pytest.raises(KeyError, match="the group_size they were saved with"):
+        layer.load_state_dict(state)
+    # float formats convert among themselves, as before: no error
+    layer.load_state_dict(layer.quantize("bfloat16").state_dict())
+
+
+def test_sequential_errors_name_the_key():
+    model = fl.Sequential(fl.Linear(16, 33), fl.ReLU(),
+                          fl.Sequential(fl.Linear(33, 8), fl.LayerNorm(8)))
+    good = model.state_dict()
+    before = {k: v.copy() for k, v in good.items()}
+    cases = [
+        ({"0.weight": np.ones((32, 16))}, ValueError,
+         r"^0\.weight must have shape \(33, 16\), got \(32, 16\)$"),
+        ({"2.1.bias": np.ones(7)}, ValueError, r"^2\.1\.bias must have shape \(8,\)"),
+        ({"2.0.weight": np.full((8, 33), "a")}, TypeError,
+         r"^2\.0\.weight must be a real numeric array"),
+        ({"2.0.bias": np.ones(8, complex)}, TypeError, r"^2\.0\.bias must be real"),
+        ({"1.weight": np.ones(3)}, KeyError, r"unexpected keys \['1.weight'\]"),
+        ({"0.weight_scale": np.ones(33, np.float32)}, KeyError,
+         r"unexpected keys \['0.weight_scale'\]"),
+    ]
+    for change, exc, message in cases:
+        with pytest.raises(exc, match=message):
+            model.load_state_dict({**good, **change, "2.1.weight": np.zeros(8)})
+        for key, value in model.state_dict().items():  # nothing loaded: checked first
+            assert_same(value, before[key])
+    quantized = fl.Sequential(fl.Linear(16, 33).quantize("int4"), fl.ReLU(),
+                              fl.Sequential(fl.Linear(33, 8), fl.LayerNorm(8)))
+    with pytest.raises(KeyError, match=re.escape(
+            "holds int4 weights (0.weight uint8 of shape (33, 8), 0.weight_scale of shape "
+            "(33, 1)) but module 0 (Linear) stores float32 weights: build it as "
+            "fl.Linear(16, 33, weight_dtype='int4', group_size=32)")):
+        model.load_state_dict(quantized.state_dict())
+    nan = {**good, "2.0.weight": np.full((8, 33), np.nan)}
+    bf16 = fl.Sequential(fl.Linear(16, 33), fl.ReLU(), fl.Sequential(
+        fl.Linear(33, 8).quantize("bfloat16"), fl.LayerNorm(8)))
+    with pytest.raises(ValueError, match=r"module 2\.0 \(Linear\): weight has NaN"):
+        bf16.load_state_dict(nan)
+
+
+def test_no_format_hint_for_a_layer_of_other_sizes():
+    int4 = fl.Linear(100, 50, weight_dtype="int4")
+    with pytest.raises(ValueError) as info:
+        int4.load_state_dict(fl.Linear(200, 50, weight_dtype="int4").state_dict())
+    assert str(info.value).startswith("weight must be uint8 of shape (50, 50), got uint8 "
+                                      "of shape (50, 100); weight_scale must be")
