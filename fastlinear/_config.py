@@ -5,12 +5,15 @@ import os
 import sys
 import warnings
 from types import TracebackType
-from typing import Any, Literal, overload
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
 
 from . import _core
 from ._version import __version__
+
+if TYPE_CHECKING:
+    from ._typing import Backend, Resolved
 
 BACKENDS = ("auto", "native", "blas")
 
@@ -104,23 +107,23 @@ def cgroup_cpu_quota(root: str = "/sys/fs/cgroup") -> int | None:
         fields = quota + period if quota and period else None
     if not fields or len(fields) < 2 or fields[0] == "max":
         return None
-    quota, period = int(fields[0]), int(fields[1])
-    return max(1, -(-quota // period)) if quota > 0 and period > 0 else None
+    cpus, per = int(fields[0]), int(fields[1])
+    return max(1, -(-cpus // per)) if cpus > 0 and per > 0 else None
 
 
-def check_backend(backend: str) -> str:
+def check_backend(backend: Backend) -> Backend:
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
     return backend
 
 
-def resolve_backend(backend: str) -> str:
+def resolve_backend(backend: Backend) -> Resolved:
     """'native' or 'blas'. The rule for 'auto': the native kernel where it has a
     hand-tuned micro-kernel for this CPU, scipy's BLAS where only the portable C
     reference kernel would run."""
     if backend == "auto":
         return "blas" if _core.isa_name() == "ref" else "native"
-    return check_backend(backend)
+    return "native" if check_backend(backend) == "native" else "blas"
 
 
 def config_info() -> dict[str, Any]:

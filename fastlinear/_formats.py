@@ -43,8 +43,8 @@ class Format:
     bits: int             # per weight: a row of K weights is ceil(K * bits / 8) bytes
     activations: np.dtype  # numpy type of x, the bias and y
     widens: bool = False  # a narrower float the kernel widens exactly
-    scale: str = None     # None, "row" (one float32 per output row) or "group" (one per
-                          # `group` values along k)
+    scale: "str | None" = None  # None, "row" (one float32 per output row) or
+                                # "group" (one per `group` values along k)
     quantize: object = None  # scaled formats: (float32 rows, group) -> (stored, scale)
     integers: object = None  # scaled formats: (stored rows, k) -> their values, int8
 

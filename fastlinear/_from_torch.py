@@ -73,7 +73,7 @@ def from_torch(cls, module, *, dtype=None, weight_dtype=None, group_size=None,
 # that is a circle): so imports run one way, importer -> container, as the ONNX reader's
 # do. fastlinear/__init__ imports this module, so the method is there whenever
 # fastlinear is.
-Sequential.from_torch = classmethod(from_torch)
+Sequential.from_torch = classmethod(from_torch)  # type: ignore[method-assign,assignment]
 
 
 def convert(module, kw, prefix=""):

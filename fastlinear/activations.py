@@ -3,7 +3,16 @@ code (src_c/activation.h): the same bits on every CPU, ISA and library version, 
 fused into the Linear before it in a Sequential. Inputs of any shape; float64 input gives
 float64, any other real input float32; a new array is returned (the input is never
 changed). Accuracy (ulp against float64): docs/models.md, "Activations"."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
 from . import _core, _optional, _runner, _steps
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from numpy.typing import ArrayLike
 
 __all__ = ["ReLU", "LeakyReLU", "GELU", "SiLU", "Sigmoid", "Tanh"]
 
@@ -13,11 +22,13 @@ class _Activation:
     # these): torch_names, the torch.nn classes it is converted from; torch_args, the
     # attributes of that torch module its constructor takes, in order; onnx_ops, the ONNX
     # operators (domain.op_type outside the default domain) read as this one module.
-    torch_names, torch_args, onnx_ops = (), (), ()
+    torch_names: tuple[str, ...] = ()
+    torch_args: tuple[str, ...] = ()
+    onnx_ops: tuple[str, ...] = ()
     _act = _core.FL_ACT_NONE  # the C kernel's code
     _alpha = 0.0
 
-    def __call__(self, x):
+    def __call__(self, x: ArrayLike) -> np.ndarray:
         return _runner.module(self, x)
 
     forward = __call__
@@ -25,14 +36,14 @@ class _Activation:
     def _steps(self, width, dtype):
         return [_steps.Step(_core.FL_STEP_ACT, ep=_steps.Epilogue(self._act, self._alpha))]
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, np.ndarray]:
         return {}
 
-    def to_torch(self):
+    def to_torch(self) -> torch.nn.Module:
         """The torch.nn module this one stands for (torch is imported here)."""
         return _optional.torch_module(self)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
 
@@ -67,16 +78,16 @@ class LeakyReLU(_Activation):
     onnx_ops = ("LeakyRelu",)
     _act = _core.FL_ACT_LEAKY_RELU
 
-    def __init__(self, negative_slope=0.01):
+    def __init__(self, negative_slope: float = 0.01) -> None:
         if isinstance(negative_slope, bool) or not isinstance(negative_slope, (int, float)):
             raise TypeError(f"negative_slope must be a number, got {negative_slope!r}")
         self._alpha = float(negative_slope)
 
     @property
-    def negative_slope(self):
+    def negative_slope(self) -> float:
         return self._alpha
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"LeakyReLU(negative_slope={self._alpha})"
 
 
@@ -85,14 +96,14 @@ class GELU(_Activation):
     torch_names, torch_args = ("GELU",), ("approximate",)
     onnx_ops = ("Gelu", "com.microsoft.Gelu")
 
-    def __init__(self, approximate="none"):
+    def __init__(self, approximate: Literal["none", "tanh"] = "none") -> None:
         if approximate not in ("none", "tanh"):
             raise ValueError(f"approximate must be 'none' or 'tanh', got {approximate!r}")
         self._act = _core.FL_ACT_GELU if approximate == "none" else _core.FL_ACT_GELU_TANH
 
     @property
-    def approximate(self):
+    def approximate(self) -> Literal["none", "tanh"]:
         return "none" if self._act == _core.FL_ACT_GELU else "tanh"
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"GELU(approximate={self.approximate!r})"

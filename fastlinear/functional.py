@@ -1,13 +1,23 @@
 """Stateless forward: fastlinear.functional.linear(x, weight, bias)."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from . import _config, _runner
 from ._validate import as_rows, as_weight, kernel_ready, parameter
 
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
+
+    from ._typing import Backend
+
 __all__ = ["linear"]
 
 
-def linear(x, weight, bias=None, *, out=None, backend="auto"):
+def linear(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, *,
+           out: np.ndarray | None = None, backend: Backend = "auto") -> np.ndarray:
     """y = x @ weight.T + bias, like torch.nn.functional.linear.
 
     x: (*, K); weight: (N, K); bias: (N,) or None; returns (*, N), or writes `out`

@@ -1,9 +1,19 @@
 """fastlinear.Linear: torch.nn.Linear's forward pass, without torch."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from . import _config, _core, _formats, _optional, _runner
 from ._validate import (as_array, as_rows, as_weight, check_state, layer_dtype, parameter,
                         positive_int)
+
+if TYPE_CHECKING:
+    import torch
+    from numpy.typing import ArrayLike, DTypeLike
+
+    from ._typing import Backend, Resolved, Seed
 
 __all__ = ["Linear"]
 
@@ -44,8 +54,10 @@ class Linear:
     # come through from_torch, so no torch_args).
     torch_names, onnx_ops = ("Linear",), ("Gemm", "MatMul")
 
-    def __init__(self, in_features, out_features, bias=True, *, dtype=np.float32,
-                 weight_dtype=None, group_size=None, rng=None, backend="auto"):
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
+                 dtype: DTypeLike = np.float32, weight_dtype: DTypeLike | None = None,
+                 group_size: int | None = None, rng: Seed = None,
+                 backend: Backend = "auto") -> None:
         self._in = positive_int(in_features, "in_features")
         self._out = positive_int(out_features, "out_features")
         if not isinstance(bias, (bool, np.bool_)):
@@ -62,7 +74,7 @@ class Linear:
                              f"{self._format.name} weights need backend 'native' or 'auto'")
 
     # -- parameters ---------------------------------------------------------------
-    def reset_parameters(self, rng=None):
+    def reset_parameters(self, rng: Seed = None) -> None:
         """Draws weight and bias anew, uniform in +-1/sqrt(in_features) (torch's init)."""
         self._draw(rng, self._has_bias)
 
@@ -146,7 +158,7 @@ class Linear:
         return None if arr is None else arr.view()
 
     @property
-    def weight(self):
+    def weight(self) -> np.ndarray:
         """(out_features, in_features): the float values the layer computes with
         (float32, or float64 for a float64 layer), read-only; rebuilt from the stored
         form on each access."""
@@ -159,51 +171,51 @@ class Linear:
         return self._view(values)
 
     @weight.setter
-    def weight(self, value):
+    def weight(self, value: ArrayLike) -> None:
         self._set(value, self._params.bias)
 
     @property
-    def bias(self):
+    def bias(self) -> np.ndarray | None:
         """(out_features,) read-only, or None."""
         return self._view(self._params.bias)
 
     @bias.setter
-    def bias(self, value):
+    def bias(self, value: ArrayLike | None) -> None:
         # O(N): a new bias beside the same weights, swapped in with them as one object.
         params = self._params
         b = None if value is None else parameter(value, (self._out,), self._dtype, "bias")
         self._params = _Params(params.packed, params.plain, b)
 
     @property
-    def in_features(self):
+    def in_features(self) -> int:
         return self._in
 
     @property
-    def out_features(self):
+    def out_features(self) -> int:
         return self._out
 
     @property
-    def dtype(self):
+    def dtype(self) -> np.dtype:
         return self._dtype
 
     @property
-    def weight_dtype(self):
+    def weight_dtype(self) -> str:
         """How the weights are stored: "float32", "float64", "bfloat16", "float16",
         "int8" or "int4"."""
         return self._format.name
 
     @property
-    def group_size(self):
+    def group_size(self) -> int | None:
         """int4: values along k per scale; None for other formats."""
         return self._group or None
 
     @property
-    def backend(self):
+    def backend(self) -> Backend:
         """As given: "auto", "native" or "blas"."""
         return self._backend
 
     @property
-    def resolved_backend(self):
+    def resolved_backend(self) -> Resolved:
         """The backend a call runs now: "native" or "blas" ("auto" resolved for this
         CPU's native kernel, see fastlinear.show_config(); compressed weights always
         run natively)."""
@@ -211,7 +223,7 @@ class Linear:
             return "native"
         return _config.resolve_backend(self._backend)
 
-    def quantize(self, weight_dtype, group_size=None):
+    def quantize(self, weight_dtype: DTypeLike, group_size: int | None = None) -> Linear:
         """A new layer storing this one's weight values as `weight_dtype` (see the class
         docstring); the bias is kept. This layer is left as it is."""
         layer = Linear.__new__(Linear)
@@ -223,7 +235,7 @@ class Linear:
         return layer
 
     # -- forward ------------------------------------------------------------------
-    def forward(self, x, out=None):
+    def forward(self, x: ArrayLike, out: np.ndarray | None = None) -> np.ndarray:
         """x of shape (*, in_features), any layout and real dtype (cast to the layer's);
         returns (*, out_features), or fills `out` (C-contiguous, that shape and the
         layer's dtype) and returns it."""
@@ -236,7 +248,8 @@ class Linear:
         native = self.resolved_backend == "native"
         x2, batch = as_rows(x, self._dtype, self._in, fortran_ok=not native)
         if native:
-            return _runner.native(*self._native(), x2, batch, out)
+            packed, bias = self._native()
+            return _runner.native(packed, bias, x2, batch, out)
         if params.plain is None:  # packed for the native backend until now
             w = self._stored()[0]
             self._store(lambda j0, j1: w[j0:j1], params.bias)
@@ -324,13 +337,13 @@ class Linear:
                                          self._format, self._group, self._out, self._in)
         self._store(lambda j0, j1: w[j0:j1], bias, lambda j0, j1: scale[j0:j1])
 
-    def to_torch(self):
+    def to_torch(self) -> torch.nn.Linear:
         """A torch.nn.Linear with this layer's weight values: float32 or float64 like the
         layer, bfloat16 or float16 for those weights (exactly); int8 and int4 weights
         become their float32 values."""
         return self._torch_linear(self._format.values)
 
-    def _torch_linear(self, dtype_name):
+    def _torch_linear(self, dtype_name: str) -> torch.nn.Linear:
         """A torch.nn.Linear of that dtype with these weight values (exactly, where it
         holds them: a Sequential asks for float32, whatever the weights' format)."""
         torch = _optional.torch("to_torch")
@@ -343,8 +356,9 @@ class Linear:
         return module
 
     @classmethod
-    def from_torch(cls, module, *, dtype=None, weight_dtype=None, group_size=None,
-                   backend="auto"):
+    def from_torch(cls, module: torch.nn.Linear, *, dtype: DTypeLike | None = None,
+                   weight_dtype: DTypeLike | None = None, group_size: int | None = None,
+                   backend: Backend = "auto") -> Linear:
         """A Linear with the weights of a torch.nn.Linear. dtype: float64 for a float64
         module, else float32, unless given. weight_dtype: the module's bfloat16 or
         float16 (kept as they are, without a float32 copy), else the layer's dtype,
@@ -385,7 +399,7 @@ class Linear:
                                      self._format.name, self.group_size, self._backend,
                                      self.state_dict()))
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         backend = repr(self._backend)
         if self._backend == "auto":
             backend += f" ({self.resolved_backend})"

@@ -2,12 +2,20 @@
 identity at inference), Flatten, LayerNorm and Softmax/LogSoftmax over the last
 dimension, and BatchNorm1d in eval mode (its running statistics). The row-wise ones run
 native code (src_c/model.c) alone or inside a Sequential."""
+from __future__ import annotations
+
 import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from . import _core, _optional, _runner, _steps
 from ._validate import as_array, check_state, layer_dtype, parameter, positive_int
+
+if TYPE_CHECKING:
+    import torch
+    from numpy.typing import ArrayLike, DTypeLike
 
 __all__ = ["Identity", "Dropout", "Flatten", "LayerNorm", "Softmax", "LogSoftmax",
            "BatchNorm1d"]
@@ -16,12 +24,14 @@ __all__ = ["Identity", "Dropout", "Flatten", "LayerNorm", "Softmax", "LogSoftmax
 class Identity:
     """Returns its input (as an array)."""
     # For the converters, as fastlinear.activations._Activation states.
-    torch_names, torch_args, onnx_ops = ("Identity",), (), ("Identity",)
+    torch_names: tuple[str, ...] = ("Identity",)
+    torch_args: tuple[str, ...] = ()
+    onnx_ops: tuple[str, ...] = ("Identity",)
 
-    def __init__(self, *args, **kwargs):  # torch's Identity ignores its arguments
+    def __init__(self, *args: object, **kwargs: object) -> None:  # as torch's: ignored
         pass
 
-    def __call__(self, x):
+    def __call__(self, x: ArrayLike) -> np.ndarray:
         return as_array(x, "input")
 
     forward = __call__
@@ -29,14 +39,14 @@ class Identity:
     def _steps(self, width, dtype):
         return []
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, np.ndarray]:
         return {}
 
-    def to_torch(self):
+    def to_torch(self) -> torch.nn.Module:
         """The torch.nn module this one stands for (torch is imported here)."""
         return _optional.torch_module(self)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return "Identity()"
 
 
@@ -44,12 +54,12 @@ class Dropout(Identity):
     """The identity: dropout acts only in training, and fastlinear runs inference."""
     torch_names, torch_args, onnx_ops = ("Dropout",), ("p",), ("Dropout",)
 
-    def __init__(self, p=0.5, inplace=False):
+    def __init__(self, p: float = 0.5, inplace: bool = False) -> None:
         if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
             raise ValueError(f"dropout probability has to be between 0 and 1, got {p!r}")
         self.p, self.inplace = float(p), bool(inplace)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"Dropout(p={self.p}, inplace={self.inplace})"
 
 
@@ -57,13 +67,13 @@ class Flatten:
     """Merges dimensions start_dim .. end_dim into one, like torch.nn.Flatten."""
     torch_names, torch_args, onnx_ops = ("Flatten",), ("start_dim", "end_dim"), ("Flatten",)
 
-    def __init__(self, start_dim=1, end_dim=-1):
+    def __init__(self, start_dim: int = 1, end_dim: int = -1) -> None:
         for name, v in (("start_dim", start_dim), ("end_dim", end_dim)):
             if isinstance(v, bool) or not isinstance(v, int):
                 raise TypeError(f"{name} must be an int, got {v!r}")
         self.start_dim, self.end_dim = start_dim, end_dim
 
-    def shape(self, shape):
+    def shape(self, shape: Sequence[int]) -> tuple[int, ...]:
         """The shape this module turns `shape` into."""
         nd = max(len(shape), 1)
         s, e = self.start_dim, self.end_dim
@@ -75,20 +85,20 @@ class Flatten:
             return (1,)
         return (*shape[:s], math.prod(shape[s:e + 1]), *shape[e + 1:])
 
-    def __call__(self, x):
+    def __call__(self, x: ArrayLike) -> np.ndarray:
         arr = as_array(x, "input")
         return arr.reshape(self.shape(arr.shape))
 
     forward = __call__
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, np.ndarray]:
         return {}
 
-    def to_torch(self):
+    def to_torch(self) -> torch.nn.Module:
         """The torch.nn module this one stands for (torch is imported here)."""
         return _optional.torch_module(self)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"Flatten(start_dim={self.start_dim}, end_dim={self.end_dim})"
 
 
@@ -112,12 +122,12 @@ def _last_dim(dim, name):
 
 class _RowSoftmax:
     torch_args = ("dim",)
-    _kind = None  # its fl_step_kind code
+    _kind: int | None = None  # its fl_step_kind code
 
-    def __init__(self, dim=-1):
+    def __init__(self, dim: int | None = -1) -> None:
         self.dim = _last_dim(dim, type(self).__name__)
 
-    def check(self, ndim):
+    def check(self, ndim: int) -> None:
         """ValueError unless this module's dim is the last of an ndim-D input (dim=None
         means it for 1-D and 2-D input only: torch's legacy rule takes dim 0 of 3-D
         input and dim 1 of 4-D)."""
@@ -127,7 +137,7 @@ class _RowSoftmax:
         raise ValueError(f"{self!r} on a {ndim}-D input: fastlinear computes over the last "
                          f"dimension only")
 
-    def __call__(self, x):
+    def __call__(self, x: ArrayLike) -> np.ndarray:
         arr = as_array(x, "input")
         self.check(arr.ndim)
         return _runner.module(self, arr)
@@ -137,14 +147,14 @@ class _RowSoftmax:
     def _steps(self, width, dtype):
         return [_steps.Step(self._kind)]
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, np.ndarray]:
         return {}
 
-    def to_torch(self):
+    def to_torch(self) -> torch.nn.Module:
         """The torch.nn module this one stands for (torch is imported here)."""
         return _optional.torch_module(self)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"{type(self).__name__}(dim={self.dim})"
 
 
@@ -178,8 +188,9 @@ class LayerNorm:
     # Converted with their parameters: the converters build them, so no torch_args.
     torch_names, onnx_ops = ("LayerNorm",), ("LayerNormalization",)
 
-    def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True, *,
-                 dtype=np.float32):
+    def __init__(self, normalized_shape: int | Sequence[int], eps: float = 1e-5,
+                 elementwise_affine: bool = True, bias: bool = True, *,
+                 dtype: DTypeLike = np.float32) -> None:
         if isinstance(normalized_shape, (int, np.integer)):
             shape = (normalized_shape,)
         elif isinstance(normalized_shape, (tuple, list)):
@@ -208,12 +219,30 @@ class LayerNorm:
                       self._dtype, "bias")
         self._params = _Params((w, b))
 
-    normalized_shape = property(lambda self: (self._n,))
-    dtype = property(lambda self: self._dtype)
-    weight = property(lambda self: self._param(0),
-                      lambda self, v: self._assign(v, self._param(1), "weight"))
-    bias = property(lambda self: self._param(1) if self._with_bias else None,
-                    lambda self, v: self._assign(self._param(0), v, "bias"))
+    @property
+    def normalized_shape(self) -> tuple[int]:
+        return (self._n,)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self._dtype
+
+    @property
+    def weight(self) -> np.ndarray | None:
+        """(normalized_shape,) read-only; None without elementwise_affine."""
+        return self._param(0)
+
+    @weight.setter
+    def weight(self, value: ArrayLike) -> None:
+        self._assign(value, self._param(1), "weight")
+
+    @property
+    def bias(self) -> np.ndarray | None:
+        return self._param(1) if self._with_bias else None
+
+    @bias.setter
+    def bias(self, value: ArrayLike) -> None:
+        self._assign(self._param(0), value, "bias")
 
     def _assign(self, weight, bias, name):
         if name not in self._state_keys():
@@ -226,7 +255,7 @@ class LayerNorm:
             return None
         return self._params.arrays[i].view()
 
-    def __call__(self, x):
+    def __call__(self, x: ArrayLike) -> np.ndarray:
         return self._apply(x, self._dtype)
 
     forward = __call__
@@ -263,7 +292,7 @@ class LayerNorm:
         if self.elementwise_affine:
             self._set(state["weight"], state.get("bias", np.zeros(self._n)))
 
-    def to_torch(self):
+    def to_torch(self) -> torch.nn.LayerNorm:
         """A torch.nn.LayerNorm with these parameters, in this module's dtype."""
         torch = _optional.torch("to_torch")
         module = torch.nn.LayerNorm(self._n, self.eps, self.elementwise_affine,
@@ -273,7 +302,7 @@ class LayerNorm:
                 getattr(module, name).copy_(torch.from_numpy(getattr(self, name).copy()))
         return module.eval()
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         extra = "" if self._with_bias or not self.elementwise_affine else ", bias=False"
         extra += _dtype_arg(self._dtype)
         return (f"LayerNorm(({self._n},), eps={self.eps}, "
@@ -288,8 +317,9 @@ class BatchNorm1d:
     torch_names, onnx_ops = ("BatchNorm1d",), ("BatchNormalization",)
     _KEYS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
-    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
-                 track_running_stats=True, *, dtype=np.float32):
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
+                 affine: bool = True, track_running_stats: bool = True, *,
+                 dtype: DTypeLike = np.float32) -> None:
         self._n = positive_int(num_features, "num_features")
         eps = _eps(eps)
         if not track_running_stats:
@@ -312,10 +342,15 @@ class BatchNorm1d:
             raise ValueError("running_var has negative values")
         self._params = _Params((*arrays, int(np.asarray(batches))))
 
-    num_features = property(lambda self: self._n)
-    dtype = property(lambda self: self._dtype)
+    @property
+    def num_features(self) -> int:
+        return self._n
 
-    def factors(self):
+    @property
+    def dtype(self) -> np.dtype:
+        return self._dtype
+
+    def factors(self) -> tuple[np.ndarray, np.ndarray]:
         """(scale, shift) in float64: y = x * scale + shift."""
         w, b, mean, var, _ = self._params.arrays
         if not self.affine:
@@ -323,7 +358,7 @@ class BatchNorm1d:
         scale = w / np.sqrt(var + self.eps)
         return scale, b - mean * scale
 
-    def __call__(self, x):
+    def __call__(self, x: ArrayLike) -> np.ndarray:
         return self._apply(x, self._dtype)
 
     forward = __call__
@@ -370,7 +405,7 @@ class BatchNorm1d:
                    state["running_mean"], state["running_var"],
                    state["num_batches_tracked"])
 
-    def to_torch(self):
+    def to_torch(self) -> torch.nn.BatchNorm1d:
         """A torch.nn.BatchNorm1d in eval mode with these statistics and parameters, in
         this module's dtype."""
         torch = _optional.torch("to_torch")
@@ -385,7 +420,7 @@ class BatchNorm1d:
             module.num_batches_tracked.fill_(batches)
         return module.eval()
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (f"BatchNorm1d({self._n}, eps={self.eps}, momentum={self.momentum}, "
                 f"affine={self.affine}, track_running_stats=True"
                 f"{_dtype_arg(self._dtype)})")

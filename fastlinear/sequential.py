@@ -1,8 +1,11 @@
 """fastlinear.Sequential: a chain of modules run in one native call per forward (the
 Linear layers with their activations fused, LayerNorm, softmax ... between them), built
 directly or converted from a torch.nn.Sequential."""
+from __future__ import annotations
+
 import copy
 import sys
+from typing import TYPE_CHECKING, overload
 
 import numpy as np
 
@@ -11,6 +14,12 @@ from . import activations as _activations, modules as _modules
 from ._validate import as_array, check_keys, split_state
 from .linear import Linear
 from .modules import BatchNorm1d, Flatten, _RowSoftmax
+
+if TYPE_CHECKING:
+    import torch
+    from numpy.typing import ArrayLike, DTypeLike
+
+    from ._typing import Backend, Module
 
 __all__ = ["Sequential"]
 
@@ -176,10 +185,10 @@ class Sequential:
     of (N, C) input (in the epilogue) or of (N, C, L) input (the chain cut there: the
     modules before and after it run natively, it on its own), as torch's."""
 
-    def __init__(self, *modules):
+    def __init__(self, *modules: Module) -> None:
         for i, m in enumerate(modules):
             _check_module(i, m)
-        self.modules = tuple(modules)  # fixed: the compiled program follows them
+        self.modules: tuple[Module, ...] = tuple(modules)  # fixed: the compiled program follows them
         linears = [(p, m) for p, m in self._flat() if isinstance(m, Linear)]
         if len({m.dtype for _, m in linears}) > 1:
             raise TypeError("the Linear layers of a Sequential must share one dtype, got "
@@ -221,7 +230,7 @@ class Sequential:
         self._cache = (state, program)
         return program
 
-    def __call__(self, x, out=None):
+    def __call__(self, x: ArrayLike, out: np.ndarray | None = None) -> np.ndarray:
         """The modules over x: a new array, or `out` filled and returned (C-contiguous,
         the result's shape and dtype, checked as Linear checks its `out`). The native
         call writes into `out`; where the modules run one by one (BLAS layers) or the
@@ -242,23 +251,35 @@ class Sequential:
 
     forward = __call__
 
-    def __len__(self):
+    if TYPE_CHECKING:  # written in fastlinear._from_torch (importers sit above the container)
+        @classmethod
+        def from_torch(cls, module: torch.nn.Sequential, *, dtype: DTypeLike | None = None,
+                       weight_dtype: DTypeLike | None = None, group_size: int | None = None,
+                       backend: Backend = "auto") -> Sequential: ...
+
+    def __len__(self) -> int:
         return len(self.modules)
 
-    def __getitem__(self, i):
+    @overload
+    def __getitem__(self, i: int) -> Module: ...
+    @overload
+    def __getitem__(self, i: slice) -> Sequential: ...
+
+    def __getitem__(self, i: int | slice) -> Module | Sequential:
         if isinstance(i, slice):
             return Sequential(*self.modules[i])
         return self.modules[i]
 
-    def quantize(self, weight_dtype, group_size=None):
+    def quantize(self, weight_dtype: DTypeLike, group_size: int | None = None) -> Sequential:
         """A new Sequential whose Linear layers store their weight values as
         `weight_dtype` (see Linear.quantize); the other modules are copies (their
         parameters are replaced, never written, so they share the arrays), nested
         Sequentials stay nested. This model is left as it is."""
         return self._quantized(weight_dtype, group_size, "")
 
-    def _quantized(self, weight_dtype, group_size, prefix):
-        modules = []
+    def _quantized(self, weight_dtype: DTypeLike, group_size: int | None,
+                   prefix: str) -> Sequential:
+        modules: list[Module] = []
         for i, m in enumerate(self.modules):
             path = f"{prefix}{i}"
             if isinstance(m, Sequential):
@@ -272,7 +293,7 @@ class Sequential:
                 modules.append(copy.copy(m))
         return Sequential(*modules)
 
-    def to_torch(self):
+    def to_torch(self) -> torch.nn.Sequential:
         """A torch.nn.Sequential of plain torch modules (each module's to_torch()),
         nested as this one, in eval mode, with the same state_dict keys. Where the model
         has Linear layers, every parameter is in their dtype: float32 weights equal to
@@ -318,7 +339,7 @@ class Sequential:
             except (ValueError, TypeError) as exc:  # a value: NaN in bfloat16 weights ...
                 raise type(exc)(f"module {p} ({type(m).__name__}): {exc}") from None
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         lines = []
         for i, m in enumerate(self.modules):
             inner = repr(m).replace("\n", "\n  ")

@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import types
+from typing import Any
 
 import numpy as np
 
@@ -115,9 +117,10 @@ def tune(seconds: float = 30.0, verbose: bool = True, store: bool = True) -> dic
         _tuning.apply(threads)  # what was in force, until the result is stored
     fastest = min(cands, key=lambda c: best[c])
     chosen = fastest if best[fastest] < MARGIN * best[cands[0]] else cands[0]
-    result = {"isa": isa, "threads": threads, "float32": chosen,
-              "float64": _tuning.derived(isa, "float64"),
-              "speedup": best[cands[0]] / best[chosen], "rounds": rounds, "file": None}
+    result: dict[str, Any] = {
+        "isa": isa, "threads": threads, "float32": chosen,
+        "float64": _tuning.derived(isa, "float64"),
+        "speedup": best[cands[0]] / best[chosen], "rounds": rounds, "file": None}
     if store:
         entries = _tuning.read() if _tuning.enabled() else {}
         entries[_tuning.key(isa, threads)] = {"float32": list(chosen),
@@ -144,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-class _CallableModule(type(sys)):
+class _CallableModule(types.ModuleType):
     """fastlinear.tune is this module and, called, its tune(): `fl.tune()` and
     `python -m fastlinear.tune` both work."""
 

@@ -461,3 +461,42 @@ def test_auto_backend_rule(isa):
     if expected == "native":  # bitwise the native kernel's answer
         np.testing.assert_array_equal(layer(x), fl.functional.linear(
             x, layer.weight, layer.bias, backend="native"))
+
+
+def test_typing_example_runs(threads):
+    """tests/typing_example.py, which CI type-checks with mypy, is a working script."""
+    import runpy
+    runpy.run_path(os.path.join(os.path.dirname(__file__), "typing_example.py"),
+                   run_name="__main__")
+
+
+def _stub_names(path):
+    """{name: set of member names (classes) or None} that a .pyi stub declares."""
+    import ast
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    names = {}
+    for node in tree.body:
+        if isinstance(node, ast.AnnAssign):
+            names[node.target.id] = None
+        elif isinstance(node, ast.FunctionDef) and node.name != "__getattr__":
+            names[node.name] = None
+        elif isinstance(node, ast.ClassDef):
+            names[node.name] = {n.target.id if isinstance(n, ast.AnnAssign) else n.name
+                                for n in node.body
+                                if isinstance(n, (ast.AnnAssign, ast.FunctionDef))}
+    return names
+
+
+@pytest.mark.parametrize("name", ["_core", "_blas"])
+def test_extension_stubs_name_what_the_extensions_have(name):
+    """The type stubs beside the compiled extensions (shipped with py.typed) declare
+    only names the extensions have, so that mypy checks calls against the real thing."""
+    folder = os.path.dirname(fl.__file__)
+    assert os.path.exists(os.path.join(folder, "py.typed"))
+    module = importlib.import_module(f"fastlinear.{name}")
+    for attr, members in _stub_names(os.path.join(folder, f"{name}.pyi")).items():
+        assert hasattr(module, attr), f"{name}.pyi declares {attr}, which {name} lacks"
+        for member in members or ():
+            assert member == "__init__" or hasattr(getattr(module, attr), member), (
+                f"{name}.pyi declares {attr}.{member}, which {name} lacks")
