@@ -97,10 +97,10 @@ def measure(shape, dtype, threads, rounds, budget, settle, rng):
            "ratio_best_out": best["fastlinear out="] / best[rival],
            "ratio": {name: ours / best[name] for name in best if name != "fastlinear"},
            **bound.record()}
-    bound.release()
-    if bound.bound() is not None:
-        row["bound"], seconds = bound.bound()
-        row["limit_fraction"] = seconds / ours
+    limit = bound.bound()
+    bound.release()  # the weights' copy goes before the next shape's arrays come
+    if limit is not None:
+        row["bound"], row["limit_fraction"] = limit[0], limit[1] / ours
     return row
 
 
