@@ -1,7 +1,9 @@
 """Type aliases of the public API's hints. Imported only by type checkers (the modules
 import it under TYPE_CHECKING, and their annotations are never evaluated), so it costs
 nothing at run time."""
-from typing import TYPE_CHECKING, Literal, Union
+import os
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Literal, Protocol, Union
 
 import numpy as np
 
@@ -9,6 +11,13 @@ Backend = Literal["auto", "native", "blas"]
 Resolved = Literal["native", "blas"]  # a backend as a call runs it ("auto" resolved)
 # What numpy.random.default_rng takes (SciPy's SPEC 7)
 Seed = Union[None, int, np.random.SeedSequence, np.random.BitGenerator, np.random.Generator]
+StrPath = Union[str, "os.PathLike[str]"]
+
+
+class SupportsStateDict(Protocol):
+    """A fastlinear module, a torch module: anything with state_dict()."""
+
+    def state_dict(self) -> Mapping[str, Any]: ...
 
 if TYPE_CHECKING:
     from .activations import GELU, LeakyReLU, ReLU, Sigmoid, SiLU, Tanh

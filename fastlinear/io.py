@@ -25,16 +25,22 @@ bfloat16, so a bfloat16 array is stored as its uint16 bit patterns, and the rese
 member ``__fastlinear_bfloat16__`` (a 1-d str array) lists the names of those arrays;
 ``load`` views them back as bfloat16. No user key may use those reserved names.
 """
+from __future__ import annotations
+
 import contextlib
 import json
 import math
 import os
 import zipfile
+from typing import TYPE_CHECKING, Any
 
 import ml_dtypes
 import numpy as np
 
 from . import _structure
+
+if TYPE_CHECKING:
+    from ._typing import Module, StrPath, SupportsStateDict
 
 __all__ = ["save", "load", "load_model"]
 
@@ -94,7 +100,7 @@ def _bytes(array):
     return memoryview(array.reshape(-1).view(np.uint8))
 
 
-def save(module_or_dict, path):
+def save(module_or_dict: dict[str, Any] | SupportsStateDict, path: StrPath) -> None:
     """Writes a state dict (a dict of numpy arrays or torch tensors, or any object with
     state_dict(), such as a torch module) to a .npz or .safetensors file; for a
     fastlinear Linear, Sequential or other module, its structure too, so that
@@ -112,14 +118,14 @@ def save(module_or_dict, path):
         _save_safetensors(state, path, structure)
 
 
-def load(path):
+def load(path: StrPath) -> dict[str, np.ndarray]:
     """The state dict in a .npz or .safetensors file, as a dict name -> numpy array."""
     if _format(path) == "npz":
         return _load_npz(path)[0]
     return _load_safetensors(path)
 
 
-def load_model(path):
+def load_model(path: StrPath) -> Module:
     """The Linear, Sequential or other module that save(model, path) wrote, as it was:
     the same settings and the same stored weights, so the same outputs, bit for bit.
     A file without a structure (a state dict saved alone, or by torch) raises

@@ -1,6 +1,7 @@
 """fastlinear.Linear: torch.nn.Linear's forward pass, without torch."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -259,7 +260,7 @@ class Linear:
     __call__ = forward
 
     # -- interop ------------------------------------------------------------------
-    def state_dict(self):
+    def state_dict(self) -> dict[str, np.ndarray]:
         """The stored form, as new arrays: 'weight' in the weight_dtype's numpy type
         (float32, float64, ml_dtypes.bfloat16, float16, int8, or for int4 uint8 holding
         two values per byte, the even k in the low nibble: (out, ceil(in/2))),
@@ -273,7 +274,7 @@ class Linear:
             d["bias"] = self._params.bias.copy()
         return d
 
-    def load_state_dict(self, state_dict):
+    def load_state_dict(self, state_dict: Mapping[str, ArrayLike]) -> None:
         """Loads the keys of state_dict() from numpy arrays or torch tensors; unknown or
         missing keys raise KeyError. Float formats take float weights (converted as when
         assigned); int8 and int4 take exactly their stored form. A state dict of another

@@ -5,7 +5,7 @@ native code (src_c/model.c) alone or inside a Sequential."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -284,10 +284,10 @@ class LayerNorm:
         # Errors name each key as prefix + key (see fastlinear.linear.Linear).
         return check_state(state_dict, self._state_shapes(), prefix)
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, np.ndarray]:
         return {k: getattr(self, k).copy() for k in self._state_keys()}
 
-    def load_state_dict(self, state_dict):
+    def load_state_dict(self, state_dict: Mapping[str, ArrayLike]) -> None:
         state = self._checked_state(state_dict)
         if self.elementwise_affine:
             self._set(state["weight"], state.get("bias", np.zeros(self._n)))
@@ -384,7 +384,7 @@ class BatchNorm1d:
     def _state_keys(self):
         return self._KEYS if self.affine else self._KEYS[2:]
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, np.ndarray]:
         w, b, mean, var, batches = self._params.arrays
         values = dict(zip(self._KEYS, (w, b, mean, var)))
         out = {k: values[k].astype(self._dtype) for k in self._state_keys()[:-1]}
@@ -398,7 +398,7 @@ class BatchNorm1d:
     def _checked_state(self, state_dict, prefix=""):
         return check_state(state_dict, self._state_shapes(), prefix)
 
-    def load_state_dict(self, state_dict):
+    def load_state_dict(self, state_dict: Mapping[str, ArrayLike]) -> None:
         state = self._checked_state(state_dict)
         n = self._n
         self._load(state.get("weight", np.ones(n)), state.get("bias", np.zeros(n)),

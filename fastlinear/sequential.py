@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import sys
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, overload
 
 import numpy as np
@@ -315,13 +316,13 @@ class Sequential:
     def _stateful(self):
         return [(p, m) for p, m in self._flat() if hasattr(m, "_state_keys")]
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, np.ndarray]:
         """torch's keys: '<index>.<name>' for each module's parameters ('0.weight',
         '0.bias', '3.running_mean', ...), '<index>.<sub>.<name>' inside nested ones."""
         return {f"{p}.{key}": value for p, m in self._stateful()
                 for key, value in m.state_dict().items()}
 
-    def load_state_dict(self, state_dict):
+    def load_state_dict(self, state_dict: Mapping[str, ArrayLike]) -> None:
         """Loads each module's keys ('<path>.<name>'). Other keys, or missing ones,
         raise KeyError; an array of the wrong shape or type, ValueError or TypeError;
         each naming the key (and, for a Linear given weights of another format, the

@@ -3,6 +3,9 @@ tests/test_api.py runs it. assert_type fails the type check where a hint is miss
 value would be Any) or says something else than a user expects."""
 from __future__ import annotations
 
+import os
+import tempfile
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -58,6 +61,19 @@ def main() -> None:
     norm.weight = np.full(16, 2.0)
 
     assert_type(fl.functional.linear(x, np.ones((3, 16)), [1.0, 2.0, 3.0]), np.ndarray)
+
+    state = assert_type(model.state_dict(), "dict[str, np.ndarray]")
+    mlp(rng=7).load_state_dict(state)
+    layer.load_state_dict(layer.state_dict())
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "model.safetensors")
+        fl.save(model, path)
+        fl.save(state, os.path.join(folder, "state.npz"))
+        assert_type(fl.load(path), "dict[str, np.ndarray]")
+        same = fl.load_model(path)             # any module: narrow it to use it
+        assert isinstance(same, fl.Sequential) and np.array_equal(same(x), probs)
+    reader: Callable[..., fl.Sequential] = fl.load_onnx
+    assert callable(reader)
 
     with fl.threads(1):
         assert_type(fl.get_num_threads(), int)

@@ -47,7 +47,10 @@ graph indexed, constants folded), _shapes (the Reshape and Flatten rules), _patt
 (layers written out), _handlers (what each operator is read as), _walker (the walk
 from input to output).
 """
+from __future__ import annotations
+
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -57,11 +60,19 @@ from ._graph import FileError, Graph
 from ._tensors import DOUBLE, FLOATS
 from ._walker import Walker
 
+if TYPE_CHECKING:
+    from numpy.typing import DTypeLike
+
+    from .._typing import Backend
+    from ..sequential import Sequential
+
 __all__ = ["load_onnx"]
 
 
-def load_onnx(path, *, output=None, dtype=None, weight_dtype=None, group_size=None,
-              backend="auto"):
+def load_onnx(path: str | bytes | os.PathLike[str] | os.PathLike[bytes], *,
+              output: str | None = None, dtype: DTypeLike | None = None,
+              weight_dtype: DTypeLike | None = None, group_size: int | None = None,
+              backend: Backend = "auto") -> Sequential:
     """A Sequential running the MLP in the ONNX file at `path` (see
     help(fastlinear.onnx) for the operators it reads, and the types the model takes and
     returns). output: the name of the value the chain ends at, needed where the graph
