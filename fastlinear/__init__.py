@@ -30,10 +30,13 @@ else:
             onnx = importlib.import_module(f"{__name__}.onnx")  # sets fastlinear.onnx
             globals()["load_onnx"] = onnx.load_onnx
             return globals()[name]
+        if name == "tune":  # the tuner: a module that, called, tunes (fl.tune())
+            import importlib
+            return importlib.import_module(f"{__name__}.tune")
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
     def __dir__():
-        return sorted({*globals(), "onnx", "load_onnx"})
+        return sorted({*globals(), "onnx", "load_onnx", "tune"})
 
 __all__ = ["Linear", "Sequential", *activations.__all__, *modules.__all__, "load_onnx",
            "functional", "save", "load", "load_model", "set_num_threads",

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
 
-from . import _core
+from . import _core, _tuning
 from ._version import __version__
 
 if TYPE_CHECKING:
@@ -40,6 +40,7 @@ def _apply(n: int | None) -> None:
     global _setting
     _core.set_num_threads(0 if n is None else n)
     _setting = n
+    _tuning.apply(get_num_threads())  # the block sizes tuned for that many threads
 
 
 def set_num_threads(n: int | None) -> None:
@@ -140,6 +141,9 @@ def config_info() -> dict[str, Any]:
         "num_threads": get_num_threads(),
         "auto_backend": resolve_backend("auto"),
         "blas_backend": "scipy.linalg.cython_blas (sgemm, dgemm)",
+        "block_sizes": [f"{dtype} {text}" for dtype in _tuning.VALUE_TYPES
+                        for text in [_tuning.describe().get(f"{_core.isa_name()} {dtype}")]
+                        if text],
     }
 
 
@@ -175,3 +179,4 @@ _apply_isa_override()
 _quota = cgroup_cpu_quota()
 if _quota is not None:
     _core.set_cpu_cap(_quota)
+_tuning.apply(get_num_threads())  # before the first forward

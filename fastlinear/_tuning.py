@@ -115,12 +115,26 @@ def enabled() -> bool:
     return os.environ.get("FASTLINEAR_TUNING", "").lower() not in ("off", "0", "false", "no")
 
 
+_read_cache: tuple[tuple, dict] | None = None
+
+
 def read() -> dict:
     """The stored entries, {} for none; a file that cannot be used is ignored with a
-    warning (never trusted)."""
+    warning (never trusted). Read again only when the file changes."""
+    global _read_cache
     file = path()
-    if not os.path.exists(file):
+    try:
+        stamp = (file, os.stat(file).st_mtime_ns)
+    except OSError:
         return {}
+    if _read_cache is not None and _read_cache[0] == stamp:
+        return _read_cache[1]
+    entries = _read(file)
+    _read_cache = (stamp, entries)
+    return entries
+
+
+def _read(file: str) -> dict:
     try:
         with open(file, encoding="utf-8") as f:
             data = json.load(f)

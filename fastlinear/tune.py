@@ -122,7 +122,7 @@ def tune(seconds: float = 30.0, verbose: bool = True, store: bool = True) -> dic
         "float64": _tuning.derived(isa, "float64"),
         "speedup": best[cands[0]] / best[chosen], "rounds": rounds, "file": None}
     if store:
-        entries = _tuning.read() if _tuning.enabled() else {}
+        entries = dict(_tuning.read()) if _tuning.enabled() else {}
         entries[_tuning.key(isa, threads)] = {"float32": list(chosen),
                                               "float64": list(result["float64"])}
         result["file"] = _tuning.write(entries)

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 import fastlinear as fl
-import fastlinear.tune  # noqa: F401 (fl.tune until the package loads it on first use)
 from fastlinear import _core, _tuning
 
 
