@@ -297,3 +297,116 @@ def test_compressed_options_are_checked():
         main(["--weight-dtype", "int8", "--group-size", "64"])
     with pytest.raises(SystemExit):
         main(["--weight-dtype", "int4", "--dtype", "float64"])
+
+
+# -- OpenVINO as a rival; the MLP table with fastlinear's quantized models ---------------
+
+def test_openvino_runs_the_gemm_as_configured():
+    """Compiled for the CPU with f32 precision, the benchmark's threads, the latency hint
+    and one stream; its output is the product, within float32 rounding."""
+    pytest.importorskip("openvino")
+    pytest.importorskip("onnx")
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((9, 20)).astype(np.float32)
+    b = rng.standard_normal(9).astype(np.float32)
+    x = rng.standard_normal((3, 20)).astype(np.float32)
+    run = harness.openvino_runner(linear.gemm_model(w, b), 2)
+    props = {name: str(run.compiled.get_property(name)) for name in (
+        "INFERENCE_PRECISION_HINT", "INFERENCE_NUM_THREADS", "PERFORMANCE_HINT",
+        "NUM_STREAMS")}
+    assert props["INFERENCE_PRECISION_HINT"] in ("<Type: 'float32'>", "f32", "float32"), props
+    assert props["INFERENCE_NUM_THREADS"] == "2" and props["NUM_STREAMS"] == "1"
+    assert "LATENCY" in props["PERFORMANCE_HINT"]
+    exact = x.astype(np.float64) @ w.T.astype(np.float64) + b
+    np.testing.assert_allclose(run(x), exact, rtol=1e-5, atol=1e-5)
+    x2 = rng.standard_normal((5, 20)).astype(np.float32)  # another batch, same request
+    np.testing.assert_allclose(run(x2), x2.astype(np.float64) @ w.T + b, rtol=1e-5,
+                               atol=1e-5)
+
+
+def test_openvino_in_the_float32_table_not_the_float64_one(capsys):
+    if not _installed("openvino", "onnx"):
+        pytest.skip("openvino and onnx are not installed")
+    (row,) = main(["--shapes", "3x20x9", *QUICK])  # it agreed with the reference
+    assert row["us"]["openvino"] > 0 and "openvino" in row["ratio"]
+    header = _header(capsys.readouterr().out)
+    assert "openvino" in header
+    (row,) = main(["--shapes", "3x20x9", *QUICK, "--dtype", "float64"])
+    assert "openvino" not in row["us"]
+
+
+def test_openvino_left_out_where_it_is_not_installed(capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino raises ImportError
+    assert harness.openvino_runner(None, 1) is None
+    (row,) = main(["--shapes", "3x20x9", *QUICK])
+    assert "openvino" not in row["us"]
+    text = capsys.readouterr().out
+    assert text.splitlines()[-1].split()[6] == "-"  # its column, empty
+
+
+def test_packed_bytes_per_format():
+    """A layer's packed bytes: N rounded up to panels of NR columns; bfloat16 half of
+    float32's, int8 a quarter plus a float32 scale per column, int4 an eighth plus a
+    row of NR scales per group."""
+    from fastlinear._formats import FORMAT
+    k, n, nr = 784, 10, 64
+    f32 = limits.packed_bytes(k, n, FORMAT["float32"], nr)
+    assert f32 == nr * k * 4
+    assert limits.packed_bytes(k, n, FORMAT["bfloat16"], nr) == f32 // 2
+    assert limits.packed_bytes(k, n, FORMAT["int8"], nr) == f32 // 4 + nr * 4
+    assert limits.packed_bytes(k, n, FORMAT["int4"], nr, 32) == f32 // 8 + 25 * nr * 4
+
+
+def test_mlp_table_with_quantized_models_rivals_and_bounds(tmp_path, capsys, monkeypatch):
+    """The MLP with float32, bfloat16 and int8 weights beside every installed rival, each
+    with its error against the float64 model; each of fastlinear's models against the
+    bound of its own bytes; then an .onnx file given, with its rivals."""
+    from fastlinear.bench import mlp
+    monkeypatch.setattr(mlp, "BATCHES", (1, 3))  # two batches: a test, not a measure
+    out = tmp_path / "mlp.json"
+    rivals = [name for name, modules in (("torch", ("torch",)),
+                                         ("onnxruntime", ("onnx", "onnxruntime")),
+                                         ("openvino", ("onnx", "openvino")))
+              if _installed(*modules)]
+    argv = ["--mlp", *QUICK, "--json", str(out)]
+    if _installed("onnx"):
+        import onnx
+        path = tmp_path / "mlp.onnx"
+        onnx.save(mlp.onnx_model(mlp.mlp_weights(np.random.default_rng(2))), str(path))
+        argv.insert(1, str(path))
+    main(argv)
+    text = capsys.readouterr().out
+    assert max(len(line) for line in text.splitlines()) <= 100, text
+    lines = text.splitlines()
+    header = next(i for i, line in enumerate(lines) if "contender" in line and "limit" in line)
+    legend = "\n".join(lines[:header])
+    for word in ("bfloat16", "int8", "openvino", "/best", "limit", "error"):
+        assert word in legend, word
+    rows = json.loads(out.read_text())["mlp"]
+    ours = {"fastlinear": 1e-5, "fastlinear bfloat16": 0.02, "fastlinear int8": 0.05}
+    for row in rows[:2]:
+        assert list(row["us"]) == [*ours, *rivals]
+        for name, limit in ours.items():
+            assert row["us"][name] > 0 and 0 < row["error"][name] < limit, name
+        for name in rivals:
+            assert row["us"][name] > 0 and 0 < row["error"][name] < 1e-5, name
+        if rivals:
+            assert row["best_rival"] == min(rivals, key=row["us"].get)
+            assert row["ratio_best"]["fastlinear"] == pytest.approx(
+                row["us"]["fastlinear"] / row["us"][row["best_rival"]])
+        if _has_probe():
+            size = {name: row["limits"][name]["weight_bytes"] for name in ours}
+            assert size["fastlinear"] > 3.2e6
+            assert size["fastlinear bfloat16"] == size["fastlinear"] // 2
+            assert size["fastlinear"] // 4 < size["fastlinear int8"] < size["fastlinear"] // 3.9
+            for name in ours:
+                assert row["bound"][name] in ("FMA", "BW") and row["limit_fraction"][name] > 0
+            assert set(row["bound"]) == set(ours)
+    assert text.count("fastlinear int8") == 2  # a line per batch of the MLP
+    if _installed("onnx"):
+        assert [row["model"] for row in rows[2:]] == ["mlp.onnx"] * 2
+        for row in rows[2:]:
+            assert list(row["us"]) == ["fastlinear", *[r for r in rivals if r != "torch"]]
+            assert row["error"]["fastlinear"] < 1e-5
+            if _has_probe():
+                assert set(row["bound"]) == {"fastlinear"}

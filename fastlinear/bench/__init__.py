@@ -1,5 +1,5 @@
-"""fastlinear's benchmark: fastlinear against numpy, PyTorch and ONNX Runtime in one
-process at one thread count (`python -m fastlinear.bench --help`).
+"""fastlinear's benchmark: fastlinear against numpy, PyTorch, ONNX Runtime and OpenVINO
+in one process at one thread count (`python -m fastlinear.bench --help`).
 
 Its modules, each importing only those above it:
 

@@ -1,15 +1,19 @@
-"""fastlinear against numpy, PyTorch and ONNX Runtime, in one process, at one thread count.
+"""fastlinear against numpy, PyTorch, ONNX Runtime and OpenVINO, in one process, at one
+thread count.
 
 Each contender computes y = x @ W.T + b for the same arrays: fastlinear's Linear (default
 backend) returning a new array and writing into `out=`, numpy's `x @ W.T + b`, torch's
-`F.linear`, and ONNX Runtime running one Gemm node (transB=1, the bias as C) with
-`intra_op_num_threads` set to the same thread count. The contenders run
+`F.linear`, ONNX Runtime running one Gemm node (transB=1, the bias as C) with
+`intra_op_num_threads` set to the same thread count, and OpenVINO running the same ONNX
+model compiled for the CPU with f32 precision, that thread count, the latency hint and
+one stream (float32 only: it computes float64 in float32). The contenders run
 interleaved, round after round, and each keeps its best time per call, so a noisy
 neighbour slows every contender alike rather than one of them. Before each contender's
 turn the process sleeps for --settle seconds: the thread pools of the others (OpenBLAS,
 OpenMP) spin for a while after their last call and would otherwise steal the cores.
-Ratios are fastlinear's time / the best rival's time (the fastest of numpy, torch and
-ONNX Runtime at that shape): below 1 means fastlinear is faster.
+Ratios are fastlinear's time / the best rival's time (the fastest of numpy, torch,
+ONNX Runtime and OpenVINO at that shape): below 1 means fastlinear is faster. A rival
+whose package is not installed is left out.
 
     python -m fastlinear.bench                       # the default shape table, 2 threads
     python -m fastlinear.bench --threads 1 --dtype float64 --shapes 1x4096x4096,64x512x512
@@ -53,7 +57,7 @@ def build_parser():
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--threads", type=int, default=2,
                         help="threads for every library (fastlinear, numpy's OpenBLAS, "
-                             "torch, ONNX Runtime)")
+                             "torch, ONNX Runtime, OpenVINO)")
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32",
                         help="the float table's type of x, W, b and y (every contender "
                              "computes in it)")
@@ -79,8 +83,10 @@ def build_parser():
                              "to each rival")
     parser.add_argument("--mlp", nargs="*", metavar="FILE.onnx", default=None,
                         help="instead of the tables: a 784-512-512-256-10 MLP (and each "
-                             ".onnx file given) at batch 1, 8, 64, 1024 against torch eager "
-                             "and ONNX Runtime (fastlinear/bench/mlp.py)")
+                             ".onnx file given) at batch 1, 8, 64, 1024 against torch eager, "
+                             "ONNX Runtime and OpenVINO, the MLP also with bfloat16 and int8 "
+                             "weights, each against the machine's bound for its own bytes "
+                             "(fastlinear/bench/mlp.py)")
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--plot", metavar="FILE.png",
                         help="after the table, a sweep of M = "

@@ -1,14 +1,15 @@
 """What every table of the benchmark shares: the same thread count for every library,
-the rivals' sessions (torch's F.linear, ONNX Runtime on a model), interleaved best-of
-timing (with the machine's limits probed around the rounds), the error against a float64
-reference, the progress (tqdm where installed), the shape and time formats, and the
-description of the machine (CPU, ISA path, its probed limits) printed above the tables
-and written to the JSON.
+the rivals' sessions (torch's F.linear, ONNX Runtime and OpenVINO on a model),
+interleaved best-of timing (with the machine's limits probed around the rounds), the
+error against a float64 reference, the progress (tqdm where installed), the shape and
+time formats, and the description of the machine (CPU, ISA path, its probed limits)
+printed above the tables and written to the JSON.
 
-The rivals' packages (threadpoolctl, torch, onnxruntime) and tqdm are optional: each is
-imported where it is used; a rival whose package is missing is left out, and progress
-falls back to plain lines without tqdm.
+The rivals' packages (threadpoolctl, torch, onnxruntime, openvino) and tqdm are
+optional: each is imported where it is used; a rival whose package is missing is left
+out, and progress falls back to plain lines without tqdm.
 """
+import functools
 import platform
 import sys
 import time
@@ -72,6 +73,42 @@ def ort_session(model, threads):
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     source = model if isinstance(model, str) else model.SerializeToString()
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+@functools.lru_cache(maxsize=None)
+def _openvino_core():
+    """One OpenVINO Core per process: each Core loads the CPU plugin anew."""
+    import openvino as ov
+    return ov.Core()
+
+
+def openvino_runner(model, threads):
+    """A callable x -> y running `model` (a ModelProto, or a path to an .onnx file) with
+    OpenVINO on the CPU, or None without openvino. Compiled as a latency user would:
+    float32 arithmetic (its default on CPUs with bf16 or fp16 units is to run in those),
+    `threads` threads, the latency hint, one stream. One infer request made here and
+    reused: each call hands it x without a copy (a tensor sharing x's memory), infers,
+    and returns a view of the request's output (overwritten by the next call), so the
+    time is the inference's, not allocations'. The graph keeps its dynamic batch, as
+    ONNX Runtime's session does."""
+    try:
+        import openvino as ov
+    except ImportError:
+        return None
+    core = _openvino_core()
+    source = model if isinstance(model, str) else model.SerializeToString()
+    compiled = core.compile_model(core.read_model(source), "CPU", {
+        "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads,
+        "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1})
+    request = compiled.create_infer_request()
+    tensor = ov.Tensor
+
+    def run(x):
+        request.set_input_tensor(tensor(x, shared_memory=True))
+        request.infer()
+        return request.get_output_tensor().data
+    run.compiled = compiled  # its settings, for whoever checks them
+    return run
 
 
 # -- timing and error -------------------------------------------------------------------

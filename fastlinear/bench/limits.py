@@ -21,6 +21,8 @@ How each is measured:
   benchmark calls a layer over and over, so weights that fit a cache are read from
   there. The bound is the best time of one pass either way: a kernel that reads its
   weights the kernel's way and computes too cannot beat it.
+- A whole model (ModelBound): its Linear layers' flops at the FMA peak, or one read of
+  all their packed weights in the model's own format, timed on a buffer of that size.
 
     python -m fastlinear.bench.limits --threads 2 [--isa avx2]
 """
@@ -193,6 +195,75 @@ class Bound:
         return {"fma_peak_gflops": self.peak, "read_us": read_s * 1e6,
                 "read_gbs": self.nbytes / read_s / 1e9,
                 "read_us_by_way": {way: t * 1e6 for way, t in self.read.items()}}
+
+
+def packed_bytes(k, n, fmt, nr, group=None):
+    """Bytes of a K x N layer's weights in weight format `fmt` (a fastlinear._formats
+    Format), packed as the kernel packs them: panels of `nr` output columns (N rounded
+    up), K rows each; int8's scale per output row beside them; int4's `group` rows led by
+    their `nr` scales (src_c/kernel.h)."""
+    cols = -(-n // nr) * nr
+    if fmt.scale == "group":
+        return cols * -(-k // group) * 4 + cols * k * fmt.bits // 8
+    return cols * k * fmt.bits // 8 + (cols * 4 if fmt.scale == "row" else 0)
+
+
+class ModelBound:
+    """The machine's bound for a float32 model's forward at batch `m`, for each of its
+    variants (`variants`: {name: its Linear layers as [(K, N, Format, group)]}, Format
+    a fastlinear._formats record), probed again at each call of probe() and kept at its
+    best, as Bound does for one layer: ("FMA", seconds) for the layers' 2 m K N flops at
+    the float32 FMA peak, or ("BW", seconds) for one read of all their weights as
+    packed (packed_bytes), whichever is longer. A forward reads every weight once,
+    layer after layer, so the read is one pass over a buffer of all those bytes
+    (MODEL_K rows per panel), the faster of Weights' two ways, scaled to the exact
+    bytes: a buffer per layer, each read alone over and over, would sit in a cache
+    that the whole model does not fit. Each variant has its own buffer, since its
+    bytes fit the caches differently. bound(name) is None without a C compiler."""
+
+    MODEL_K = 256
+
+    def __init__(self, variants, m, threads, isa=None):
+        self.flops = {name: sum(2.0 * m * k * n for k, n, _, _ in layers)
+                      for name, layers in variants.items()}
+        self.threads, self.isa = threads, isa or current_isa()
+        self.peak, self.read, self.weights, self.nbytes = 0.0, {}, {}, {}
+        probe = _probe(self.isa)
+        if probe is None:
+            return
+        nr = probe.row_bytes() // 4  # float32 values per panel row: NR of these formats
+        for name, layers in variants.items():
+            self.nbytes[name] = sum(packed_bytes(k, n, fmt, nr, group)
+                                    for k, n, fmt, group in layers)
+            cols = max(1, -(-self.nbytes[name] // (self.MODEL_K * 4)))
+            self.weights[name] = Weights(self.MODEL_K, cols, np.float32, threads, m,
+                                         self.isa)
+
+    def probe(self):
+        if not self.weights:
+            return
+        self.peak = max(self.peak, fma_peak(np.float32, self.threads, self.isa, runs=12))
+        for name, weights in self.weights.items():
+            scale = self.nbytes[name] / weights.nbytes
+            self.read[name] = min(weights.seconds(way) for way in weights.ways) * scale
+
+    def release(self):
+        """Frees the buffers; the bounds found so far stay."""
+        self.weights = {}
+
+    def bound(self, name):
+        if not self.peak or name not in self.read:
+            return None
+        return max(("FMA", self.flops[name] / self.peak / 1e9), ("BW", self.read[name]),
+                   key=lambda b: b[1])
+
+    def record(self, name):
+        """What the JSON keeps of variant `name`'s bound."""
+        if not self.peak or name not in self.read:
+            return {}
+        return {"fma_peak_gflops": self.peak, "weight_bytes": self.nbytes[name],
+                "read_us": self.read[name] * 1e6,
+                "read_gbs": self.nbytes[name] / self.read[name] / 1e9}
 
 
 def main(argv=None):

@@ -3,8 +3,10 @@ the batch size for --plot.
 
 Each contender computes y = x @ W.T + b for the same arrays: fastlinear's Linear (default
 backend) returning a new array and writing into `out=`, numpy's `x @ W.T + b`, torch's
-`F.linear`, and ONNX Runtime running one Gemm node (transB=1, the bias as C). Each shape
-is also set against this machine's limits for the ISA path that runs (limits.py).
+`F.linear`, ONNX Runtime running one Gemm node (transB=1, the bias as C), and OpenVINO
+running the same ONNX model (float32 only: its CPU plugin computes float64 graphs in
+float32). Each shape is also set against this machine's limits for the ISA path that
+runs (limits.py).
 """
 import sys
 
@@ -13,13 +15,16 @@ import numpy as np
 import fastlinear as fl
 
 from . import limits
-from .harness import (Progress, best_times, cpu_model, format_us, group_line, micro, ort_session,
-                      torch_linear)
+from .harness import (Progress, best_times, cpu_model, format_us, group_line, micro,
+                      openvino_runner, ort_session, torch_linear)
 
 DEFAULT_SHAPES = ("1x100x50,140x100x50,1x768x3072,1x4096x4096,8x4096x4096,32x768x3072,"
                   "128x768x3072,512x1024x1024,2048x2048x2048")
 SWEEP_M = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
-RIVALS = ("numpy", "torch", "onnxruntime")
+RIVALS = ("numpy", "torch", "onnxruntime", "openvino")
+# Rivals' names in the table's columns.
+TITLES = {"numpy": "numpy", "torch": "torch", "onnxruntime": "onnxrt",
+          "openvino": "openvino"}
 
 
 def contenders(x, w, b, dtype, threads):
@@ -39,17 +44,22 @@ def contenders(x, w, b, dtype, threads):
     run_torch = torch_linear(x, w, b)
     if run_torch is not None:
         runs["torch"] = run_torch
-    session = onnx_gemm(w, b, threads)
+    model = gemm_model(w, b)
+    session = onnx_gemm(w, b, threads, model)
     if session is not None:
         runs["onnxruntime"] = lambda: session.run(None, {"x": x})[0]
+    # OpenVINO's CPU plugin has no float64 arithmetic: it would be a float32 rival.
+    ov_run = (openvino_runner(model, threads)
+              if model is not None and w.dtype == np.float32 else None)
+    if ov_run is not None:
+        runs["openvino"] = lambda: ov_run(x)
     return runs
 
 
-def onnx_gemm(w, b, threads):
-    """An ONNX Runtime session computing x @ w.T + b with one Gemm node, or None without
-    onnx and onnxruntime."""
+def gemm_model(w, b):
+    """The ONNX model computing x @ w.T + b with one Gemm node (x's rows a dynamic
+    dimension), or None without onnx."""
     try:
-        import onnxruntime  # noqa: F401
         from onnx import helper, numpy_helper
     except ImportError:
         return None
@@ -60,8 +70,18 @@ def onnx_gemm(w, b, threads):
         [helper.make_tensor_value_info("x", elem, ["m", w.shape[1]])],
         [helper.make_tensor_value_info("y", elem, ["m", w.shape[0]])],
         [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    return ort_session(model, threads)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def onnx_gemm(w, b, threads, model=None):
+    """An ONNX Runtime session of gemm_model(w, b) (or the `model` given), or None
+    without onnx and onnxruntime."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return None
+    model = model if model is not None else gemm_model(w, b)
+    return None if model is None else ort_session(model, threads)
 
 
 def check_agreement(runs, x, w, b):
@@ -105,7 +125,7 @@ def measure(shape, dtype, threads, rounds, budget, settle, rng):
 
 
 # The table's columns: (group, title, width, cell of a row). The default fits 100
-# columns.
+# columns: the rivals' times take 7 (no time prints wider than 6 characters).
 def _us(row, name):
     return format_us(row["us"].get(name))
 
@@ -117,20 +137,20 @@ def _limit(row):
 COLUMNS = [
     ("", "M x K x N", 14, lambda r: f"{r['m']}x{r['k']}x{r['n']}"),
     ("time", "fastlinear", 10, lambda r: _us(r, "fastlinear")),
-    ("time", "out=", 9, lambda r: _us(r, "fastlinear out=")),
-    ("time", "numpy", 9, lambda r: _us(r, "numpy")),
-    ("time", "torch", 9, lambda r: _us(r, "torch")),
-    ("time", "onnxrt", 9, lambda r: _us(r, "onnxruntime")),
+    ("time", "out=", 7, lambda r: _us(r, "fastlinear out=")),
+    *[("time", TITLES[name], max(7, len(TITLES[name])), lambda r, name=name: _us(r, name))
+      for name in RIVALS],
     ("ratio", "/best", 6, lambda r: f"{r['ratio_best']:.2f}"),
     ("ratio", "out=/best", 9, lambda r: f"{r['ratio_best_out']:.2f}"),
-    ("", "GFLOP/s", 8, lambda r: f"{r['gflops']['fastlinear']:.1f}"),
+    ("", "GFLOP/s", 7, lambda r: f"{r['gflops']['fastlinear']:.1f}"),
     ("", "limit", 8, _limit),
 ]
 WIDE_COLUMNS = [
     ("wide", "blas", 9, lambda r: _us(r, "fastlinear-blas")),
     ("wide", "GB/s", 6, lambda r: f"{r['weight_gbs']:.1f}"),
-    *[("wide", f"/{name[:6]}", 7, lambda r, name=name: f"{r['ratio'][name]:.2f}"
-       if name in r["ratio"] else "-") for name in RIVALS],
+    *[("wide", f"/{TITLES[name]}", max(7, len(TITLES[name]) + 1),
+       lambda r, name=name: f"{r['ratio'][name]:.2f}" if name in r["ratio"] else "-")
+      for name in RIVALS],
 ]
 
 
@@ -142,8 +162,10 @@ def legend(rounds, wide):
         ("numpy", "x @ W.T + b"),
         ("torch", "torch.nn.functional.linear"),
         ("onnxrt", "ONNX Runtime, one Gemm node"),
-        ("/best", "fastlinear's time / the fastest rival's (numpy, torch, onnxrt): below 1, "
-                  "faster"),
+        ("openvino", "OpenVINO, the same Gemm model: f32 precision, latency hint, one stream;\n"
+                     "float32 only ('-' for float64: it computes those in float32)"),
+        ("/best", "fastlinear's time / the fastest rival's (numpy, torch, onnxrt, openvino):\n"
+                  "below 1, faster"),
         ("out=/best", "the same for out="),
         ("GFLOP/s", "2 M K N / fastlinear's time"),
         ("limit", "the machine's bound for the shape / fastlinear's time, 100% = at the bound:\n"
