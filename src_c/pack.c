@@ -215,7 +215,21 @@ void fl_pack_block(fl_dtype dtype, size_t nr, size_t cols, size_t kc, const void
         const float *src = w;
         float *d = dst;
         size_t c = 0;
-        for (; c + 4 <= cols; c += 4) {  /* 4 rows of W at a time, read along k */
+        /* 8 rows of W at a time, read along k: each step writes 32 bytes of a row of the
+         * block (4 rows, 16, wrote each line 4 times from L2; 16 rows at a stride of a
+         * power of two compete for the same L1 sets). 1x4096x4096 on Zen 4, 2 threads:
+         * 3.7 ms with 4 rows, 3.0 with 8, 3.6 with 16 (numpy 1.4-1.5 ms). */
+        for (; c + 8 <= cols; c += 8) {
+            size_t kk = 0;
+            for (; kk + 4 <= kc; kk += 4) {
+                transpose4(src + c * ldw + kk, ldw, d + kk * nr + c, nr);
+                transpose4(src + (c + 4) * ldw + kk, ldw, d + kk * nr + c + 4, nr);
+            }
+            for (; kk < kc; kk++)
+                for (size_t i = 0; i < 8; i++)
+                    d[kk * nr + c + i] = src[(c + i) * ldw + kk];
+        }
+        for (; c + 4 <= cols; c += 4) {
             size_t kk = 0;
             for (; kk + 4 <= kc; kk += 4)
                 transpose4(src + c * ldw + kk, ldw, d + kk * nr + c, nr);
