@@ -278,7 +278,11 @@ int fl_forward_plain(fl_dtype dtype, size_t n, size_t k, const void *w, size_t l
         fl_packed *p = fl_alloc(dtype, n, k, 0);
         if (!p)
             return FL_ENOMEM;
-        fl_pack_rows(p, 0, n, w, (ptrdiff_t)ldw, 1, NULL);
+        const size_t nr = p->kern->nr;
+        for (size_t q = 0; q < p->panels; q++)  /* the panel layout: K x NR values */
+            fl_pack_block(dtype, nr, min_sz(nr, n - q * nr), k,
+                          (const char *)w + q * nr * ldw * size, ldw,
+                          (char *)p->w + q * p->panel_bytes);
         const int rc = fl_forward(p, b, m, x, ldx, y, ldy, nthreads);
         fl_free(p);
         return rc;
