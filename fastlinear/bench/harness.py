@@ -18,6 +18,7 @@ import numpy as np
 
 import fastlinear as fl
 
+from .._tuning import cpu_model  # the name the tuning file is keyed by, too
 from . import limits
 
 # Sizes whose read bandwidth the header and the JSON report: in cache, and from memory.
@@ -251,18 +252,6 @@ class Progress:
 
 
 # -- the machine ------------------------------------------------------------------------
-
-def cpu_model():
-    """The CPU's model name, as the OS reports it."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
 
 def describe(dtype, threads):
     """Prints two lines naming what is measured (versions, ISA path, CPU; the first at
