@@ -125,7 +125,7 @@ def test_probe_reads_the_packed_weights_at_a_sane_speed():
     """The probe reads the bytes the kernel reads (N rounded up to whole panels, K rows
     each), about as fast as numpy copies that many bytes, or faster (a copy writes too),
     and not absurdly faster (no read left out)."""
-    probe = limits._probe(_core.isa_name())
+    probe = limits._probe(limits.current_isa())  # the ISA Weights packs for
     row = probe.row_bytes()
     k, n = 1024, 4096
     weights = limits.Weights(k, n - 3, np.float32, 1)
@@ -396,7 +396,8 @@ def test_mlp_table_with_quantized_models_rivals_and_bounds(tmp_path, capsys, mon
                 row["us"]["fastlinear"] / row["us"][row["best_rival"]])
         if _has_probe():
             size = {name: row["limits"][name]["weight_bytes"] for name in ours}
-            assert size["fastlinear"] > 3.2e6
+            # 784-512-512-256-10: 797,184 weights of 4 bytes, more with the panels' padding
+            assert size["fastlinear"] >= 4 * 797_184
             assert size["fastlinear bfloat16"] == size["fastlinear"] // 2
             assert size["fastlinear"] // 4 < size["fastlinear int8"] < size["fastlinear"] // 3.9
             for name in ours:

@@ -36,7 +36,7 @@ import tempfile
 
 import numpy as np
 
-from .. import _core
+from .. import _config, _core
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # Per ISA path (x86-64): the compiler flags of its vector width, and how its kernel reads
@@ -54,7 +54,13 @@ READ_SECONDS = 0.0005
 
 
 def current_isa():
-    return _core.isa_name()
+    """The ISA whose bounds apply to fastlinear's calls now: the native kernel's; where
+    only the portable kernel runs, backend "auto" runs BLAS, which uses the CPU's best
+    vectors, so the bound is that of the best ISA the CPU has."""
+    isa = _core.isa_name()
+    if isa == "ref" and _config.resolve_backend("auto") == "blas":
+        return _core.supported_isas()[-1]
+    return isa
 
 
 @functools.lru_cache(maxsize=None)
