@@ -87,7 +87,9 @@ def openvino_runner(model, threads):
     """A callable x -> y running `model` (a ModelProto, or a path to an .onnx file) with
     OpenVINO on the CPU, or None without openvino. Compiled as a latency user would:
     float32 arithmetic (its default on CPUs with bf16 or fp16 units is to run in those),
-    `threads` threads, the latency hint, one stream. One infer request made here and
+    `threads` threads, the latency hint, one stream, no CPU pinning (pinned, its threads
+    took the cores from the other libraries' in the process: fastlinear's 32x768x3072 on
+    the AVX2 path 858 -> 1146 µs beside it). One infer request made here and
     reused: each call hands it x without a copy (a tensor sharing x's memory), infers,
     and returns a view of the request's output (overwritten by the next call), so the
     time is the inference's, not allocations'. The graph keeps its dynamic batch, as
@@ -100,7 +102,7 @@ def openvino_runner(model, threads):
     source = model if isinstance(model, str) else model.SerializeToString()
     compiled = core.compile_model(core.read_model(source), "CPU", {
         "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads,
-        "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1})
+        "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1, "ENABLE_CPU_PINNING": False})
     request = compiled.create_infer_request()
     tensor = ov.Tensor
 
