@@ -53,7 +53,7 @@ def digest_isa(isa):
         dtype = np.float64 if wd == "float64" else np.float32
         for k in KS:
             rng = np.random.default_rng(k)
-            layer = fl.Linear(k, N, dtype=dtype, rng=rng)
+            layer = fl.Linear(k, N, dtype=dtype, rng=rng, backend="native")
             if wd not in ("float32", "float64"):
                 layer = layer.quantize(wd, group)
             x = rng.normal(size=(max(ROWS), k)).astype(dtype)
