@@ -7,7 +7,12 @@ The grid: every ISA path this CPU runs x every weight format x each epilogue (no
 activation, a BatchNorm1d after the Linear) and row step (LayerNorm, Softmax, LogSoftmax,
 a BatchNorm1d of its own) x M in {1, 2, 3, 5, 6, 7, 13, 130} x 1-3 threads x K in
 {1000, 1100} (crossing a k block). Every output of a path goes into its digest, in a fixed
-order; inputs and weights come from fixed seeds."""
+order; inputs and weights come from fixed seeds. Every layer runs the native kernel
+(backend "native": "auto" would run BLAS on the portable path).
+
+digest-before-issue16.json: the tree before the kernels were written once per ISA (the
+same digests after that, the bias's move and the Python house: commit 610e0e7);
+digest-summation-blocks.json: after the summation blocks changed the bits on purpose."""
 import argparse
 import hashlib
 import json
