@@ -10,6 +10,7 @@ Stored results: $XDG_CACHE_HOME/fastlinear/tuning.json (default ~/.cache/fastlin
 file that cannot be read or holds unusable values is ignored with a warning."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -31,9 +32,11 @@ KC_LEVEL = {"ref": 2, "avx2": 1, "avx512": 2}
 in_force: dict[tuple[str, str], tuple[tuple[int, int, int], str]] = {}
 
 
+@functools.lru_cache(maxsize=1)
 def cache_sizes() -> dict[int, int]:
     """Data cache sizes by level, bytes, from Linux's sysfs (per core for L1/L2, the
-    whole L3); {} where they cannot be read."""
+    whole L3); {} where they cannot be read. Read once: apply() runs on every change of
+    thread count (fl.threads blocks too)."""
     sizes: dict[int, int] = {}
     base = "/sys/devices/system/cpu/cpu0/cache"
     try:

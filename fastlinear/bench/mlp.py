@@ -258,11 +258,7 @@ def run_mlp(onnx_paths, threads, rounds, budget, settle):
                 with torch.inference_mode():
                     return theirs(tx).numpy()
             runs["torch"] = run_torch
-        if ort_run is not None:
-            runs["onnxruntime"] = lambda: ort_run(x)
-        if ov_run is not None:
-            runs["openvino"] = lambda: ov_run(x)
-        return runs
+        return _with_onnx_rivals(runs, x, ort_run, ov_run)
 
     def input_for(m):
         return rng.standard_normal((m, MLP[0][0])).astype(np.float32)
@@ -274,6 +270,15 @@ def run_mlp(onnx_paths, threads, rounds, budget, settle):
         rows += run_onnx_file(path, threads, rounds, budget, settle, rng, progress)
     progress.close()
     return rows
+
+
+def _with_onnx_rivals(runs, x, ort_run, ov_run):
+    """runs, with ONNX Runtime's and OpenVINO's session on x where each is installed."""
+    if ort_run is not None:
+        runs["onnxruntime"] = lambda: ort_run(x)
+    if ov_run is not None:
+        runs["openvino"] = lambda: ov_run(x)
+    return runs
 
 
 def run_onnx_file(path, threads, rounds, budget, settle, rng, progress):
@@ -288,12 +293,7 @@ def run_onnx_file(path, threads, rounds, budget, settle, rng, progress):
     ov_run = openvino_runner(path, threads)
 
     def runs_for(x):
-        runs = {"fastlinear": lambda: ours(x)}
-        if ort_run is not None:
-            runs["onnxruntime"] = lambda: ort_run(x)
-        if ov_run is not None:
-            runs["openvino"] = lambda: ov_run(x)
-        return runs
+        return _with_onnx_rivals({"fastlinear": lambda: ours(x)}, x, ort_run, ov_run)
 
     def input_for(m):
         return rng.standard_normal((m, *dims)).astype(np.float32)
