@@ -27,6 +27,7 @@ C_SOURCES = [
     "src_c/kernels/ref.c",
     "src_c/kernels/avx2.c",
     "src_c/kernels/avx512.c",
+    "src_c/kernels/avx512_vnni.c",
 ]
 # -ffp-contract=off: GCC's default for GNU C (-ffp-contract=fast) fuses a*b+c into an FMA
 # wherever it likes, so a vectorised loop and its scalar tail could round differently and

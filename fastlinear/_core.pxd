@@ -13,8 +13,10 @@ cdef extern from "fastlinear.h" nogil:
         FL_F16
         FL_I8
         FL_I4
+        FL_I8Q
         FL_NDTYPES
     enum:
+        FL_I8Q_MAX_K
         FL_OK
         FL_ENOMEM
         FL_SUM_BLOCK
@@ -86,4 +88,4 @@ cdef class PackedWeights:
     cdef int _typenum
     cdef readonly size_t in_features, out_features, group
     cdef readonly object dtype, format
-    cdef readonly str isa
+    cdef readonly str isa, activations

@@ -15,6 +15,8 @@ FL_BF16: int
 FL_F16: int
 FL_I8: int
 FL_I4: int
+FL_I8Q: int
+FL_I8Q_MAX_K: int
 FL_NDTYPES: int
 FL_ACT_NONE: int
 FL_ACT_RELU: int
@@ -49,8 +51,9 @@ class PackedWeights:
     dtype: np.dtype[Any]
     format: Format
     isa: str
+    activations: str
     def __init__(self, out_features: int, in_features: int, fmt: Format,
-                 group: int) -> None: ...
+                 group: int, activations: str = ...) -> None: ...
     def set_rows(self, j0: int, w: np.ndarray, scale: np.ndarray | None) -> None: ...
     def unpack(self) -> tuple[np.ndarray, np.ndarray | None]: ...
     def forward_fast(self, x: object, bias: np.ndarray | None,

@@ -54,10 +54,19 @@ cdef class PackedWeights:
     to each call (a new bias never writes weights that another thread's call reads). The format is a
     fastlinear._formats.Format: its C code, the numpy type (`kernel`) and the length
     (`cols`) of the rows set_rows() takes and unpack() returns, the shape of its scales,
-    the activations' type."""
+    the activations' type. activations "int8": x quantized per row and integer sums
+    (the format's int8_code), for the weight formats that have them."""
 
-    def __cinit__(self, size_t out_features, size_t in_features, fmt, size_t group):
+    def __cinit__(self, size_t out_features, size_t in_features, fmt, size_t group,
+                  str activations="float32"):
         cdef fl_dtype code = fmt.code
+        if activations == "int8":
+            if fmt.int8_code is None:
+                raise ValueError(f"{fmt.name} weights have no int8 activations")
+            code = fmt.int8_code
+        elif activations != fmt.activations.name:
+            raise ValueError(f"unknown activations {activations!r}")
+        self.activations = activations
         if not 0 <= code < FL_NDTYPES:
             raise ValueError(f"unknown format code {code}")
         self.out_features, self.in_features = out_features, in_features

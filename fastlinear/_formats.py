@@ -47,6 +47,7 @@ class Format:
                                 # "group" (one per `group` values along k)
     quantize: object = None  # scaled formats: (float32 rows, group) -> (stored, scale)
     integers: object = None  # scaled formats: (stored rows, k) -> their values, int8
+    int8_code: "int | None" = None  # the C code of these weights with int8 activations
 
     @property
     def compressed(self):
@@ -119,7 +120,8 @@ FORMAT = {f.name: f for f in (
     Format("bfloat16", _core.FL_BF16, _BF16, _U16,  16,  _F32, widens=True),
     Format("float16",  _core.FL_F16,  _F16,  _U16,  16,  _F32, widens=True),
     Format("int8",     _core.FL_I8,   _I8,   _I8,    8,  _F32, scale="row",
-           quantize=_quantize_int8, integers=lambda stored, k: stored),
+           quantize=_quantize_int8, integers=lambda stored, k: stored,
+           int8_code=_core.FL_I8Q),
     Format("int4",     _core.FL_I4,   _U8,   _U8,    4,  _F32, scale="group",
            quantize=_quantize_int4, integers=unpack_int4),
 )}

@@ -10,7 +10,8 @@ static const fl_isa *const all_isas[] = {
     &fl_isa_ref,
 #if defined(__x86_64__) || defined(__i386__)
     &fl_isa_avx2,    /* x86-64 with AVX2 and FMA: Haswell (2013) and later, Zen 1-3 */
-    &fl_isa_avx512,  /* x86-64 with AVX-512F: Skylake-SP and later Xeons, Zen 4 */
+    &fl_isa_avx512,  /* x86-64 with AVX-512F and BW: Skylake-SP and later Xeons, Zen 4 */
+    &fl_isa_avx512_vnni,  /* and VNNI: Ice Lake and later Xeons, Zen 4 and 5 */
 #endif
 };
 enum { N_ISAS = sizeof all_isas / sizeof all_isas[0] };

@@ -15,15 +15,20 @@ typedef struct {
     size_t xbuf_bytes;  /* per thread: a block of packed x (pack_x) ... */
     size_t buf_bytes;   /* ... then one widened KC x NR block of weights (widen): the
                            scratch each thread needs, 0 for none */
+    size_t ldq;         /* FL_I8Q: bytes between quantized rows of x, ... */
+    size_t shared_bytes;  /* ... the rows and their scales: the scratch the team
+                             shares, 0 for none */
 } fl_plan;
 
 /* bl: the call's block sizes (fl_blocks_in_force, read once per call). */
 fl_plan fl_plan_gemm(const fl_packed *p, size_t m, size_t team, fl_blocks bl);
 
 /* Thread t's share (t < team) of y = ep(x @ W.T + b) under plan pl; scratch: pl's
- * buf_bytes for this thread, 64-byte aligned. b (N values) and ep may be NULL. */
+ * buf_bytes for this thread, shared: pl's shared_bytes for the team, both 64-byte
+ * aligned. b (N values) and ep may be NULL. Every thread of the team must call it: for
+ * FL_I8Q the team quantizes x into `shared`, then waits at a barrier. */
 void fl_gemm_share(const fl_packed *p, const void *b, const fl_plan *pl,
                    const fl_epilogue *ep, size_t m, const void *x, size_t ldx, void *y,
-                   size_t ldy, void *scratch, size_t t, size_t team);
+                   size_t ldy, void *scratch, void *shared, size_t t, size_t team);
 
 #endif

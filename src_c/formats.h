@@ -19,6 +19,7 @@ typedef struct {
     fl_scale_kind scale;
     int widens;            /* compressed: widened exactly to float32 before the multiply */
     fl_dtype values;       /* the type of x, y and the bias: FL_F32 or FL_F64 */
+    int quantizes_x;       /* x quantized to int8 per row, integer sums (fastlinear.h) */
 } fl_format;
 
 static const fl_format fl_formats[FL_NDTYPES] __attribute__((unused)) = {
@@ -28,6 +29,7 @@ static const fl_format fl_formats[FL_NDTYPES] __attribute__((unused)) = {
     [FL_F16] = {16, FL_SCALE_NONE, 1, FL_F32},
     [FL_I8] = {8, FL_SCALE_ROW, 1, FL_F32},
     [FL_I4] = {4, FL_SCALE_GROUP, 1, FL_F32},
+    [FL_I8Q] = {8, FL_SCALE_ROW, 0, FL_F32, 1},
 };
 
 /* Bytes of one x, y or bias value for weights of this format (4, or 8 for FL_F64). */

@@ -18,6 +18,9 @@ typedef struct {
     size_t ldx;
     char *y;
     size_t ldy;
+    const char *q;          /* FL_I8Q: x quantized, rows ldq bytes apart, ... */
+    size_t ldq;
+    const float *xs;        /* ... and their scales */
 } fl_job;
 
 static size_t min_sz(size_t a, size_t b) { return a < b ? a : b; }
@@ -171,6 +174,34 @@ static void run_packed(const fl_job *jb, size_t r0, size_t r1, size_t q0, size_t
     }
 }
 
+/* Integer activations, rows [r0, r1) x weight panels [q0, q1): each tile sums all of k
+ * in registers (kernel.h's fl_qkernel), a block of rows at a time, so that the block's
+ * quantized rows stay in L2 while the panels stream past. */
+static void run_int(const fl_job *jb, size_t r0, size_t r1, size_t q0, size_t q1)
+{
+    const fl_packed *p = jb->p;
+    const fl_kernel *kr = p->kern;
+    const size_t mr = kr->mr, nr = kr->nr;
+    size_t block = FL_DIRECT_X_MAX_BYTES / jb->ldq / mr * mr;
+    block = block ? block : mr;
+    for (size_t ib = r0; ib < r1; ib += block) {
+        const size_t ie = min_sz(ib + block, r1);
+        for (size_t q = q0; q < q1; q++) {
+            const size_t n = min_sz(nr, p->n - q * nr);
+            const char *w = (const char *)p->w + q * p->panel_bytes;
+            const float *bias = jb->bias ? (const float *)jb->bias + q * nr : NULL;
+            for (size_t ir = ib; ir < ie; ir += mr) {
+                const size_t h = min_sz(mr, ie - ir);
+                float *yt = (float *)jb->y + ir * jb->ldy + q * nr;
+                kr->qrun(p->k, jb->q + ir * jb->ldq, jb->ldq, jb->xs + ir, w,
+                         p->wsum + q * nr, p->scale + q * nr, bias, yt, jb->ldy, h, n);
+                if (jb->ep)
+                    epilogue(p, jb->ep, (char *)yt, jb->ldy, h, q * nr, n);
+            }
+        }
+    }
+}
+
 static void run_share(const fl_job *jb, const fl_plan *pl, char *scratch, size_t t,
                       size_t team)
 {
@@ -181,7 +212,11 @@ static void run_share(const fl_job *jb, const fl_plan *pl, char *scratch, size_t
     const size_t r0 = pl->split_rows ? lo * mr : 0;
     const size_t r1 = pl->split_rows ? min_sz(hi * mr, jb->m) : jb->m;
     float *wbuf = pl->widen ? (float *)(scratch + pl->xbuf_bytes) : NULL;
-    if (pl->pack_x && pl->split_rows)
+    if (jb->q && pl->split_rows)
+        run_int(jb, r0, r1, 0, jb->p->panels);
+    else if (jb->q)
+        run_int(jb, 0, jb->m, lo, hi);
+    else if (pl->pack_x && pl->split_rows)
         run_packed(jb, r0, r1, 0, jb->p->panels, scratch, wbuf);
     else if (pl->pack_x)
         run_packed(jb, 0, jb->m, lo, hi, scratch, wbuf);
@@ -193,12 +228,23 @@ static void run_share(const fl_job *jb, const fl_plan *pl, char *scratch, size_t
 
 void fl_gemm_share(const fl_packed *p, const void *b, const fl_plan *pl,
                    const fl_epilogue *ep, size_t m, const void *x, size_t ldx, void *y,
-                   size_t ldy, void *scratch, size_t t, size_t team)
+                   size_t ldy, void *scratch, void *shared, size_t t, size_t team)
 {
     if (m == 0 || p->n == 0)
         return;
     const int any = ep && (ep->act != FL_ACT_NONE || ep->scale);
-    const fl_job jb = {p, pl->bl, 0, NULL, 0, b, any ? ep : NULL, m, x, ldx, y, ldy};
+    fl_job jb = {p, pl->bl, 0, NULL, 0, b, any ? ep : NULL, m, x, ldx, y, ldy, NULL, 0,
+                 NULL};
+    if (fl_formats[p->dtype].quantizes_x) {
+        /* each row quantized once, by one thread of the team, before any tile reads it */
+        jb.q = shared;
+        jb.ldq = pl->ldq;
+        jb.xs = (const float *)((char *)shared + m * pl->ldq);
+        for (size_t i = m * t / team; i < m * (t + 1) / team; i++)
+            p->kern->quantize(p->k, (const float *)x + i * ldx, (char *)shared + i * pl->ldq,
+                              (float *)jb.xs + i);
+#pragma omp barrier
+    }
     run_share(&jb, pl, scratch, t, team);
 }
 
@@ -215,6 +261,13 @@ fl_plan fl_plan_gemm(const fl_packed *p, size_t m, size_t team, fl_blocks bl)
      * registers as the tiles read the weights measured faster, but for costly widenings
      * (widen_rows, kernels/<isa>.c). */
     pl.widen = fl_formats[p->dtype].widens && (pl.pack_x || !kr->run);
+    if (fl_formats[p->dtype].quantizes_x) {
+        /* x quantized into the team's buffer, which the tiles read in place: the rows
+         * padded as the quantizer writes them (kernel.h), whole cache lines apart */
+        pl.pack_x = 0;
+        pl.ldq = ((p->k + 15) / 16 * 16 * kr->qx + 63) / 64 * 64 + (p->k == 0) * 64;
+        pl.shared_bytes = m * pl.ldq + (m * sizeof(float) + 63) / 64 * 64;
+    }
     /* Each thread takes a band of weight panels, so the weights are streamed (and
      * widened) once in total, unless there are too few panels to go round; except that
      * float weights with packed x split the rows, each thread packing its own blocks of
@@ -242,21 +295,25 @@ int fl_forward(const fl_packed *p, const void *b, size_t m, const void *x, size_
     size_t threads = fl_threads_begin((double)m * (double)p->n * (double)p->k, nthreads);
     const fl_plan pl = fl_plan_gemm(p, m, threads, fl_blocks_in_force(p->isa, p->dtype));
     threads = min_sz(threads, pl.parts);
-    char *buf = NULL;
-    if (pl.buf_bytes && !(buf = fl_aligned_alloc(threads, pl.buf_bytes))) {
-        fl_threads_end();
-        return FL_ENOMEM;
+    /* the team's shared scratch, then each thread's */
+    char *buf = NULL, *mine = NULL;
+    if (pl.buf_bytes + pl.shared_bytes) {
+        if (!(buf = fl_aligned_alloc(1, pl.shared_bytes + threads * pl.buf_bytes))) {
+            fl_threads_end();
+            return FL_ENOMEM;
+        }
+        mine = pl.buf_bytes ? buf + pl.shared_bytes : NULL;
     }
     if (threads == 1) {  /* no team to start: a few hundred ns matter to tiny calls */
-        fl_gemm_share(p, b, &pl, NULL, m, x, ldx, y, ldy, buf, 0, 1);
+        fl_gemm_share(p, b, &pl, NULL, m, x, ldx, y, ldy, mine, buf, 0, 1);
     } else {
         fl_team_starting();
 #pragma omp parallel num_threads((int)threads)
         {
             /* The team may be smaller than asked for (nesting, OMP_THREAD_LIMIT). */
             const size_t t = (size_t)fl_thread_id();
-            char *scratch = buf ? buf + t * pl.buf_bytes : NULL;
-            fl_gemm_share(p, b, &pl, NULL, m, x, ldx, y, ldy, scratch, t,
+            char *scratch = mine ? mine + t * pl.buf_bytes : NULL;
+            fl_gemm_share(p, b, &pl, NULL, m, x, ldx, y, ldy, scratch, buf, t,
                           (size_t)fl_team_size());
         }
     }
@@ -292,7 +349,7 @@ int fl_forward_plain(fl_dtype dtype, size_t n, size_t k, const void *w, size_t l
     const fl_packed shape = {isa, kr, dtype, n, k, 0, (n + kr->nr - 1) / kr->nr, 0, NULL,
                              NULL};
     const fl_job jb = {&shape, fl_blocks_in_force(isa, dtype), 1, w, ldw, b, NULL, m, x,
-                       ldx, y, ldy};
+                       ldx, y, ldy, NULL, 0, NULL};
     size_t threads = fl_threads_begin((double)m * (double)n * (double)k, nthreads);
     threads = min_sz(threads, shape.panels);
     /* per thread: one panel of weights, K x NR values, whole cache lines */

@@ -46,6 +46,7 @@
 #define FL_KERNEL_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include "fastlinear.h"
 #include "formats.h"
 
@@ -57,6 +58,28 @@ typedef void fl_ukernel(size_t kc, const void *a, ptrdiff_t a_rs, ptrdiff_t a_cs
 /* Widens kc k rows of one packed panel of a compressed format (w and group as the
  * micro-kernel gets them) into dst: kc x NR float32 values W(k, j), 64-byte aligned. */
 typedef void fl_widener(size_t kc, const void *w, size_t group, float *dst);
+
+/* Integer activations (FL_I8Q, fastlinear.h): the ISA's own form of a quantized row of
+ * x, and its integer micro-kernel.
+ *
+ * Quantizer: the k values of x into q, the row quantized as fastlinear.h says, each
+ * value q[k] + qshift stored in qx bytes (int8 + 128 as uint8 for vpdpbusd, int16 for
+ * vpmaddwd, ...), then up to qk - 1 zero values (+ qshift) to a whole step; its scale
+ * s into *scale.
+ *
+ * Integer micro-kernel: an m x n tile (m <= MR, n <= NR) over all k values at once:
+ *     acc[i][j] = sum over k of q(i, k) * w[j, k]          (int32, exact)
+ *     y[i*ldy + j] = float(acc[i][j]) * (xs[i] * ws[j])    (then + bias[j] if bias)
+ *   a     the quantized rows, lda bytes apart (a row: ceil(k / qk) steps of qk values);
+ *   w     the panel: ceil(k / qk) steps, each NR columns of qk int8 values (column j's
+ *         values for k = qk s .. qk s + qk - 1 together), zero past k and past n;
+ *   wsum  NR values, qshift * sum_k w[j, k] modulo 2^32: subtracted from the sums of
+ *         shifted x;  ws  NR float32 scales (zero past n);  bias NULL or n values.
+ * Only rows i < m and columns j < n of y are written; y is never read. */
+typedef void fl_quantizer(size_t k, const float *x, void *q, float *scale);
+typedef void fl_qkernel(size_t k, const void *a, size_t lda, const float *xs,
+                        const void *w, const int32_t *wsum, const float *ws,
+                        const float *bias, float *y, size_t ldy, size_t m, size_t n);
 
 /* One micro-kernel with the block sizes that suit it (reasons in kernels/<isa>.c). */
 typedef struct {
@@ -71,6 +94,10 @@ typedef struct {
     size_t widen_rows;  /* compressed formats: from this many rows on, x is packed and each
                            weight block widened once into a buffer; 0: only where x is
                            too large to read in place (FL_DIRECT_X_MAX_BYTES) */
+    /* FL_I8Q only (run NULL): */
+    fl_qkernel *qrun;
+    fl_quantizer *quantize;
+    size_t qk, qx, qshift;  /* k values per step, bytes per quantized value, its shift */
 } fl_kernel;
 
 /* Applies ep to an m x n block of y (row stride ldy elements) in place: the ISA's
@@ -103,6 +130,7 @@ struct fl_packed {
     size_t panel_bytes; /* one panel of w, a multiple of 64 */
     void *w;            /* panels * panel_bytes, 64-byte aligned */
     float *scale;       /* int8: panels * nr scales; else NULL */
+    int32_t *wsum;      /* FL_I8Q: panels * nr sums (fl_qkernel's wsum); else NULL */
 };
 
 /* Byte offset of k row `pc` (a multiple of KC) in a panel of p. */
@@ -142,6 +170,7 @@ extern const fl_isa fl_isa_ref;
 #if defined(__x86_64__) || defined(__i386__)
 extern const fl_isa fl_isa_avx2;
 extern const fl_isa fl_isa_avx512;
+extern const fl_isa fl_isa_avx512_vnni;
 #endif
 
 /* The ISA fl_alloc() uses now (dispatch.c). */

@@ -25,6 +25,7 @@ typedef struct {
     size_t widest;
     char *scratch;       /* the GEMM's per-thread scratch, scratch_bytes each */
     size_t scratch_bytes;
+    char *shared;        /* the GEMM's scratch for the team (FL_I8Q's quantized rows) */
     fl_blocks *bl;       /* each LINEAR step's block sizes, read once for the call */
 } fl_model_call;
 
@@ -39,7 +40,8 @@ static void run_step(const fl_model_call *c, const fl_step *st, size_t width, si
     if (st->kind == FL_STEP_LINEAR) {
         const fl_plan pl = fl_plan_gemm(st->linear, rows, team, c->bl[st - c->steps]);
         fl_gemm_share(st->linear, st->bias, &pl, &st->ep, rows, in, ldin, out, ldout,
-                      c->scratch ? c->scratch + t * c->scratch_bytes : NULL, t, team);
+                      c->scratch ? c->scratch + t * c->scratch_bytes : NULL, c->shared, t,
+                      team);
         return;
     }
     const size_t r0 = rows * t / team, r1 = rows * (t + 1) / team;
@@ -90,7 +92,7 @@ int fl_model_forward(const fl_step *steps, size_t nsteps, fl_dtype dtype, size_t
     if (m == 0)
         return FL_OK;
     fl_model_call c = {steps, nsteps, dtype, width_in, m, x, ldx, y, ldy, {NULL, NULL}, 0,
-                       NULL, 0, NULL};
+                       NULL, 0, NULL, NULL};
     c.bl = calloc(nsteps, sizeof *c.bl);
     if (!c.bl)
         return FL_ENOMEM;
@@ -104,12 +106,14 @@ int fl_model_forward(const fl_step *steps, size_t nsteps, fl_dtype dtype, size_t
             c.widest = st->width;
     }
     const size_t threads = fl_threads_begin(madds * (double)m, nthreads);
+    size_t shared_bytes = 0;
     for (size_t s = 0; s < nsteps; s++)
         if (steps[s].kind == FL_STEP_LINEAR) {
             const fl_packed *p = steps[s].linear;
             c.bl[s] = fl_blocks_in_force(p->isa, p->dtype);
-            const size_t need = fl_plan_gemm(p, rows, threads, c.bl[s]).buf_bytes;
-            c.scratch_bytes = need > c.scratch_bytes ? need : c.scratch_bytes;
+            const fl_plan pl = fl_plan_gemm(p, rows, threads, c.bl[s]);
+            c.scratch_bytes = pl.buf_bytes > c.scratch_bytes ? pl.buf_bytes : c.scratch_bytes;
+            shared_bytes = pl.shared_bytes > shared_bytes ? pl.shared_bytes : shared_bytes;
         }
     /* Each buffer rounded up to whole 4 KiB pages, then FL_BUFFER_SKEW more: a row's
      * value in one buffer and in the other then never share their address modulo 4 KiB,
@@ -118,8 +122,9 @@ int fl_model_forward(const fl_step *steps, size_t nsteps, fl_dtype dtype, size_t
     const size_t buf_bytes = nsteps > 1 ? (values + page - 1) / page * page + FL_BUFFER_SKEW
                                         : 0;
     char *mem = NULL;
-    if (2 * buf_bytes + threads * c.scratch_bytes > 0) {
-        mem = fl_aligned_alloc(1, 2 * buf_bytes + threads * c.scratch_bytes);
+    const size_t total = 2 * buf_bytes + shared_bytes + threads * c.scratch_bytes;
+    if (total > 0) {
+        mem = fl_aligned_alloc(1, total);
         if (!mem) {
             fl_threads_end();
             free(c.bl);
@@ -127,7 +132,8 @@ int fl_model_forward(const fl_step *steps, size_t nsteps, fl_dtype dtype, size_t
         }
         c.buf[0] = mem;
         c.buf[1] = mem + buf_bytes;
-        c.scratch = c.scratch_bytes ? mem + 2 * buf_bytes : NULL;
+        c.shared = shared_bytes ? mem + 2 * buf_bytes : NULL;
+        c.scratch = c.scratch_bytes ? mem + 2 * buf_bytes + shared_bytes : NULL;
     }
     if (threads == 1) {
         run_team(&c, 0, 1);

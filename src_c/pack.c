@@ -106,14 +106,23 @@ static void transfer(fl_packed *p, size_t j0, size_t rows, void *w, ptrdiff_t rs
             continue;
         }
         char *row = (char *)w + (ptrdiff_t)r * rs * (ptrdiff_t)wsize;
-        unsigned char *col = panel + c * wsize;
+        /* steps of qk values of k, each NR columns of qk values (kernel.h's fl_qkernel);
+         * qk = 1 for the float kernels' layout */
+        const size_t qk = p->kern->qk ? p->kern->qk : 1;
+        unsigned char *col = panel + c * qk * wsize;
+        uint32_t sum = 0;  /* FL_I8Q: modulo 2^32, as the kernel subtracts it */
         for (size_t kk = 0; kk < k; kk++) {
             char *plain = row + (ptrdiff_t)kk * cs * (ptrdiff_t)wsize;
+            unsigned char *packed = col + (kk / qk * nr * qk + kk % qk) * wsize;
             if (to_panel)
-                copy_value(wsize, col + kk * nr * wsize, plain);
+                copy_value(wsize, packed, plain);
             else
-                copy_value(wsize, plain, col + kk * nr * wsize);
+                copy_value(wsize, plain, packed);
+            if (p->wsum)
+                sum += (uint32_t)(int32_t) * (const signed char *)packed;
         }
+        if (p->wsum && to_panel)
+            p->wsum[j] = (int32_t)(sum * (uint32_t)p->kern->qshift);
         if (fl_formats[p->dtype].scale == FL_SCALE_ROW) {
             if (to_panel)
                 p->scale[j] = scale[r];
@@ -141,7 +150,8 @@ fl_packed *fl_alloc(fl_dtype dtype, size_t n, size_t k, size_t group)
     p->panels = (n + nr - 1) / nr;
     /* The panel's bytes, checked against overflow (then rounded up to a cache line). */
     const size_t unit = grouped ? group_bytes(nr, group) : nr * weight_size(dtype);
-    const size_t units = grouped ? (k + group - 1) / group : k;
+    const size_t qk = kern->qk ? kern->qk : 1;  /* FL_I8Q: whole steps of k */
+    const size_t units = grouped ? (k + group - 1) / group : (k + qk - 1) / qk * qk;
     if (units > SIZE_MAX / 2 / unit)
         goto fail;
     p->panel_bytes = (units * unit + 63) / 64 * 64;
@@ -150,6 +160,9 @@ fl_packed *fl_alloc(fl_dtype dtype, size_t n, size_t k, size_t group)
         goto fail;
     if (fl_formats[dtype].scale == FL_SCALE_ROW
         && !(p->scale = aligned_zalloc(p->panels * nr, sizeof(float))))
+        goto fail;
+    if (fl_formats[dtype].quantizes_x
+        && !(p->wsum = aligned_zalloc(p->panels * nr, sizeof(int32_t))))
         goto fail;
     return p;
 fail:
@@ -177,6 +190,7 @@ void fl_free(fl_packed *p)
         return;
     free(p->w);
     free(p->scale);
+    free(p->wsum);
     free(p);
 }
 

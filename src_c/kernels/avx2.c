@@ -13,6 +13,7 @@
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
 #include <immintrin.h>
+#include <string.h>
 #include "../kernel.h"
 #include "../blocking.h"
 
@@ -20,6 +21,7 @@
 #define FL_TARGET __attribute__((target("avx2,fma,f16c")))
 #define INLINE static inline __attribute__((always_inline)) FL_TARGET
 typedef __m256 vec;
+typedef __m256i ivec;
 
 /* 3 rows x 4 ymm, not the classic 6 x 2: a single row (M = 1, weights streamed from
  * memory) then has only 2 FMA chains, which at 4 cycles of FMA latency cap the stream
@@ -179,6 +181,74 @@ FL_UNROLL
             for (size_t i = 0; i < m; i++)
                 acc[i][v] = vfma(dt, ai[i], wv, acc[i][v]);
         }
+    }
+}
+
+/* Integer activations (qtile.h): vpmaddwd multiplies 2 int16 pairs of x and of the
+ * weights (sign-extended from bytes on load) into int32, vpaddd adds them to the sums;
+ * no vpmaddubsw, which saturates. 4 rows x 2 ymm (16 columns): 8 sums, 2 weight vectors,
+ * a broadcast and vpmaddwd's product take 12 ymm; 3 x 4 would need 18 (AVX2 has no
+ * multiply-add of integers, so the product takes a register of its own). */
+enum { QMR = 4, QNV = 2, QK = 2, QX = 2, QSHIFT = 0 };
+_Static_assert(QMR * QNV + QNV + 2 <= 16, "sums, weight vectors, broadcast, product");
+
+INLINE ivec izero(void) { return _mm256_setzero_si256(); }
+
+INLINE ivec qbroadcast(const char *p)
+{
+    int32_t v;
+    memcpy(&v, p, sizeof v);
+    return _mm256_set1_epi32(v);
+}
+
+INLINE ivec qweight(const char *wk, size_t v)
+{
+    return _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(wk + v * VBYTES / 2)));
+}
+
+INLINE ivec qdot(ivec acc, ivec xb, ivec wv)
+{
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(xb, wv));
+}
+
+INLINE vec qfloat(ivec acc, const char *wsum)
+{
+    (void)wsum;
+    return _mm256_cvtepi32_ps(acc);
+}
+
+INLINE uint32_t qamax(size_t k, const float *x)
+{
+    const __m256i magnitude = _mm256_set1_epi32(0x7fffffff);
+    __m256i m = _mm256_setzero_si256();
+    size_t i = 0;
+    for (; i + 8 <= k; i += 8)
+        m = _mm256_max_epu32(m, _mm256_and_si256(
+            _mm256_loadu_si256((const __m256i *)(x + i)), magnitude));
+    if (i < k)
+        m = _mm256_max_epu32(m, _mm256_and_si256(
+            _mm256_castps_si256(vload_head(FL_F32, (const char *)(x + i), (k - i) * 4)),
+            magnitude));
+    __m128i h = _mm_max_epu32(_mm256_castsi256_si128(m), _mm256_extracti128_si256(m, 1));
+    h = _mm_max_epu32(h, _mm_shuffle_epi32(h, 0x4e));
+    h = _mm_max_epu32(h, _mm_shuffle_epi32(h, 0xb1));
+    return (uint32_t)_mm_cvtsi128_si32(h);
+}
+
+INLINE void qround(size_t k, const float *x, float u, float r, char *q)
+{
+    const __m256 uv = _mm256_set1_ps(u), rv = _mm256_set1_ps(r);
+    for (size_t i = 0; i < k; i += 8) {
+        __m256 f = k - i >= 8 ? _mm256_loadu_ps(x + i)
+                              : vload_head(FL_F32, (const char *)(x + i), (k - i) * 4);
+        if (u != 1.0f)
+            f = _mm256_mul_ps(f, uv);
+        /* rounded by the instruction's own mode, not the caller's, then converted exactly */
+        const __m256i v = _mm256_cvttps_epi32(_mm256_round_ps(
+            _mm256_mul_ps(f, rv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        _mm_storeu_si128((__m128i *)(q + 2 * i),
+                         _mm_packs_epi32(_mm256_castsi256_si128(v),
+                                         _mm256_extracti128_si256(v, 1)));
     }
 }
 

@@ -7,13 +7,23 @@
  * 24 + 4 + 1 of the 32 zmm, which leaves three for widening weights. */
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
+#include <string.h>
 #include "../kernel.h"
 #include "../blocking.h"
 
+/* kernels/avx512_vnni.c includes this file with FL_VNNI set: the same kernels plus the
+ * integer one on vpdpbusd, as the ISA avx512_vnni. AVX-512BW (every AVX-512 CPU but the
+ * Xeon Phi) gives the integer kernels their 512-bit byte and word instructions. */
+#ifdef FL_VNNI
+#define FL_ISA_ID avx512_vnni
+#define FL_TARGET __attribute__((target("avx512f,avx512bw,fma,avx512vnni")))
+#else
 #define FL_ISA_ID avx512
-#define FL_TARGET __attribute__((target("avx512f,fma")))
+#define FL_TARGET __attribute__((target("avx512f,avx512bw,fma")))
+#endif
 #define INLINE static inline __attribute__((always_inline)) FL_TARGET
 typedef __m512 vec;
+typedef __m512i ivec;
 
 /* 6 rows x 4 zmm. Four zmm per row, not two: a single row (M = 1, weights streamed at
  * memory speed) then still has 4 independent FMA chains to cover the FMA latency, and
@@ -158,10 +168,96 @@ FL_UNROLL
     }
 }
 
+/* Integer activations (qtile.h): 6 rows x 4 zmm of int32 sums (64 columns), as the
+ * float tile: 24 sums, 4 weight vectors and a broadcast (and the product of vpmaddwd)
+ * in 32 zmm. With VNNI, one vpdpbusd multiplies 4 unsigned bytes of x (q + 128) by 4
+ * signed bytes of weights and adds them to the sum, 64 products per instruction;
+ * without, vpmaddwd multiplies 2 int16 pairs (weights sign-extended on load) and vpaddd
+ * adds them, 32 per two instructions. */
+#ifdef FL_VNNI
+enum { QMR = 6, QNV = 4, QK = 4, QX = 1, QSHIFT = 128 };
+#else
+enum { QMR = 6, QNV = 4, QK = 2, QX = 2, QSHIFT = 0 };
+#endif
+_Static_assert(QMR * QNV + QNV + 2 <= 32, "sums, weight vectors, broadcast, product");
+
+INLINE ivec izero(void) { return _mm512_setzero_si512(); }
+
+INLINE ivec qbroadcast(const char *p)
+{
+    int32_t v;
+    memcpy(&v, p, sizeof v);
+    return _mm512_set1_epi32(v);
+}
+
+#ifdef FL_VNNI
+INLINE ivec qweight(const char *wk, size_t v) { return _mm512_loadu_si512(wk + v * VBYTES); }
+
+/* Wraps modulo 2^32 (fastlinear.h says why that is exact); never vpdpbusds. */
+INLINE ivec qdot(ivec acc, ivec xb, ivec wv) { return _mm512_dpbusd_epi32(acc, xb, wv); }
+
+INLINE vec qfloat(ivec acc, const char *wsum)
+{
+    return _mm512_cvtepi32_ps(_mm512_sub_epi32(acc, _mm512_loadu_si512(wsum)));
+}
+#else
+INLINE ivec qweight(const char *wk, size_t v)
+{
+    return _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(wk + v * VBYTES / 2)));
+}
+
+INLINE ivec qdot(ivec acc, ivec xb, ivec wv)
+{
+    return _mm512_add_epi32(acc, _mm512_madd_epi16(xb, wv));
+}
+
+INLINE vec qfloat(ivec acc, const char *wsum)
+{
+    (void)wsum;
+    return _mm512_cvtepi32_ps(acc);
+}
+#endif
+
+INLINE uint32_t qamax(size_t k, const float *x)
+{
+    const __m512i magnitude = _mm512_set1_epi32(0x7fffffff);
+    __m512i m = _mm512_setzero_si512();
+    size_t i = 0;
+    for (; i + 16 <= k; i += 16)
+        m = _mm512_max_epu32(m, _mm512_and_si512(_mm512_loadu_si512(x + i), magnitude));
+    if (i < k)
+        m = _mm512_max_epu32(m, _mm512_and_si512(
+            _mm512_maskz_loadu_epi32((__mmask16)((1u << (k - i)) - 1), x + i), magnitude));
+    return _mm512_reduce_max_epu32(m);
+}
+
+INLINE void qround(size_t k, const float *x, float u, float r, char *q)
+{
+    const __m512 uv = _mm512_set1_ps(u), rv = _mm512_set1_ps(r);
+    for (size_t i = 0; i < k; i += 16) {
+        const __mmask16 in = k - i >= 16 ? 0xffff : (__mmask16)((1u << (k - i)) - 1);
+        __m512 f = _mm512_maskz_loadu_ps(in, x + i);
+        if (u != 1.0f)
+            f = _mm512_mul_ps(f, uv);
+        __m512i v = _mm512_cvt_roundps_epi32(_mm512_mul_ps(f, rv),
+                                             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        v = _mm512_add_epi32(v, _mm512_set1_epi32(QSHIFT));
+        if (QX == 1)
+            _mm_storeu_si128((__m128i *)(q + i), _mm512_cvtepi32_epi8(v));
+        else
+            _mm256_storeu_si256((__m256i *)(q + 2 * i), _mm512_cvtepi32_epi16(v));
+    }
+}
+
 static int cpu_has(void)
 {
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma");
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")
+           && __builtin_cpu_supports("fma")
+#ifdef FL_VNNI
+           && __builtin_cpu_supports("avx512vnni")
+#endif
+        ;
 }
 
 #include "tile.h"

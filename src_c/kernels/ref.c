@@ -163,6 +163,58 @@ FL_UNROLL
     }
 }
 
+/* Integer activations (qtile.h): 4 rows x 2 vectors of int32 sums (8 columns), one k
+ * at a time, x's values as int32. The sums cannot overflow: K <= FL_I8Q_MAX_K. */
+typedef veci ivec;
+enum { QMR = 4, QNV = 2, QK = 1, QX = 4, QSHIFT = 0 };
+
+INLINE ivec izero(void) { return (ivec){0}; }
+
+INLINE ivec qbroadcast(const char *p)
+{
+    int32_t v;
+    memcpy(&v, p, sizeof v);
+    return (ivec){v, v, v, v};
+}
+
+INLINE ivec qweight(const char *wk, size_t v) { return (veci)(load4(wk + v * 4, 1) << 24) >> 24; }
+
+INLINE ivec qdot(ivec acc, ivec xb, ivec wv) { return acc + xb * wv; }
+
+INLINE vec qfloat(ivec acc, const char *wsum)
+{
+    (void)wsum;
+    return __builtin_convertvector(acc, vec);
+}
+
+INLINE uint32_t qamax(size_t k, const float *x)
+{
+    uint32_t m = 0;
+    for (size_t i = 0; i < k; i++) {
+        uint32_t b;
+        memcpy(&b, x + i, sizeof b);
+        b &= 0x7fffffffu;
+        m = b > m ? b : m;
+    }
+    return m;
+}
+
+/* Rounded half to even in the default rounding mode (nearbyintf follows the caller's;
+ * fastlinear never changes it). */
+INLINE void qround(size_t k, const float *x, float u, float r, char *q)
+{
+    int32_t *d = (int32_t *)(void *)q;
+    size_t i = 0;
+    for (; i < k; i++) {
+        float f = x[i];
+        if (u != 1.0f)
+            f = f * u;
+        d[i] = (int32_t)__builtin_nearbyintf(f * r);
+    }
+    for (; i % 16; i++)
+        d[i] = 0;
+}
+
 static int cpu_has(void) { return 1; }
 
 #include "tile.h"

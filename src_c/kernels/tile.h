@@ -28,6 +28,7 @@
  *                           k rows [0, kr) of x and the weights accumulated into acc: its
  *                           loop order, prefetches and register plan
  *   cpu_has()               1 when this CPU runs the ISA
+ * and what the integer kernels need (qtile.h's list).
  */
 #ifndef FL_TILE_H
 #define FL_TILE_H
@@ -260,6 +261,8 @@ static FL_TARGET void row(const fl_step *st, fl_dtype dt, size_t n, const char *
     fl_row_body(st, dt, n, x, y);
 }
 
+#include "qtile.h"
+
 #define FL_F32_BLOCKS MR, NV * VBYTES / 4, F32_KC, F32_MC, F32_NC, TWO_PANELS
 const fl_isa FL_CAT(fl_isa, FL_ISA_ID) = {
     FL_STR(FL_ISA_ID), cpu_has, activate, row,
@@ -270,10 +273,12 @@ const fl_isa FL_CAT(fl_isa, FL_ISA_ID) = {
      [FL_F16] = {FL_ISA_FN(f16), FL_ISA_FN(widen_f16), FL_F32_BLOCKS},
      [FL_I8] = {FL_ISA_FN(i8), FL_ISA_FN(widen_i8), FL_F32_BLOCKS},
 #if FL_INT4_TILES
-     [FL_I4] = {FL_ISA_FN(i4), FL_ISA_FN(widen_i4), FL_F32_BLOCKS, I4_WIDEN_ROWS}},
+     [FL_I4] = {FL_ISA_FN(i4), FL_ISA_FN(widen_i4), FL_F32_BLOCKS, I4_WIDEN_ROWS},
 #else
-     [FL_I4] = {NULL, FL_ISA_FN(widen_i4), FL_F32_BLOCKS, I4_WIDEN_ROWS}},
+     [FL_I4] = {NULL, FL_ISA_FN(widen_i4), FL_F32_BLOCKS, I4_WIDEN_ROWS},
 #endif
+     [FL_I8Q] = {NULL, NULL, QMR, QNR, F32_KC, F32_MC, F32_NC, 0, 0, FL_ISA_FN(i8q),
+                 FL_ISA_FN(quantize), QK, QX, QSHIFT}},
 };
 #undef FL_F32_BLOCKS
 

@@ -1,0 +1,134 @@
+/* What every ISA's integer kernels share (integer activations, FL_I8Q: fastlinear.h
+ * states the arithmetic, kernel.h the contracts of fl_quantizer and fl_qkernel): the
+ * quantization of a row, the tile, its heights and the entry points. Included by
+ * tile.h, so instantiated under each ISA file's target attribute.
+ *
+ * An ISA file defines, besides tile.h's list:
+ *   ivec                    its vector of int32 lanes (VBYTES bytes)
+ *   QMR, QNV                the tile: QMR rows x QNV vectors of int32 sums (NR = QNV *
+ *                           VBYTES / 4 columns)
+ *   QK, QX, QSHIFT          k values per step, bytes per quantized value, the shift added
+ *                           to each (kernel.h)
+ *   izero()                 a vector of zeros
+ *   qbroadcast(p)           the QK quantized values at p (QK * QX = 4 bytes) in each lane
+ *   qweight(wk, v)          vector v of the step's weights at wk, ready for qdot
+ *   qdot(acc, xb, wv)       acc plus, per lane, the sum of the QK products of xb and wv
+ *   qfloat(acc, wsum)       float32(acc - wsum) per lane (wsum: the panel's sums, read
+ *                           where QSHIFT is not 0)
+ *   qamax(k, x)             the largest bits of |x[0 .. k)| as an integer: the float's
+ *                           bits order the magnitudes, NaN and Inf above all finite
+ *   qround(k, x, u, r, q)   q[k] = round_half_even((x[k] * u) * r) + QSHIFT in QX bytes
+ *                           for k below ceil(k / 16) * 16, x read only below k (zeros
+ *                           past it); u == 1 skips its multiply (the same bits)
+ */
+#ifndef FL_QTILE_H
+#define FL_QTILE_H
+
+#include <string.h>
+
+enum { QNR = QNV * VBYTES / 4 };  /* columns of a panel */
+_Static_assert(QK * QX == 4, "qbroadcast reads one 32-bit value");
+_Static_assert(QX == 1 || QSHIFT == 0, "the zero value fills bytes (quantize_row)");
+_Static_assert(QMR >= 4, "the tile heights: QMR, then 4, 2, 1");
+
+/* One row of x quantized (fastlinear.h): its QX-byte values, padded with zeros to whole
+ * steps and to the bytes qround writes, into q; its scale into *scale. */
+INLINE void quantize_row(size_t k, const float *x, char *q, float *scale)
+{
+    const uint32_t bits = qamax(k, x);
+    if (bits == 0 || bits >= 0x7f800000u) {  /* zeros; or a NaN or an Inf */
+        memset(q, QSHIFT, (k + 15) / 16 * 16 * QX);
+        *scale = bits == 0 ? 0.0f : __builtin_nanf("");
+        return;
+    }
+    float a;
+    memcpy(&a, &bits, sizeof a);
+    const float u = a < 0x1p-64f ? 0x1p64f : 1.0f;
+    *scale = a / 127.0f;
+    qround(k, x, u, 127.0f / (a * u), q);
+}
+
+/* m rows (a compile-time constant) of the tile: the integer sums over every k, then the
+ * float steps of each output, in fastlinear.h's order. */
+INLINE void qtile(const size_t m, size_t k, const char *a, size_t lda, const float *xs,
+                  const char *w, const char *wsum, const char *ws, const char *bias,
+                  char *y, size_t ldy, size_t n)
+{
+    const size_t full = n * 4 / VBYTES, tail = n * 4 % VBYTES, step = QNR * QK;
+    ivec acc[QMR][QNV];
+FL_UNROLL
+    for (size_t i = 0; i < m; i++)
+FL_UNROLL
+        for (size_t v = 0; v < QNV; v++)
+            acc[i][v] = izero();
+    const size_t steps = (k + QK - 1) / QK;
+    for (size_t s = 0; s < steps; s++) {
+        const char *wk = w + s * step, *ak = a + s * 4;
+FL_UNROLL
+        for (size_t l = 0; l < step; l += 64)
+            __builtin_prefetch(wk + FL_PREFETCH_BYTES + l, 0, 3);
+        ivec wv[QNV];
+FL_UNROLL
+        for (size_t v = 0; v < QNV; v++)
+            wv[v] = qweight(wk, v);
+FL_UNROLL
+        for (size_t i = 0; i < m; i++) {
+            const ivec xb = qbroadcast(ak + i * lda);
+FL_UNROLL
+            for (size_t v = 0; v < QNV; v++)
+                acc[i][v] = qdot(acc[i][v], xb, wv[v]);
+        }
+    }
+FL_UNROLL
+    for (size_t i = 0; i < m; i++) {
+        const vec sx = vbroadcast(FL_F32, (const char *)(xs + i));
+        char *yi = y + i * ldy * 4;
+FL_UNROLL
+        for (size_t v = 0; v < QNV; v++) {
+            if (v > full || (v == full && !tail))  /* wholly past n */
+                break;
+            vec yv = vmul(qfloat(acc[i][v], wsum + v * VBYTES),
+                          vmul(sx, vload(ws + v * VBYTES)));
+            if (bias)
+                yv = vadd(FL_F32, yv, v < full ? vload(bias + v * VBYTES)
+                                               : vload_head(FL_F32, bias + v * VBYTES, tail));
+            if (v < full)
+                vstore(yi + v * VBYTES, yv);
+            else
+                vstore_head(FL_F32, yi + v * VBYTES, tail, yv);
+        }
+    }
+}
+
+/* The entry points: m rows as tiles of QMR rows, then powers of two below it. */
+static FL_TARGET void FL_ISA_FN(i8q)(size_t k, const void *a, size_t lda, const float *xs,
+                                     const void *w, const int32_t *wsum, const float *ws,
+                                     const float *bias, float *y, size_t ldy, size_t m,
+                                     size_t n)
+{
+    const char *ar = a;
+    while (m > 0) {
+        const size_t h = m == QMR ? QMR : QMR > 4 && m >= 4 ? 4 : m >= 2 ? 2 : 1;
+        const char *wc = w, *sc = (const char *)wsum, *wsc = (const char *)ws;
+        const char *bc = (const char *)bias;
+        if (h == QMR)
+            qtile(QMR, k, ar, lda, xs, wc, sc, wsc, bc, (char *)y, ldy, n);
+        else if (h == 4)
+            qtile(4, k, ar, lda, xs, wc, sc, wsc, bc, (char *)y, ldy, n);
+        else if (h == 2)
+            qtile(2, k, ar, lda, xs, wc, sc, wsc, bc, (char *)y, ldy, n);
+        else
+            qtile(1, k, ar, lda, xs, wc, sc, wsc, bc, (char *)y, ldy, n);
+        ar += h * lda;
+        xs += h;
+        y += h * ldy;
+        m -= h;
+    }
+}
+
+static FL_TARGET void FL_ISA_FN(quantize)(size_t k, const float *x, void *q, float *scale)
+{
+    quantize_row(k, x, q, scale);
+}
+
+#endif
