@@ -19,7 +19,7 @@ from .modules import *  # noqa: F401,F403
 from .sequential import Sequential
 
 if TYPE_CHECKING:
-    from . import onnx
+    from . import onnx, torch
     from .onnx import load_onnx
 else:
     def __getattr__(name):
@@ -30,13 +30,14 @@ else:
             onnx = importlib.import_module(f"{__name__}.onnx")  # sets fastlinear.onnx
             globals()["load_onnx"] = onnx.load_onnx
             return globals()[name]
-        if name == "tune":  # the tuner: a module that, called, tunes (fl.tune())
+        if name in ("tune", "torch"):  # the tuner (a module that, called, tunes:
+            # fl.tune()); fastlinear.torch, which imports torch
             import importlib
-            return importlib.import_module(f"{__name__}.tune")
+            return importlib.import_module(f"{__name__}.{name}")
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
     def __dir__():
-        return sorted({*globals(), "onnx", "load_onnx", "tune"})
+        return sorted({*globals(), "onnx", "load_onnx", "tune", "torch"})
 
 __all__ = ["Linear", "Sequential", *activations.__all__, *modules.__all__, "load_onnx",
            "functional", "save", "load", "load_model", "set_num_threads",
