@@ -106,6 +106,62 @@ double fma_gflops(int dtype_size, double seconds, int threads, double seed)
     return 2.0 * lanes * CHAINS * steps / elapsed / 1e9;
 }
 
+/* Integer activations: GOP/s (a multiply and an add per product) of `threads` threads
+ * each running CHAINS chains of the integer kernel's instruction for int8 x int8 sums:
+ * vpdpbusd (4 byte products per int32 lane) with AVX-512 VNNI, else vpmaddwd (2 int16
+ * products per lane) and the vpaddd that adds them up, else (the portable kernel) an
+ * int32 multiply and add per lane. An operand passes through an empty asm before each
+ * product, so that none can be hoisted out of the loop or shared between chains. */
+typedef int vs32 __attribute__((vector_size(VBYTES)));
+#if defined(__AVX512VNNI__) || defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+INLINE vs32 int_step(vs32 acc, vs32 a, vs32 b, double *products)
+{
+#if defined(__AVX512VNNI__) && defined(__AVX512F__)
+    *products = 4 * 16;
+    return (vs32)_mm512_dpbusd_epi32((__m512i)acc, (__m512i)a, (__m512i)b);
+#elif defined(__AVX512BW__)
+    *products = 2 * 16;
+    return (vs32)_mm512_add_epi32((__m512i)acc, _mm512_madd_epi16((__m512i)a, (__m512i)b));
+#elif defined(__AVX2__)
+    *products = 2 * 8;
+    return (vs32)_mm256_add_epi32((__m256i)acc, _mm256_madd_epi16((__m256i)a, (__m256i)b));
+#else
+    *products = VBYTES / 4;
+    return acc + a * b;
+#endif
+}
+
+double int8_gops(double seconds, int threads, int seed)
+{
+    enum { BLOCK = 1 << 14 };
+    double sink = 0, steps = 0, products = 0;
+    const double start = now();
+#pragma omp parallel num_threads(threads) reduction(+ : sink, steps) reduction(max : products)
+    {
+        long done = 0;
+        vs32 acc[CHAINS], a = (vs32){} + seed, b = (vs32){} + (seed + 1);
+        for (int j = 0; j < CHAINS; j++)
+            acc[j] = (vs32){} + j;
+        do {
+            for (long it = 0; it < BLOCK; it++)
+                for (int j = 0; j < CHAINS; j++) {
+                    __asm__("" : "+x"(b));  /* a new operand for each product */
+                    acc[j] = int_step(acc[j], a, b, &products);
+                }
+            done += BLOCK;
+        } while (now() - start < seconds);
+        for (int j = 0; j < CHAINS; j++)
+            sink += acc[j][0];
+        steps += (double)done;
+    }
+    const double elapsed = now() - start;
+    fl_probe_sink = sink;
+    return 2.0 * products * CHAINS * steps / elapsed / 1e9;
+}
+
 /* One k row of `np` panels (np and pf constants at each call), as the kernels' k step
  * reads it: with `pf`, a prefetch of each panel's row PREFETCH_BYTES ahead, one cache
  * line at a time; then the row's vectors. OR, not an add, gathers them: a one-cycle

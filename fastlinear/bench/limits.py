@@ -44,7 +44,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # Other CPUs get the portable kernel's 16-byte vectors.
 ISA_FLAGS = {"ref": ["-DROW_VECTORS=2", "-DTWO_PANELS=0"],
              "avx2": ["-mavx2", "-mfma", "-DROW_VECTORS=4", "-DTWO_PANELS=1"],
-             "avx512": ["-mavx512f", "-mfma", "-DROW_VECTORS=4", "-DTWO_PANELS=1"]}
+             "avx512": ["-mavx512f", "-mavx512bw", "-mfma", "-DROW_VECTORS=4",
+                        "-DTWO_PANELS=1"],
+             "avx512_vnni": ["-mavx512f", "-mavx512bw", "-mavx512vnni", "-mfma",
+                             "-DROW_VECTORS=4", "-DTWO_PANELS=1"]}
 # Seconds of one FMA run, and of one measure of reads (as many passes as fit, at least
 # one): far above the timer's resolution and the start of a thread team, and short, so
 # that the best of many runs finds the machine undisturbed as often as the benchmark's
@@ -79,6 +82,8 @@ def _probe(isa):
     probe.fma_gflops.restype = ctypes.c_double
     probe.fma_gflops.argtypes = [ctypes.c_int, ctypes.c_double, ctypes.c_int,
                                  ctypes.c_double]
+    probe.int8_gops.restype = ctypes.c_double
+    probe.int8_gops.argtypes = [ctypes.c_double, ctypes.c_int, ctypes.c_int]
     probe.read_panels.restype = ctypes.c_double
     probe.read_panels.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t,
                                   ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
@@ -95,6 +100,17 @@ def fma_peak(dtype, threads, isa=None, runs=16, seconds=FMA_SECONDS):
         return None
     itemsize = np.dtype(dtype).itemsize
     return max(probe.fma_gflops(itemsize, seconds, threads, 0.999999) for _ in range(runs))
+
+
+def int8_peak(threads, isa=None, runs=16, seconds=FMA_SECONDS):
+    """Best GOP/s (a multiply and an add per product) of `runs` runs of `threads` threads
+    doing nothing but the integer kernel's int8 dot products on `isa` (default: the
+    native kernel's ISA now): vpdpbusd with VNNI, else vpmaddwd and vpaddd; None without
+    a C compiler."""
+    probe = _probe(isa or current_isa())
+    if probe is None:
+        return None
+    return max(probe.int8_gops(seconds, threads, 1) for _ in range(runs))
 
 
 class Weights:
@@ -286,6 +302,7 @@ def main(argv=None):
     print(f"ISA path {isa}, {args.threads} threads")
     for dtype in ("float32", "float64"):
         print(f"FMA peak {dtype}: {fma_peak(dtype, args.threads, isa, runs=100):.1f} GFLOP/s")
+    print(f"int8 dot-product peak: {int8_peak(args.threads, isa, runs=100):.1f} GOP/s")
     for mib in (1, 8, 16, 64, 256):
         kernel, plain = (read_bandwidth(mib << 20, args.threads, isa, way)
                          for way in ("kernel", "plain"))

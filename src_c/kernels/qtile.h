@@ -66,7 +66,7 @@ FL_UNROLL
         const char *wk = w + s * step, *ak = a + s * 4;
 FL_UNROLL
         for (size_t l = 0; l < step; l += 64)
-            __builtin_prefetch(wk + FL_PREFETCH_BYTES + l, 0, 3);
+            __builtin_prefetch(wk + FL_QPREFETCH_BYTES + l, 0, 3);
         ivec wv[QNV];
 FL_UNROLL
         for (size_t v = 0; v < QNV; v++)
