@@ -411,3 +411,36 @@ def test_mlp_table_with_quantized_models_rivals_and_bounds(tmp_path, capsys, mon
             assert row["error"]["fastlinear"] < 1e-5
             if _has_probe():
                 assert set(row["bound"]) == {"fastlinear"}
+
+
+def test_transformer_table(tmp_path, capsys):
+    """A tiny transformer, its Linear layers replaced (float32, bfloat16, int4, int8),
+    beside torch eager, torch's dynamic int8 and ONNX Runtime where installed, each with
+    its error against the float64 model."""
+    pytest.importorskip("torch")
+    from fastlinear.bench import transformer
+    out = tmp_path / "transformer.json"
+    main(["--transformer", "16,2,32,1", "--tokens", "1x1,2x3", *QUICK, "--json", str(out)])
+    text = capsys.readouterr().out
+    table = text[text.index("Times in"):]  # the lines above are describe()'s
+    assert max(len(line) for line in table.splitlines()) <= 100, table
+    assert "d_model 16, 2 heads, feed-forward 32" in table and "/like" in table
+    data = json.loads(out.read_text())
+    assert data["meta"]["transformer"] == [16, 2, 32, 1]
+    rows = data["transformer"]
+    assert [row["tokens"] for row in rows] == [[1, 1], [2, 3]]
+    onnx = _installed("onnx", "onnxruntime")
+    limits = {"fastlinear": 1e-5, "fastlinear bfloat16": 0.02, "fastlinear int4": 0.2,
+              "fastlinear int8": 0.05, "torch": 1e-5, "torch int8": 0.05,
+              **({"onnxruntime": 1e-5, "onnxruntime int8": 0.05} if onnx else {})}
+    for row in rows:
+        assert set(row["us"]) == set(limits)
+        for name, limit in limits.items():
+            assert row["us"][name] > 0 and 0 <= row["error"][name] < limit, name
+        assert row["ratio_torch"]["torch"] == 1
+        like = row["ratio_like"]["fastlinear int8"]
+        assert like["rival"] in ("torch int8", "onnxruntime int8")
+        assert like["ratio"] == pytest.approx(row["us"]["fastlinear int8"]
+                                              / row["us"][like["rival"]])
+    with pytest.raises(SystemExit, match="D,HEADS,FF,LAYERS"):
+        transformer.parse_size("10,3,4,1")

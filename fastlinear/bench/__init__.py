@@ -10,5 +10,6 @@ Its modules, each importing only those above it:
     linear.py               the float32/float64 table and its sweep of M (--plot)
     compressed.py           a table per compressed weight format (--weight-dtype)
     mlp.py                  whole models (--mlp)
+    transformer.py          a torch transformer, its Linear layers replaced (--transformer)
     __main__.py             the command line: `main(argv)`
 """

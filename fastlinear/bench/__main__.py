@@ -21,6 +21,8 @@ whose package is not installed is left out.
     python benchmarks/bench.py ...                   # the same, from the repository root
     python -m fastlinear.bench --weight-dtype int8   # compressed weights (or all of them)
     python -m fastlinear.bench --mlp [model.onnx]    # whole models (fastlinear/bench/mlp.py)
+    python -m fastlinear.bench --transformer         # a torch transformer, its Linear layers
+                                                     # replaced (fastlinear/bench/transformer.py)
 
 --weight-dtype bfloat16, float16, int8, int4 or all prints, instead of this table, one
 table per format: fastlinear with float32 weights and with weights in that format against
@@ -47,7 +49,7 @@ import numpy as np
 # The formats and int4's group sizes are the library's.
 from fastlinear._formats import COMPRESSED, DEFAULT_GROUP, GROUP_SIZES
 
-from . import compressed, linear, mlp
+from . import compressed, linear, mlp, transformer
 from .harness import describe, parse_shapes, run_meta, set_threads
 
 
@@ -87,6 +89,17 @@ def build_parser():
                              "ONNX Runtime and OpenVINO, the MLP also with bfloat16 and int8 "
                              "weights, each against the machine's bound for its own bytes "
                              "(fastlinear/bench/mlp.py)")
+    parser.add_argument("--transformer", nargs="?", metavar="D,HEADS,FF,LAYERS",
+                        const=",".join(map(str, transformer.SIZE)), default=None,
+                        help="instead of the tables: a torch.nn.TransformerEncoder of that "
+                             "size with its Linear layers replaced by fastlinear's "
+                             "(fastlinear.torch.replace_linear; float32, bfloat16, int8, "
+                             "int4), against torch eager, torch quantize_dynamic and ONNX "
+                             "Runtime (float32 and int8), with each one's error "
+                             f"(fastlinear/bench/transformer.py); default size "
+                             f"{','.join(map(str, transformer.SIZE))}")
+    parser.add_argument("--tokens", default=",".join(f"{b}x{n}" for b, n in transformer.TOKENS),
+                        metavar="BxL,...", help="--transformer: batch x sequence lengths")
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--plot", metavar="FILE.png",
                         help="after the table, a sweep of M = "
@@ -103,6 +116,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.mlp is not None:
         return main_mlp(args)
+    if args.transformer is not None:
+        return main_transformer(args)
     if args.weight_dtype != "float32":
         return main_compressed(parser, args)
     if hasattr(args, "group_size"):
@@ -138,6 +153,22 @@ def main_mlp(args):
         with open(args.json, "w") as f:
             json.dump({"meta": run_meta(args, limits_set, machine), "mlp": rows}, f,
                       indent=1)
+    return rows
+
+
+def main_transformer(args):
+    """--transformer: the transformer table (transformer.py); returns its rows."""
+    size = transformer.parse_size(args.transformer)
+    tokens = transformer.parse_tokens(args.tokens)
+    limits_set = set_threads(args.threads)
+    machine = describe(np.dtype(np.float32), args.threads)
+    rows = transformer.run_transformer(size, tokens, args.threads, args.rounds, args.budget,
+                                       args.settle)
+    if args.json:
+        meta = run_meta(args, limits_set, machine)
+        meta["transformer"] = list(size)
+        with open(args.json, "w") as f:
+            json.dump({"meta": meta, "transformer": rows}, f, indent=1)
     return rows
 
 
