@@ -13,8 +13,14 @@ import pytest
 
 from fastlinear import _core
 
-# Innermost FMA loops each kernel must have: tile heights x the two layouts of x.
-KERNELS = {"avx2": ("avx2_f32", "avx2_f64"), "avx512": ("avx512_f32", "avx512_f64")}
+# The kernels of each ISA and the innermost loops each must have: float tiles, one per
+# height (at least three) and layout of x; integer tiles (int8 activations), one per height.
+KERNELS = {"avx2": {"avx2_f32": 6, "avx2_f64": 6, "avx2_i8q": 3},
+           "avx512": {"avx512_f32": 6, "avx512_f64": 6, "avx512_i8q": 4},
+           "avx512_vnni": {"avx512_vnni_i8q": 4}}
+# The instructions that accumulate: float FMAs, integer dot products (vpdpbusd, and
+# vpmaddwd whose products vpaddd adds).
+ACCUMULATE = ("vfmadd", "vpdpbusd", "vpmaddwd")
 INSN = re.compile(r"^\s*([0-9a-f]+):\s+(\S+)\s*(.*)$")
 FUNC = re.compile(r"^[0-9a-f]+ <([^>]+)>:$")
 TARGET = re.compile(r"^([0-9a-f]+) <")
@@ -96,9 +102,11 @@ def loops(insns):
 
 
 def fma_loops(insns):
-    """The loops that do FMAs: the k loops of the micro-kernels (and in them any loop
-    the compiler left, such as one filling an array of broadcasts on the stack)."""
-    return [loop for loop in loops(insns) if any(op.startswith("vfmadd") for _, op, _ in loop)]
+    """The loops that do FMAs or integer dot products: the k loops of the micro-kernels
+    (and in them any loop the compiler left, such as one filling an array of broadcasts
+    on the stack)."""
+    return [loop for loop in loops(insns)
+            if any(op.startswith(ACCUMULATE) for _, op, _ in loop)]
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +136,7 @@ def test_fma_loops_never_touch_the_stack(disassembly):
 @pytest.mark.parametrize("isa", list(KERNELS))
 def test_every_kernel_is_checked(disassembly, isa):
     """The check above is not vacuous: each kernel is in the build (whatever this CPU
-    runs) with its FMA loops, one per tile height (at least three) and layout of x."""
-    for name in KERNELS[isa]:
+    runs) with its accumulating loops, one per tile height (and layout of x)."""
+    for name, count in KERNELS[isa].items():
         assert name in disassembly, f"{name} not in the symbol table of {_core.__file__}"
-        assert len(fma_loops(disassembly[name])) >= 6, name
+        assert len(fma_loops(disassembly[name])) >= count, name
