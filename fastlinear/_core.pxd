@@ -14,9 +14,10 @@ cdef extern from "fastlinear.h" nogil:
         FL_I8
         FL_I4
         FL_I8Q
+        FL_I4Q
         FL_NDTYPES
+        FL_I8Q_MAX_K  # a #define: the most values of k FL_I8Q weights take
     enum:
-        FL_I8Q_MAX_K
         FL_OK
         FL_ENOMEM
         FL_SUM_BLOCK

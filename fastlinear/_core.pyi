@@ -16,6 +16,7 @@ FL_F16: int
 FL_I8: int
 FL_I4: int
 FL_I8Q: int
+FL_I4Q: int
 FL_I8Q_MAX_K: int
 FL_NDTYPES: int
 FL_ACT_NONE: int

@@ -123,7 +123,7 @@ FORMAT = {f.name: f for f in (
            quantize=_quantize_int8, integers=lambda stored, k: stored,
            int8_code=_core.FL_I8Q),
     Format("int4",     _core.FL_I4,   _U8,   _U8,    4,  _F32, scale="group",
-           quantize=_quantize_int4, integers=unpack_int4),
+           quantize=_quantize_int4, integers=unpack_int4, int8_code=_core.FL_I4Q),
 )}
 FORMATS = tuple(FORMAT)
 COMPRESSED = tuple(name for name, f in FORMAT.items() if f.compressed)

@@ -4,8 +4,8 @@
  * i.e. y = x @ W.T + b, the forward pass of torch.nn.Linear.
  *
  * Types: the weights are stored as float32 (FL_F32), float64 (FL_F64), bfloat16 (FL_BF16),
- * float16 (FL_F16), int8 (FL_I8) or int4 (FL_I4), or as int8 for int8 activations
- * (FL_I8Q, below); x, b and y are float64 for FL_F64 and float32 for every other format.
+ * float16 (FL_F16), int8 (FL_I8) or int4 (FL_I4), or as int8 or int4 for int8 activations
+ * (FL_I8Q, FL_I4Q, below); x, b and y are float64 for FL_F64 and float32 for every other format.
  *
  * Layouts (all strides in elements, not bytes):
  *   W  is read once by fl_pack_rows() with arbitrary strides (rs_w, cs_w) and copied into
@@ -38,8 +38,8 @@
  *                    the row's scale s[j] multiplies it once, before the bias:
  *                    y = (sum_k x[i, k] * q[j, k]) * s[j] + b[j] (a multiply, then an add).
  *
- * Integer activations (FL_I8Q: the weights and scales of FL_I8, x quantized per row): no
- * float multiply-add at all. Each row of x is quantized alone, in float32 operations:
+ * Integer activations (FL_I8Q, FL_I4Q: the weights and scales of FL_I8, FL_I4, x
+ * quantized per row): no float multiply-add at all. Each row of x is quantized alone, in float32 operations:
  *   a = max_k |x[i, k]|; a NaN or an Inf in the row makes s = NaN and every q = 0, so
  *       the row's outputs are NaN (no other row is touched); a = 0 makes s = 0, q = 0;
  *   else u = a < 2^-64 ? 2^64 : 1 (so that 127 / (a * u) is finite), s = a / 127,
@@ -47,7 +47,10 @@
  *       (|x * u * r| <= 127 (1 + 2^-24)^2 < 127.5);
  * then the dot products are exact integer sums, acc = sum_k q[k] * w[j, k] (|acc| <=
  * 127 * 128 * K < 2^31: K <= FL_I8Q_MAX_K), and each output is, in this order, never
- * fused:  y = float32(acc) * (s * s_w[j]);  y = y + b[j];  then the epilogue. Integer
+ * fused:  y = float32(acc) * (s * s_w[j]);  y = y + b[j];  then the epilogue. FL_I4Q
+ * sums each group of k alone, acc_g (|acc_g| <= 127 * 8 * 128, exact in float32), and
+ * adds its products in ascending g:  y = 0;  y = y + float32(acc_g) * (s * s_w[j, g])
+ * for each g;  y = y + b[j]. Integer
  * sums are exact in any order, so every path (portable, AVX2, AVX-512, AVX-512 VNNI)
  * gives the same bits. The VNNI kernel (vpdpbusd multiplies unsigned by signed bytes)
  * adds 128 to each q and subtracts 128 * sum_k w[j, k], packed with the weights; its
@@ -73,7 +76,9 @@ extern "C" {
 #define FL_SUM_BLOCK 128
 
 /* The weights' storage type (the activations' type follows from it, above). */
-typedef enum { FL_F32, FL_F64, FL_BF16, FL_F16, FL_I8, FL_I4, FL_I8Q, FL_NDTYPES } fl_dtype;
+typedef enum {
+    FL_F32, FL_F64, FL_BF16, FL_F16, FL_I8, FL_I4, FL_I8Q, FL_I4Q, FL_NDTYPES
+} fl_dtype;
 
 /* The most values of k FL_I8Q weights take: their integer sums then fit in int32. */
 #define FL_I8Q_MAX_K 132104
@@ -90,7 +95,7 @@ void fl_free(fl_packed *p);
 /* Packs rows [j0, j0 + rows) of W and their scales; callers may pack a large matrix a
  * block of rows at a time. w holds those rows: float, double, or the raw 16 bits
  * of bfloat16 and float16 (strides rs_w, cs_w in elements); int8 (FL_I8, FL_I8Q; strides
- * in elements) with `scale` holding one scale per row; int4 as two values per byte, the even k in the
+ * in elements) with `scale` holding one scale per row; int4 (FL_I4, FL_I4Q) as two values per byte, the even k in the
  * low nibble, each row ceil(K/2) bytes at a row stride of rs_w bytes (cs_w ignored), with
  * `scale` holding rows x ceil(K/group) scales, row-major. `scale` is ignored for the
  * other types. */

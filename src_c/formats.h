@@ -30,6 +30,7 @@ static const fl_format fl_formats[FL_NDTYPES] __attribute__((unused)) = {
     [FL_I8] = {8, FL_SCALE_ROW, 1, FL_F32},
     [FL_I4] = {4, FL_SCALE_GROUP, 1, FL_F32},
     [FL_I8Q] = {8, FL_SCALE_ROW, 0, FL_F32, 1},
+    [FL_I4Q] = {4, FL_SCALE_GROUP, 0, FL_F32, 1},
 };
 
 /* Bytes of one x, y or bias value for weights of this format (4, or 8 for FL_F64). */

@@ -194,7 +194,8 @@ static void run_int(const fl_job *jb, size_t r0, size_t r1, size_t q0, size_t q1
                 const size_t h = min_sz(mr, ie - ir);
                 float *yt = (float *)jb->y + ir * jb->ldy + q * nr;
                 kr->qrun(p->k, jb->q + ir * jb->ldq, jb->ldq, jb->xs + ir, w,
-                         p->wsum + q * nr, p->scale + q * nr, bias, yt, jb->ldy, h, n);
+                         p->wsum ? p->wsum + q * nr : NULL, p->scale ? p->scale + q * nr : NULL,
+                         p->group, bias, yt, jb->ldy, h, n);
                 if (jb->ep)
                     epilogue(p, jb->ep, (char *)yt, jb->ldy, h, q * nr, n);
             }
@@ -241,8 +242,8 @@ void fl_gemm_share(const fl_packed *p, const void *b, const fl_plan *pl,
         jb.ldq = pl->ldq;
         jb.xs = (const float *)((char *)shared + m * pl->ldq);
         for (size_t i = m * t / team; i < m * (t + 1) / team; i++)
-            p->kern->quantize(p->k, (const float *)x + i * ldx, (char *)shared + i * pl->ldq,
-                              (float *)jb.xs + i);
+            p->kern->quantize(p->k, pl->kq, (const float *)x + i * ldx,
+                              (char *)shared + i * pl->ldq, (float *)jb.xs + i);
 #pragma omp barrier
     }
     run_share(&jb, pl, scratch, t, team);
@@ -263,9 +264,11 @@ fl_plan fl_plan_gemm(const fl_packed *p, size_t m, size_t team, fl_blocks bl)
     pl.widen = fl_formats[p->dtype].widens && (pl.pack_x || !kr->run);
     if (fl_formats[p->dtype].quantizes_x) {
         /* x quantized into the team's buffer, which the tiles read in place: the rows
-         * padded as the quantizer writes them (kernel.h), whole cache lines apart */
+         * padded to whole groups of int4 weights (or 16 values), whole cache lines apart */
+        const size_t unit = p->group ? p->group : 16;
         pl.pack_x = 0;
-        pl.ldq = ((p->k + 15) / 16 * 16 * kr->qx + 63) / 64 * 64 + (p->k == 0) * 64;
+        pl.kq = (p->k + unit - 1) / unit * unit;
+        pl.ldq = (pl.kq * kr->qx + 63) / 64 * 64 + (p->k == 0) * 64;
         pl.shared_bytes = m * pl.ldq + (m * sizeof(float) + 63) / 64 * 64;
     }
     /* Each thread takes a band of weight panels, so the weights are streamed (and

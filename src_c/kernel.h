@@ -64,21 +64,28 @@ typedef void fl_widener(size_t kc, const void *w, size_t group, float *dst);
  *
  * Quantizer: the k values of x into q, the row quantized as fastlinear.h says, each
  * value q[k] + qshift stored in qx bytes (int8 + 128 as uint8 for vpdpbusd, int16 for
- * vpmaddwd, ...), then up to qk - 1 zero values (+ qshift) to a whole step; its scale
- * s into *scale.
+ * vpmaddwd, ...), its scale s into *scale; then zero values (+ qshift) up to kq (a multiple of 16 at least k).
  *
- * Integer micro-kernel: an m x n tile (m <= MR, n <= NR) over all k values at once:
- *     acc[i][j] = sum over k of q(i, k) * w[j, k]          (int32, exact)
- *     y[i*ldy + j] = float(acc[i][j]) * (xs[i] * ws[j])    (then + bias[j] if bias)
- *   a     the quantized rows, lda bytes apart (a row: ceil(k / qk) steps of qk values);
- *   w     the panel: ceil(k / qk) steps, each NR columns of qk int8 values (column j's
- *         values for k = qk s .. qk s + qk - 1 together), zero past k and past n;
- *   wsum  NR values, qshift * sum_k w[j, k] modulo 2^32: subtracted from the sums of
- *         shifted x;  ws  NR float32 scales (zero past n);  bias NULL or n values.
+ * Integer micro-kernel: an m x n tile (m <= MR, n <= NR) over all k values at once, as
+ * fastlinear.h says:
+ *     FL_I8Q  acc = sum over k of q(i, k) * w[j, k] (int32, exact);
+ *             y[i*ldy + j] = float(acc) * (xs[i] * ws[j]), then + bias[j] if bias
+ *     FL_I4Q  the same per group of `group` k, float(acc_g) * (xs[i] * s[j, g]) added
+ *             in ascending g to a total from 0, then + bias[j]
+ *   a     the quantized rows, lda bytes apart (a row: k values, padded as above);
+ *   w     the panel: FL_I8Q: ceil(k / qk) steps, each NR columns of qk int8 values
+ *         (column j's values for k = qk s .. qk s + qk - 1 together), zero past k and n;
+ *         FL_I4Q: per group, NR float32 scales, NR wsum (below), then group / qk steps
+ *         as FL_I8Q's of int4 values: value v of a step (column v / qk) in the low nibble
+ *         of byte v, or, for the second half of the step's values, in the high nibble of
+ *         byte v - NR qk / 2;
+ *   wsum  FL_I8Q: NR values, qshift * sum_k w[j, k] modulo 2^32 (FL_I4Q: per group, in
+ *         the panel), subtracted from the sums of shifted x;  ws  FL_I8Q: NR float32
+ *         scales (zero past n);  bias NULL or n values.
  * Only rows i < m and columns j < n of y are written; y is never read. */
-typedef void fl_quantizer(size_t k, const float *x, void *q, float *scale);
+typedef void fl_quantizer(size_t k, size_t kq, const float *x, void *q, float *scale);
 typedef void fl_qkernel(size_t k, const void *a, size_t lda, const float *xs,
-                        const void *w, const int32_t *wsum, const float *ws,
+                        const void *w, const int32_t *wsum, const float *ws, size_t group,
                         const float *bias, float *y, size_t ldy, size_t m, size_t n);
 
 /* One micro-kernel with the block sizes that suit it (reasons in kernels/<isa>.c). */
@@ -94,7 +101,7 @@ typedef struct {
     size_t widen_rows;  /* compressed formats: from this many rows on, x is packed and each
                            weight block widened once into a buffer; 0: only where x is
                            too large to read in place (FL_DIRECT_X_MAX_BYTES) */
-    /* FL_I8Q only (run NULL): */
+    /* FL_I8Q, FL_I4Q only (run NULL): */
     fl_qkernel *qrun;
     fl_quantizer *quantize;
     size_t qk, qx, qshift;  /* k values per step, bytes per quantized value, its shift */

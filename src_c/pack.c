@@ -30,17 +30,18 @@ static void *aligned_zalloc(size_t count, size_t size)
 /* Bytes of one stored weight (int4: see fl_panel_offset). */
 static size_t weight_size(fl_dtype dt) { return (fl_formats[dt].bits + 7) / 8; }
 
-/* int4: one group of a panel is NR float scales, then `group` rows of NR/2 bytes. */
-static size_t group_bytes(size_t nr, size_t group)
+/* int4: one group of a panel is NR float scales (FL_I4Q: then NR int32 sums, kernel.h),
+ * then `group` rows of NR/2 bytes. */
+static size_t group_bytes(fl_dtype dt, size_t nr, size_t group)
 {
-    return nr * sizeof(float) + group * nr / 2;
+    return nr * sizeof(float) * (fl_formats[dt].quantizes_x ? 2 : 1) + group * nr / 2;
 }
 
 size_t fl_panel_offset(const fl_packed *p, size_t pc)
 {
     const size_t nr = p->kern->nr;
     return fl_formats[p->dtype].scale == FL_SCALE_GROUP
-               ? pc / p->group * group_bytes(nr, p->group)
+               ? pc / p->group * group_bytes(p->dtype, nr, p->group)
                              : pc * nr * weight_size(p->dtype);
 }
 
@@ -51,13 +52,25 @@ static unsigned nibble_shift(size_t c, size_t nr) { return c < nr / 2 ? 0 : 4; }
 static unsigned char *i4_row(const fl_packed *p, unsigned char *panel, size_t kk)
 {
     const size_t nr = p->kern->nr;
-    return panel + kk / p->group * group_bytes(nr, p->group) + nr * sizeof(float)
+    return panel + kk / p->group * group_bytes(p->dtype, nr, p->group) + nr * sizeof(float)
            + kk % p->group * nr / 2;
 }
 
 static float *i4_scales(const fl_packed *p, unsigned char *panel, size_t g)
 {
-    return (float *)(panel + g * group_bytes(p->kern->nr, p->group));
+    return (float *)(panel + g * group_bytes(p->dtype, p->kern->nr, p->group));
+}
+
+/* FL_I4Q: the byte of a panel that holds value (kk, c) of its group's steps, and the
+ * value's shift in it (kernel.h's layout). */
+static unsigned char *i4q_byte(const fl_packed *p, unsigned char *panel, size_t kk, size_t c,
+                               unsigned *shift)
+{
+    const size_t nr = p->kern->nr, qk = p->kern->qk, half = nr * qk / 2;
+    const size_t v = c * qk + kk % qk;
+    *shift = v < half ? 0 : 4;
+    return (unsigned char *)i4_scales(p, panel, kk / p->group) + 2 * nr * sizeof(float)
+           + kk % p->group / qk * half + (v < half ? v : v - half);
 }
 
 /* Copies one value of `size` bytes (aligned for its type). */
@@ -93,15 +106,26 @@ static void transfer(fl_packed *p, size_t j0, size_t rows, void *w, ptrdiff_t rs
                 else
                     scale[r * groups + g] = *s;
             }
+            uint32_t sum = 0;  /* FL_I4Q: of the group's values, modulo 2^32 */
             for (size_t kk = 0; kk < k; kk++) {
-                unsigned char *packed = i4_row(p, panel, kk) + nibble_byte(c, nr);
+                unsigned sh = shift;
+                unsigned char *packed = fl_formats[p->dtype].quantizes_x
+                                            ? i4q_byte(p, panel, kk, c, &sh)
+                                            : i4_row(p, panel, kk) + nibble_byte(c, nr);
                 unsigned char *plain = row + kk / 2;
-                const unsigned plain_shift = kk % 2 ? 4 : 0;
+                const unsigned plain_shift = kk % 2 ? 4 : 0, q = (*plain >> plain_shift) & 15u;
                 if (to_panel)
-                    *packed = (unsigned char)((*packed & ~(15u << shift))
-                                              | ((*plain >> plain_shift) & 15u) << shift);
+                    *packed = (unsigned char)((*packed & ~(15u << sh)) | q << sh);
                 else
-                    *plain |= (unsigned char)(((*packed >> shift) & 15u) << plain_shift);
+                    *plain |= (unsigned char)(((*packed >> sh) & 15u) << plain_shift);
+                if (fl_formats[p->dtype].quantizes_x && to_panel) {
+                    sum += q < 8 ? q : q - 16u;
+                    if (kk + 1 == k || (kk + 1) % p->group == 0) {
+                        int32_t *s = (int32_t *)(void *)(i4_scales(p, panel, kk / p->group) + nr);
+                        s[c] = (int32_t)(sum * (uint32_t)p->kern->qshift);
+                        sum = 0;
+                    }
+                }
             }
             continue;
         }
@@ -119,7 +143,7 @@ static void transfer(fl_packed *p, size_t j0, size_t rows, void *w, ptrdiff_t rs
             else
                 copy_value(wsize, plain, packed);
             if (p->wsum)
-                sum += (uint32_t)(int32_t) * (const signed char *)packed;
+                sum += (uint32_t)(int32_t)*(const signed char *)packed;
         }
         if (p->wsum && to_panel)
             p->wsum[j] = (int32_t)(sum * (uint32_t)p->kern->qshift);
@@ -149,7 +173,7 @@ fl_packed *fl_alloc(fl_dtype dtype, size_t n, size_t k, size_t group)
     p->group = grouped ? group : 0;
     p->panels = (n + nr - 1) / nr;
     /* The panel's bytes, checked against overflow (then rounded up to a cache line). */
-    const size_t unit = grouped ? group_bytes(nr, group) : nr * weight_size(dtype);
+    const size_t unit = grouped ? group_bytes(dtype, nr, group) : nr * weight_size(dtype);
     const size_t qk = kern->qk ? kern->qk : 1;  /* FL_I8Q: whole steps of k */
     const size_t units = grouped ? (k + group - 1) / group : (k + qk - 1) / qk * qk;
     if (units > SIZE_MAX / 2 / unit)
@@ -161,7 +185,7 @@ fl_packed *fl_alloc(fl_dtype dtype, size_t n, size_t k, size_t group)
     if (fl_formats[dtype].scale == FL_SCALE_ROW
         && !(p->scale = aligned_zalloc(p->panels * nr, sizeof(float))))
         goto fail;
-    if (fl_formats[dtype].quantizes_x
+    if (fl_formats[dtype].quantizes_x && fl_formats[dtype].scale == FL_SCALE_ROW
         && !(p->wsum = aligned_zalloc(p->panels * nr, sizeof(int32_t))))
         goto fail;
     return p;

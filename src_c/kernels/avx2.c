@@ -206,6 +206,15 @@ INLINE ivec qweight(const char *wk, size_t v)
     return _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(wk + v * VBYTES / 2)));
 }
 
+/* int4: 16 bytes a step, vector 0 in their low nibbles and 1 in their high ones,
+ * sign-extended to int16 by shifts. */
+INLINE ivec qweight4(const char *wk, size_t v)
+{
+    const __m256i w16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)wk));
+    return v == 0 ? _mm256_srai_epi16(_mm256_slli_epi16(w16, 12), 12)
+                  : _mm256_srai_epi16(w16, 4);
+}
+
 INLINE ivec qdot(ivec acc, ivec xb, ivec wv)
 {
     return _mm256_add_epi32(acc, _mm256_madd_epi16(xb, wv));

@@ -193,6 +193,19 @@ INLINE ivec qbroadcast(const char *p)
 #ifdef FL_VNNI
 INLINE ivec qweight(const char *wk, size_t v) { return _mm512_loadu_si512(wk + v * VBYTES); }
 
+/* int4: 128 bytes a step, vectors 0, 1 in their low nibbles and 2, 3 in their high ones;
+ * a nibble picks its signed byte from a table (vpshufb, per 16-byte lane). */
+INLINE ivec qweight4(const char *wk, size_t v)
+{
+    const __m512i bytes = _mm512_loadu_si512(wk + v % 2 * VBYTES);
+    const __m512i low = _mm512_set1_epi8(15);
+    const __m512i nibbles = v < 2 ? _mm512_and_si512(bytes, low)
+                                  : _mm512_and_si512(_mm512_srli_epi16(bytes, 4), low);
+    const __m512i values = _mm512_broadcast_i32x4(
+        _mm_setr_epi8(0, 1, 2, 3, 4, 5, 6, 7, -8, -7, -6, -5, -4, -3, -2, -1));
+    return _mm512_shuffle_epi8(values, nibbles);
+}
+
 /* Wraps modulo 2^32 (fastlinear.h says why that is exact); never vpdpbusds. */
 INLINE ivec qdot(ivec acc, ivec xb, ivec wv) { return _mm512_dpbusd_epi32(acc, xb, wv); }
 
@@ -204,6 +217,16 @@ INLINE vec qfloat(ivec acc, const char *wsum)
 INLINE ivec qweight(const char *wk, size_t v)
 {
     return _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(wk + v * VBYTES / 2)));
+}
+
+/* int4: 64 bytes a step, vectors 0, 1 in their low nibbles and 2, 3 in their high ones,
+ * sign-extended to int16 by shifts. */
+INLINE ivec qweight4(const char *wk, size_t v)
+{
+    const __m512i w16 = _mm512_cvtepi8_epi16(
+        _mm256_loadu_si256((const __m256i *)(wk + v % 2 * VBYTES / 2)));
+    return v < 2 ? _mm512_srai_epi16(_mm512_slli_epi16(w16, 12), 12)
+                 : _mm512_srai_epi16(w16, 4);
 }
 
 INLINE ivec qdot(ivec acc, ivec xb, ivec wv)

@@ -12,6 +12,7 @@
  *   izero()                 a vector of zeros
  *   qbroadcast(p)           the QK quantized values at p (QK * QX = 4 bytes) in each lane
  *   qweight(wk, v)          vector v of the step's weights at wk, ready for qdot
+ *   qweight4(wk, v)         the same from int4 weights (kernel.h's layout of FL_I4Q)
  *   qdot(acc, xb, wv)       acc plus, per lane, the sum of the QK products of xb and wv
  *   qfloat(acc, wsum)       float32(acc - wsum) per lane (wsum: the panel's sums, read
  *                           where QSHIFT is not 0)
@@ -31,21 +32,23 @@ _Static_assert(QK * QX == 4, "qbroadcast reads one 32-bit value");
 _Static_assert(QX == 1 || QSHIFT == 0, "the zero value fills bytes (quantize_row)");
 _Static_assert(QMR >= 4, "the tile heights: QMR, then 4, 2, 1");
 
-/* One row of x quantized (fastlinear.h): its QX-byte values, padded with zeros to whole
- * steps and to the bytes qround writes, into q; its scale into *scale. */
-INLINE void quantize_row(size_t k, const float *x, char *q, float *scale)
+/* One row of x quantized (fastlinear.h): its QX-byte values, padded with zeros to kq
+ * (a multiple of 16, at least k), into q; its scale into *scale. */
+INLINE void quantize_row(size_t k, size_t kq, const float *x, char *q, float *scale)
 {
     const uint32_t bits = qamax(k, x);
+    size_t done = 0;
     if (bits == 0 || bits >= 0x7f800000u) {  /* zeros; or a NaN or an Inf */
-        memset(q, QSHIFT, (k + 15) / 16 * 16 * QX);
         *scale = bits == 0 ? 0.0f : __builtin_nanf("");
-        return;
+    } else {
+        float a;
+        memcpy(&a, &bits, sizeof a);
+        const float u = a < 0x1p-64f ? 0x1p64f : 1.0f;
+        *scale = a / 127.0f;
+        qround(k, x, u, 127.0f / (a * u), q);
+        done = (k + 15) / 16 * 16;
     }
-    float a;
-    memcpy(&a, &bits, sizeof a);
-    const float u = a < 0x1p-64f ? 0x1p64f : 1.0f;
-    *scale = a / 127.0f;
-    qround(k, x, u, 127.0f / (a * u), q);
+    memset(q + done * QX, QSHIFT, (kq - done) * QX);
 }
 
 /* m rows (a compile-time constant) of the tile: the integer sums over every k, then the
@@ -100,12 +103,97 @@ FL_UNROLL
     }
 }
 
-/* The entry points: m rows as tiles of QMR rows, then powers of two below it. */
+/* int4 weights: m (at most 2: a second set of sums, the group's, takes the registers
+ * of more rows) rows of the tile, group by group, each group's integer sums added to the
+ * float totals after its last step (fastlinear.h's order). */
+INLINE void qtile4(const size_t m, size_t k, const char *a, size_t lda, const float *xs,
+                   const char *w, size_t group, const char *bias, char *y, size_t ldy,
+                   size_t n)
+{
+    const size_t full = n * 4 / VBYTES, tail = n * 4 % VBYTES, step = QNR * QK / 2;
+    const size_t gsteps = group / QK, gbytes = 2 * QNR * 4 + gsteps * step;
+    vec total[2][QNV];
+FL_UNROLL
+    for (size_t i = 0; i < m; i++)
+FL_UNROLL
+        for (size_t v = 0; v < QNV; v++)
+            total[i][v] = vzero();
+    for (size_t g = 0; g * group < k; g++) {
+        const char *sg = w + g * gbytes, *sums = sg + QNR * 4, *wg = sums + QNR * 4;
+        const char *ag = a + g * gsteps * 4;
+        ivec acc[2][QNV];
+FL_UNROLL
+        for (size_t i = 0; i < m; i++)
+FL_UNROLL
+            for (size_t v = 0; v < QNV; v++)
+                acc[i][v] = izero();
+        for (size_t s = 0; s < gsteps; s++) {
+            const char *wk = wg + s * step;
+FL_UNROLL
+            for (size_t l = 0; l < step; l += 64)
+                __builtin_prefetch(wk + FL_QPREFETCH_BYTES + l, 0, 3);
+            ivec wv[QNV];
+FL_UNROLL
+            for (size_t v = 0; v < QNV; v++)
+                wv[v] = qweight4(wk, v);
+FL_UNROLL
+            for (size_t i = 0; i < m; i++) {
+                const ivec xb = qbroadcast(ag + i * lda + s * 4);
+FL_UNROLL
+                for (size_t v = 0; v < QNV; v++)
+                    acc[i][v] = qdot(acc[i][v], xb, wv[v]);
+            }
+        }
+FL_UNROLL
+        for (size_t i = 0; i < m; i++) {
+            const vec sx = vbroadcast(FL_F32, (const char *)(xs + i));
+FL_UNROLL
+            for (size_t v = 0; v < QNV; v++)
+                total[i][v] = vadd(FL_F32, total[i][v],
+                                   vmul(qfloat(acc[i][v], sums + v * VBYTES),
+                                        vmul(sx, vload(sg + v * VBYTES))));
+        }
+    }
+FL_UNROLL
+    for (size_t i = 0; i < m; i++) {
+        char *yi = y + i * ldy * 4;
+FL_UNROLL
+        for (size_t v = 0; v < QNV; v++) {
+            if (v > full || (v == full && !tail))  /* wholly past n */
+                break;
+            vec yv = total[i][v];
+            if (bias)
+                yv = vadd(FL_F32, yv, v < full ? vload(bias + v * VBYTES)
+                                               : vload_head(FL_F32, bias + v * VBYTES, tail));
+            if (v < full)
+                vstore(yi + v * VBYTES, yv);
+            else
+                vstore_head(FL_F32, yi + v * VBYTES, tail, yv);
+        }
+    }
+}
+
+/* The entry points: m rows as tiles of QMR rows, then powers of two below it (int4
+ * weights: of two rows, then one). */
+static FL_TARGET void FL_ISA_FN(i4q)(size_t k, const void *a, size_t lda, const float *xs,
+                                     const void *w, const int32_t *wsum, const float *ws,
+                                     size_t group, const float *bias, float *y, size_t ldy,
+                                     size_t m, size_t n)
+{
+    (void)wsum, (void)ws;  /* in the panel, per group */
+    const char *ar = a;
+    for (; m >= 2; m -= 2, ar += 2 * lda, xs += 2, y += 2 * ldy)
+        qtile4(2, k, ar, lda, xs, w, group, (const char *)bias, (char *)y, ldy, n);
+    if (m)
+        qtile4(1, k, ar, lda, xs, w, group, (const char *)bias, (char *)y, ldy, n);
+}
+
 static FL_TARGET void FL_ISA_FN(i8q)(size_t k, const void *a, size_t lda, const float *xs,
                                      const void *w, const int32_t *wsum, const float *ws,
-                                     const float *bias, float *y, size_t ldy, size_t m,
-                                     size_t n)
+                                     size_t group, const float *bias, float *y, size_t ldy,
+                                     size_t m, size_t n)
 {
+    (void)group;
     const char *ar = a;
     while (m > 0) {
         const size_t h = m == QMR ? QMR : QMR > 4 && m >= 4 ? 4 : m >= 2 ? 2 : 1;
@@ -126,9 +214,10 @@ static FL_TARGET void FL_ISA_FN(i8q)(size_t k, const void *a, size_t lda, const 
     }
 }
 
-static FL_TARGET void FL_ISA_FN(quantize)(size_t k, const float *x, void *q, float *scale)
+static FL_TARGET void FL_ISA_FN(quantize)(size_t k, size_t kq, const float *x, void *q,
+                                          float *scale)
 {
-    quantize_row(k, x, q, scale);
+    quantize_row(k, kq, x, q, scale);
 }
 
 #endif

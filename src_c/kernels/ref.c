@@ -179,6 +179,12 @@ INLINE ivec qbroadcast(const char *p)
 
 INLINE ivec qweight(const char *wk, size_t v) { return (veci)(load4(wk + v * 4, 1) << 24) >> 24; }
 
+/* int4: 4 bytes a step, vector 0 in their low nibbles and 1 in their high ones. */
+INLINE ivec qweight4(const char *wk, size_t v)
+{
+    return (veci)(load4(wk, 1) << (v == 0 ? 28 : 24)) >> 28;
+}
+
 INLINE ivec qdot(ivec acc, ivec xb, ivec wv) { return acc + xb * wv; }
 
 INLINE vec qfloat(ivec acc, const char *wsum)

@@ -278,6 +278,8 @@ const fl_isa FL_CAT(fl_isa, FL_ISA_ID) = {
      [FL_I4] = {NULL, FL_ISA_FN(widen_i4), FL_F32_BLOCKS, I4_WIDEN_ROWS},
 #endif
      [FL_I8Q] = {NULL, NULL, QMR, QNR, F32_KC, F32_MC, F32_NC, 0, 0, FL_ISA_FN(i8q),
+                 FL_ISA_FN(quantize), QK, QX, QSHIFT},
+     [FL_I4Q] = {NULL, NULL, 2, QNR, F32_KC, F32_MC, F32_NC, 0, 0, FL_ISA_FN(i4q),
                  FL_ISA_FN(quantize), QK, QX, QSHIFT}},
 };
 #undef FL_F32_BLOCKS
