@@ -330,19 +330,36 @@ def test_replace_linear_leaves_what_it_cannot_run():
         flt.replace_linear(fl.Linear(2, 2))
 
 
-def test_pickle_and_deepcopy_of_a_replaced_model():
-    replaced = flt.replace_linear(residual_mlp(), weight_dtype="int8")
+@pytest.mark.parametrize("model, x", [(residual_mlp, (4, 24)), (transformer, (2, 5, 32))])
+def test_pickle_and_deepcopy_of_a_replaced_model(model, x, calls):
+    replaced = flt.replace_linear(model(), weight_dtype="int8")
     buffer = io.BytesIO()
     torch.save(replaced, buffer)
     buffer.seek(0)
     loaded = torch.load(buffer, weights_only=False)
     copied = copy.deepcopy(replaced)
-    x = torch.randn(4, 24)
+    x = torch.randn(x)
     with torch.inference_mode():
         y = replaced(x)
+        calls.clear()
         assert torch.equal(loaded(x), y) and torch.equal(copied(x), y)
-    assert {id(m) for m in fastlinear_layers(copied)}.isdisjoint(
-        id(m) for m in fastlinear_layers(replaced))
+    layers = [fastlinear_layers(m) for m in (replaced, loaded, copied)]
+    assert len({id(layer) for group in layers for layer in group}) == 3 * len(layers[0])
+    # the copies run fastlinear too (the transformer: its fused path still declined)
+    assert set(calls) == {id(layer) for group in layers[1:] for layer in group}
+
+
+def test_torch_checkpoint_loads_into_a_replaced_model():
+    replaced = flt.replace_linear(transformer())
+    other = transformer()
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    replaced.load_state_dict(other.state_dict())
+    assert sorted(replaced.state_dict()) == sorted(other.state_dict())
+    x = torch.randn(2, 5, 32)
+    with torch.inference_mode():
+        torch.testing.assert_close(replaced(x), other(x), rtol=0, atol=1e-5)
 
 
 # -- models: the residual MLP and the transformer ----------------------------------------
