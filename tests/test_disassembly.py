@@ -15,9 +15,9 @@ from fastlinear import _core
 
 # The kernels of each ISA and the innermost loops each must have: float tiles, one per
 # height (at least three) and layout of x; integer tiles (int8 activations), one per height.
-KERNELS = {"avx2": {"avx2_f32": 6, "avx2_f64": 6, "avx2_i8q": 3},
-           "avx512": {"avx512_f32": 6, "avx512_f64": 6, "avx512_i8q": 4},
-           "avx512_vnni": {"avx512_vnni_i8q": 4}}
+KERNELS = {"avx2": {"avx2_f32": 6, "avx2_f64": 6, "avx2_i8q": 3, "avx2_i4q": 2},
+           "avx512": {"avx512_f32": 6, "avx512_f64": 6, "avx512_i8q": 4, "avx512_i4q": 2},
+           "avx512_vnni": {"avx512_vnni_i8q": 4, "avx512_vnni_i4q": 2}}
 # The instructions that accumulate: float FMAs, integer dot products (vpdpbusd, and
 # vpmaddwd whose products vpaddd adds).
 ACCUMULATE = ("vfmadd", "vpdpbusd", "vpmaddwd")

@@ -28,6 +28,14 @@
 #include <string.h>
 
 enum { QNR = QNV * VBYTES / 4 };  /* columns of a panel */
+/* Rows of an int4 tile: 2 (a second set of sums, the group's, takes the registers of
+ * more rows); clang 14 keeps the float totals of 2-row AVX-512 tiles in memory
+ * (tests/test_disassembly.py), so its builds run 1-row tiles there. */
+#if defined(__clang__)
+enum { QMR4 = VBYTES == 64 ? 1 : 2 };
+#else
+enum { QMR4 = 2 };
+#endif
 _Static_assert(QK * QX == 4, "qbroadcast reads one 32-bit value");
 _Static_assert(QX == 1 || QSHIFT == 0, "the zero value fills bytes (quantize_row)");
 _Static_assert(QMR >= 4, "the tile heights: QMR, then 4, 2, 1");
@@ -103,16 +111,15 @@ FL_UNROLL
     }
 }
 
-/* int4 weights: m (at most 2: a second set of sums, the group's, takes the registers
- * of more rows) rows of the tile, group by group, each group's integer sums added to the
- * float totals after its last step (fastlinear.h's order). */
+/* int4 weights: m (at most QMR4) rows of the tile, group by group, each group's integer
+ * sums added to the float totals after its last step (fastlinear.h's order). */
 INLINE void qtile4(const size_t m, size_t k, const char *a, size_t lda, const float *xs,
                    const char *w, size_t group, const char *bias, char *y, size_t ldy,
                    size_t n)
 {
     const size_t full = n * 4 / VBYTES, tail = n * 4 % VBYTES, step = QNR * QK / 2;
     const size_t gsteps = group / QK, gbytes = 2 * QNR * 4 + gsteps * step;
-    vec total[2][QNV];
+    vec total[QMR4][QNV];
 FL_UNROLL
     for (size_t i = 0; i < m; i++)
 FL_UNROLL
@@ -121,7 +128,7 @@ FL_UNROLL
     for (size_t g = 0; g * group < k; g++) {
         const char *sg = w + g * gbytes, *sums = sg + QNR * 4, *wg = sums + QNR * 4;
         const char *ag = a + g * gsteps * 4;
-        ivec acc[2][QNV];
+        ivec acc[QMR4][QNV];
 FL_UNROLL
         for (size_t i = 0; i < m; i++)
 FL_UNROLL
@@ -159,22 +166,21 @@ FL_UNROLL
         char *yi = y + i * ldy * 4;
 FL_UNROLL
         for (size_t v = 0; v < QNV; v++) {
-            if (v > full || (v == full && !tail))  /* wholly past n */
-                break;
-            vec yv = total[i][v];
-            if (bias)
-                yv = vadd(FL_F32, yv, v < full ? vload(bias + v * VBYTES)
-                                               : vload_head(FL_F32, bias + v * VBYTES, tail));
             if (v < full)
-                vstore(yi + v * VBYTES, yv);
-            else
-                vstore_head(FL_F32, yi + v * VBYTES, tail, yv);
+                vstore(yi + v * VBYTES, bias ? vadd(FL_F32, total[i][v],
+                                                    vload(bias + v * VBYTES))
+                                             : total[i][v]);
+            else if (v == full && tail)
+                vstore_head(FL_F32, yi + v * VBYTES, tail,
+                            bias ? vadd(FL_F32, total[i][v],
+                                        vload_head(FL_F32, bias + v * VBYTES, tail))
+                                 : total[i][v]);
         }
     }
 }
 
 /* The entry points: m rows as tiles of QMR rows, then powers of two below it (int4
- * weights: of two rows, then one). */
+ * weights: of QMR4 rows, then one). */
 static FL_TARGET void FL_ISA_FN(i4q)(size_t k, const void *a, size_t lda, const float *xs,
                                      const void *w, const int32_t *wsum, const float *ws,
                                      size_t group, const float *bias, float *y, size_t ldy,
@@ -182,8 +188,8 @@ static FL_TARGET void FL_ISA_FN(i4q)(size_t k, const void *a, size_t lda, const 
 {
     (void)wsum, (void)ws;  /* in the panel, per group */
     const char *ar = a;
-    for (; m >= 2; m -= 2, ar += 2 * lda, xs += 2, y += 2 * ldy)
-        qtile4(2, k, ar, lda, xs, w, group, (const char *)bias, (char *)y, ldy, n);
+    for (; m >= QMR4; m -= QMR4, ar += QMR4 * lda, xs += QMR4, y += QMR4 * ldy)
+        qtile4(QMR4, k, ar, lda, xs, w, group, (const char *)bias, (char *)y, ldy, n);
     if (m)
         qtile4(1, k, ar, lda, xs, w, group, (const char *)bias, (char *)y, ldy, n);
 }

@@ -279,7 +279,7 @@ const fl_isa FL_CAT(fl_isa, FL_ISA_ID) = {
 #endif
      [FL_I8Q] = {NULL, NULL, QMR, QNR, F32_KC, F32_MC, F32_NC, 0, 0, FL_ISA_FN(i8q),
                  FL_ISA_FN(quantize), QK, QX, QSHIFT},
-     [FL_I4Q] = {NULL, NULL, 2, QNR, F32_KC, F32_MC, F32_NC, 0, 0, FL_ISA_FN(i4q),
+     [FL_I4Q] = {NULL, NULL, QMR4, QNR, F32_KC, F32_MC, F32_NC, 0, 0, FL_ISA_FN(i4q),
                  FL_ISA_FN(quantize), QK, QX, QSHIFT}},
 };
 #undef FL_F32_BLOCKS
