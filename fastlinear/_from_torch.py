@@ -58,14 +58,15 @@ _CONVERT = {name: _WITH_PARAMETERS.get(cls) or _from_attributes(cls)
 
 
 def from_torch(cls, module, *, dtype=None, weight_dtype=None, group_size=None,
-               backend="auto"):
+               backend="auto", activations=None):
     """From a torch.nn.Sequential (nested ones too) of the modules fastlinear has
     (see fastlinear.Sequential), as in eval mode whatever module.training says.
-    dtype, weight_dtype and group_size apply to every Linear (see
+    dtype, weight_dtype, group_size, backend and activations apply to every Linear (see
     Linear.from_torch). The result has the same indices and state_dict keys. A
     module it cannot convert raises TypeError naming its path in the model."""
     return convert(module, dict(dtype=dtype, weight_dtype=weight_dtype,
-                                group_size=group_size, backend=backend))
+                                group_size=group_size, backend=backend,
+                                activations=activations))
 
 
 # Sequential.from_torch is written here and attached to the class, rather than defined in

@@ -5,16 +5,22 @@ the module classes (never imported or called by name), every setting is checked,
 every tensor's key, shape and type against the settings before any module is built, so
 that a hostile file gets a ValueError before anything is allocated for it.
 
-    {"version": 1, "model": MODULE}
+    {"version": 1 or 2, "model": MODULE}
     MODULE = {"kind": "Sequential", "modules": [MODULE, ...]}
            | {"kind": CLASS NAME, "settings": {NAME: VALUE, ...}}
 
 The settings of a kind: Linear's in_features, out_features, bias, dtype, weight_dtype,
-group_size and backend; LayerNorm's normalized_shape (an int), eps, elementwise_affine,
+group_size and backend, and from version 2 on its activations (the layer's dtype name,
+or "int8"); LayerNorm's normalized_shape (an int), eps, elementwise_affine,
 bias and dtype; BatchNorm1d's num_features, eps, momentum, affine and dtype; every other
 module's torch_args (the arguments its constructor takes, in order: LeakyReLU's
 negative_slope, GELU's approximate, Dropout's p, Flatten's start_dim and end_dim, the
 softmaxes' dim). The tensors are the model's state_dict(), under its keys.
+
+Versions: a file holds exactly the settings of its version. A model is saved with the
+lowest version that describes it (version 1 unless a Linear has int8 activations), so
+that files of models without the newer settings still load in older fastlinear; a
+version 1 file loads with the defaults of the settings added since (float activations).
 """
 import json
 
@@ -23,11 +29,11 @@ import numpy as np
 from . import _formats
 from ._validate import check_keys, check_state, positive_int, split_state
 from ._version import __version__
-from .linear import Linear, state_shapes
+from .linear import Linear, check_activations, state_shapes
 from .modules import BatchNorm1d, LayerNorm
 from .sequential import _MODULES, Sequential
 
-VERSION = 1
+VERSION = 2  # the newest this fastlinear reads and writes
 MAX_DEPTH = 64  # of nested Sequentials; JSON deeper than Python's recursion fails first
 
 
@@ -37,14 +43,28 @@ class _Kind:
     {key: (shape, dtype)} as _validate.check_state takes them (TypeError or ValueError
     for a setting of the wrong type); build(settings, state): the module, its tensors
     already checked. The default: a module without parameters, its settings its
-    torch_args, which its constructor checks."""
+    torch_args, which its constructor checks. added: {name: (version, at_default)} for
+    settings that came after version 1: the version that added it, and whether a
+    module's settings hold the value that a file without it means (it is then left
+    out of files of older versions); build() takes their absence as that value."""
 
-    def __init__(self, cls, names=None, settings=None, shapes=None, build=None):
+    def __init__(self, cls, names=None, settings=None, shapes=None, build=None, added=None):
         self.cls = cls
         self.names = cls.torch_args if names is None else names
         self.settings = settings or self._torch_args
         self.shapes = shapes or self._checked_by_constructor
         self.build = build or self._constructed
+        self.added = added or {}
+
+    def names_in(self, version):
+        """The settings a file of that version holds, in order."""
+        return tuple(name for name in self.names
+                     if self.added.get(name, (1, None))[0] <= version)
+
+    def version(self, settings):
+        """The lowest version that holds these settings."""
+        return max([1, *(v for name, (v, at_default) in self.added.items()
+                         if not at_default(settings))])
 
     def _torch_args(self, module):
         return {name: getattr(module, name) for name in self.names}
@@ -85,7 +105,12 @@ def _linear_shapes(s):
     group = s["group_size"]
     if group is not None and (isinstance(group, bool) or not isinstance(group, int)):
         raise TypeError(f"group_size must be an integer or null, got {group!r}")
-    fmt, group = _formats.check(s["weight_dtype"], _dtype(s["dtype"]), group)
+    dtype = _dtype(s["dtype"])
+    fmt, group = _formats.check(s["weight_dtype"], dtype, group)
+    activations = s.get("activations")  # absent before version 2
+    if "activations" in s and not isinstance(activations, str):
+        raise TypeError(f"activations must be a string, got {activations!r}")
+    check_activations(activations, dtype, fmt, s["backend"], k)
     return state_shapes(fmt, group, n, k, _bool(s["bias"], "bias"))
 
 
@@ -122,16 +147,17 @@ def _constructed_and_loaded(cls):
 _WITH_PARAMETERS = {
     Linear: _Kind(
         Linear, ("in_features", "out_features", "bias", "dtype", "weight_dtype",
-                 "group_size", "backend"),
+                 "group_size", "backend", "activations"),
         lambda m: {"in_features": m.in_features, "out_features": m.out_features,
                    "bias": m.bias is not None, "dtype": m.dtype.name,
                    "weight_dtype": m.weight_dtype, "group_size": m.group_size,
-                   "backend": m.backend},
+                   "backend": m.backend, "activations": m.activations},
         _linear_shapes,
         # The stored form loaded as it is: no weights drawn first, only to be replaced.
         lambda s, state: Linear._from_state(
             s["in_features"], s["out_features"], s["dtype"], s["weight_dtype"],
-            s["group_size"], s["backend"], state)),
+            s["group_size"], s["backend"], state, s.get("activations")),
+        added={"activations": (2, lambda s: s["activations"] == s["dtype"])}),
     LayerNorm: _Kind(
         LayerNorm, ("normalized_shape", "eps", "elementwise_affine", "bias", "dtype"),
         lambda m: {"normalized_shape": m.normalized_shape[0], "eps": m.eps,
@@ -156,8 +182,24 @@ def describe(obj):
     model = _entry(obj)
     if model is None:
         return None
-    return json.dumps({"version": VERSION, "model": model}, separators=(",", ":"),
-                      default=_plain)
+    version = _version(model)
+    return json.dumps({"version": version, "model": _for_version(model, version)},
+                      separators=(",", ":"), default=_plain)
+
+
+def _version(entry):
+    """The lowest version that holds an entry of _entry() and those inside it."""
+    if "modules" in entry:
+        return max([1, *map(_version, entry["modules"])])
+    return KINDS[entry["kind"]].version(entry["settings"])
+
+
+def _for_version(entry, version):
+    """The entry with the settings of that version only."""
+    if "modules" in entry:
+        return {**entry, "modules": [_for_version(e, version) for e in entry["modules"]]}
+    names = KINDS[entry["kind"]].names_in(version)
+    return {**entry, "settings": {name: entry["settings"][name] for name in names}}
 
 
 def _plain(value):
@@ -230,10 +272,10 @@ def read(text):
     if set(top) != {"version", "model"}:
         raise ValueError(f"the structure must have exactly the keys version and model, "
                          f"got {sorted(top)}")
-    return _read(top["model"], "", 0)
+    return _read(top["model"], "", 0, version)
 
 
-def _read(entry, path, depth):
+def _read(entry, path, depth, version):
     where = f"module {path}" if path else "the model"
     if not isinstance(entry, dict) or not isinstance(entry.get("kind"), str):
         raise ValueError(f"{where}: expected an object with a kind, got {entry!r:.80}")
@@ -244,13 +286,13 @@ def _read(entry, path, depth):
                              f"modules (a list)")
         if depth >= MAX_DEPTH:
             raise ValueError(f"{where}: Sequentials nested more than {MAX_DEPTH} deep")
-        children = [_read(child, f"{path}.{i}" if path else str(i), depth + 1)
+        children = [_read(child, f"{path}.{i}" if path else str(i), depth + 1, version)
                     for i, child in enumerate(entry["modules"])]
         return _Node(path, kind, children=children)
     if kind not in KINDS:
         raise ValueError(f"{where}: unknown kind {kind!r:.80}; fastlinear knows "
                          f"{', '.join(['Sequential', *KINDS])}")
-    settings, names = entry.get("settings"), KINDS[kind].names
+    settings, names = entry.get("settings"), KINDS[kind].names_in(version)
     if set(entry) != {"kind", "settings"} or not isinstance(settings, dict):
         raise ValueError(f"{where} ({kind}): expected exactly the keys kind and "
                          f"settings (an object)")

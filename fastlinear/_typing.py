@@ -9,6 +9,9 @@ import numpy as np
 
 Backend = Literal["auto", "native", "blas"]
 Resolved = Literal["native", "blas"]  # a backend as a call runs it ("auto" resolved)
+# What a Linear multiplies x as: its dtype's name (float activations), or int8 (each row
+# quantized, integer sums)
+Activations = Literal["float32", "float64", "int8"]
 # What numpy.random.default_rng takes (SciPy's SPEC 7)
 Seed = Union[None, int, np.random.SeedSequence, np.random.BitGenerator, np.random.Generator]
 StrPath = Union[str, "os.PathLike[str]"]

@@ -14,9 +14,50 @@ if TYPE_CHECKING:
     import torch
     from numpy.typing import ArrayLike, DTypeLike
 
-    from ._typing import Backend, Resolved, Seed
+    from ._typing import Activations, Backend, Resolved, Seed
 
 __all__ = ["Linear"]
+
+INT8 = "int8"  # the integer activations' name (the layer's dtype name: float ones)
+
+
+def check_activations(activations, dtype, fmt, backend, in_features=None):
+    """The activations' name a layer of that dtype, weight format and backend runs with:
+    None gives the layer's dtype name (float activations), "int8" quantizes each row of x
+    (docs/formats.md, "Integer activations"), where the weights, the backend and
+    `in_features` (None: not known yet) allow it; ValueError naming the problem else."""
+    if activations is None:
+        return dtype.name
+    if not isinstance(activations, str):
+        try:
+            activations = np.dtype(activations).name
+        except TypeError:
+            raise ValueError(f"activations must be None, {dtype.name!r} or {INT8!r}, "
+                             f"got {activations!r}") from None
+    if activations == dtype.name:
+        return activations
+    if activations != INT8:
+        raise ValueError(f"activations must be None, {dtype.name!r} (the layer's dtype: "
+                         f"float activations) or {INT8!r}, got {activations!r}")
+    if dtype != np.float32:
+        raise ValueError(f"int8 activations run in float32 layers (x, the bias and y stay "
+                         f"float32), got dtype {dtype.name}")
+    if fmt.int8_code is None:
+        takes = [f.name for f in _formats.FORMAT.values() if f.int8_code is not None]
+        raise ValueError(f"int8 activations need {' or '.join(takes)} weights (weight_dtype="
+                         f"{' or '.join(map(repr, takes))}), got {fmt.name} weights")
+    if backend == "blas":
+        raise ValueError("int8 activations run on the native kernel only: backend 'blas' "
+                         "has float activations; use backend 'native' or 'auto'")
+    # int8 weights sum all of k in int32 (int4 weights: each group, then floats)
+    if fmt.int8_code == _core.FL_I8Q and in_features is not None and \
+            in_features > _core.FL_I8Q_MAX_K:
+        raise ValueError(f"int8 activations with int8 weights take at most "
+                         f"{_core.FL_I8Q_MAX_K} inputs, got in_features={in_features}: the "
+                         f"integer sums are exact in int32 only while 127 * 128 * "
+                         f"in_features < 2**31; use int4 weights or float activations for "
+                         f"this layer")
+    return activations
 
 
 class _Params:
@@ -42,6 +83,13 @@ class Linear:
     (one scale per `group_size` = 32, 64 or 128 values along k); the activations stay
     float32. fastlinear._formats states the rounding and the arithmetic.
 
+    activations: None (the default: x in the layer's dtype, the float arithmetic above),
+    or "int8" for int8 and int4 weights: each row of x quantized alone to int8 (its own
+    scale), the products summed exactly in integers (int4: per group), then
+    float32(sum) * (row scale * weight scale) + bias; the same bits on every ISA. int8
+    weights take at most 132104 in_features (_core.FL_I8Q_MAX_K); float32 layers,
+    native kernel only. docs/formats.md, "Integer activations", states the arithmetic.
+
     backend: "native" (our kernel: bitwise reproducible across batch sizes and thread
     counts), "blas" (scipy's sgemm/dgemm, float weights only) or "auto" (native where it
     has a tuned micro-kernel for this CPU or the weights are compressed, else BLAS; see
@@ -58,18 +106,20 @@ class Linear:
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
                  dtype: DTypeLike = np.float32, weight_dtype: DTypeLike | None = None,
                  group_size: int | None = None, rng: Seed = None,
-                 backend: Backend = "auto") -> None:
+                 backend: Backend = "auto", activations: Activations | None = None) -> None:
         self._in = positive_int(in_features, "in_features")
         self._out = positive_int(out_features, "out_features")
         if not isinstance(bias, (bool, np.bool_)):
             raise TypeError(f"bias must be True or False, got {bias!r}")
-        self._configure(dtype, weight_dtype, group_size, backend)
+        self._configure(dtype, weight_dtype, group_size, backend, activations)
         self._draw(rng, bool(bias))
 
-    def _configure(self, dtype, weight_dtype, group_size, backend):
+    def _configure(self, dtype, weight_dtype, group_size, backend, activations=None):
         self._dtype = layer_dtype(dtype)
         self._format, self._group = _formats.check(weight_dtype, self._dtype, group_size)
         self._backend = _config.check_backend(backend)
+        self._activations = check_activations(activations, self._dtype, self._format,
+                                              self._backend, self._in)
         if self._backend == "blas" and self._format.compressed:
             raise ValueError(f"the BLAS backend runs float weights only; "
                              f"{self._format.name} weights need backend 'native' or 'auto'")
@@ -116,7 +166,7 @@ class Linear:
             plain.flags.writeable = False
             self._params = _Params(None, plain, final_bias())
             return
-        packed = _core.PackedWeights(self._out, self._in, fmt, group)
+        packed = _core.PackedWeights(self._out, self._in, fmt, group, self._activations)
         step = _formats.block_rows(self._in)
         for j0 in range(0, self._out, step):
             j1 = min(j0 + step, self._out)
@@ -211,6 +261,12 @@ class Linear:
         return self._group or None
 
     @property
+    def activations(self) -> Activations:
+        """What x is multiplied as: the layer's dtype name ("float32", "float64"), or
+        "int8" (each row quantized, integer sums: see the class docstring)."""
+        return self._activations
+
+    @property
     def backend(self) -> Backend:
         """As given: "auto", "native" or "blas"."""
         return self._backend
@@ -224,14 +280,17 @@ class Linear:
             return "native"
         return _config.resolve_backend(self._backend)
 
-    def quantize(self, weight_dtype: DTypeLike, group_size: int | None = None) -> Linear:
-        """A new layer storing this one's weight values as `weight_dtype` (see the class
-        docstring); the bias is kept. This layer is left as it is."""
+    def quantize(self, weight_dtype: DTypeLike, group_size: int | None = None, *,
+                 activations: Activations | None = None) -> Linear:
+        """A new layer storing this one's weight values as `weight_dtype`, with
+        `activations` (None: float ones, whatever this layer's; "int8" with int8 or int4
+        weights: see the class docstring); the bias is kept. This layer is left as it
+        is."""
         layer = Linear.__new__(Linear)
         layer._in, layer._out = self._in, self._out
         fmt = _formats.check(weight_dtype, self._dtype, group_size)[0]
         backend = "auto" if fmt.compressed else self._backend
-        layer._configure(self._dtype, weight_dtype, group_size, backend)
+        layer._configure(self._dtype, weight_dtype, group_size, backend, activations)
         layer._set(self.weight, self._params.bias)
         return layer
 
@@ -316,6 +375,8 @@ class Linear:
             args += ["dtype=np.float64"] if fmt.activations == np.float64 else []
             args += [f"weight_dtype={fmt.name!r}"] if fmt.compressed else []
             args += [f"group_size={group}"] if group else []
+            args += [f"activations={INT8!r}"] if (self._activations == INT8
+                                                    and fmt.int8_code is not None) else []
             return f"fl.Linear({', '.join(args)})"
 
         if fmt.scale and group is None:
@@ -359,11 +420,13 @@ class Linear:
     @classmethod
     def from_torch(cls, module: torch.nn.Linear, *, dtype: DTypeLike | None = None,
                    weight_dtype: DTypeLike | None = None, group_size: int | None = None,
-                   backend: Backend = "auto") -> Linear:
+                   backend: Backend = "auto",
+                   activations: Activations | None = None) -> Linear:
         """A Linear with the weights of a torch.nn.Linear. dtype: float64 for a float64
         module, else float32, unless given. weight_dtype: the module's bfloat16 or
         float16 (kept as they are, without a float32 copy), else the layer's dtype,
-        unless given (then converted as _formats states)."""
+        unless given (then converted as _formats states). activations: as the
+        constructor takes them ("int8" with weight_dtype "int8" or "int4")."""
         if not all(hasattr(module, a) for a in ("in_features", "out_features", "weight")):
             raise TypeError(f"expected a torch.nn.Linear, got {type(module).__name__}")
         kind = str(module.weight.dtype).replace("torch.", "")
@@ -371,26 +434,27 @@ class Linear:
             dtype = np.float64 if kind == "float64" else np.float32
         weight_dtype = _formats.keep_given(weight_dtype, kind, dtype)
         return cls._from_parameters(module.weight, module.bias, dtype, backend,
-                                    weight_dtype, group_size)
+                                    weight_dtype, group_size, activations)
 
     @classmethod
     def _from_parameters(cls, weight, bias, dtype, backend, weight_dtype=None,
-                         group_size=None):
+                         group_size=None, activations=None):
         """A layer shaped by `weight` (out_features, in_features)."""
         weight = as_weight(weight)
         layer = cls.__new__(cls)
         layer._out = positive_int(weight.shape[0], "out_features")
         layer._in = positive_int(weight.shape[1], "in_features")
-        layer._configure(dtype, weight_dtype, group_size, backend)
+        layer._configure(dtype, weight_dtype, group_size, backend, activations)
         layer._set(weight, bias)
         return layer
 
     @classmethod
     def _from_state(cls, in_features, out_features, dtype, weight_dtype, group_size,
-                    backend, state):
+                    backend, state, activations=None):
+        # activations last, defaulted: pickles made before it existed still load.
         layer = cls.__new__(cls)
         layer._in, layer._out = in_features, out_features
-        layer._configure(dtype, weight_dtype, group_size, backend)
+        layer._configure(dtype, weight_dtype, group_size, backend, activations)
         layer._load(state)
         return layer
 
@@ -398,7 +462,7 @@ class Linear:
         # The stored form, not the packed one: it is packed on load for the CPU there.
         return (Linear._from_state, (self._in, self._out, self._dtype.name,
                                      self._format.name, self.group_size, self._backend,
-                                     self.state_dict()))
+                                     self.state_dict(), self._activations))
 
     def __repr__(self) -> str:
         backend = repr(self._backend)
@@ -409,6 +473,8 @@ class Linear:
             fmt += f", weight_dtype={self._format.name!r}"
             if self._group:
                 fmt += f", group_size={self._group}"
+        if self._activations != self._dtype.name:
+            fmt += f", activations={self._activations!r}"
         return (f"Linear(in_features={self._in}, out_features={self._out}, "
                 f"bias={self._has_bias}{fmt}, backend={backend})")
 

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     import torch
     from numpy.typing import ArrayLike, DTypeLike
 
-    from ._typing import Backend, Module
+    from ._typing import Activations, Backend, Module
 
 __all__ = ["Sequential"]
 
@@ -256,7 +256,8 @@ class Sequential:
         @classmethod
         def from_torch(cls, module: torch.nn.Sequential, *, dtype: DTypeLike | None = None,
                        weight_dtype: DTypeLike | None = None, group_size: int | None = None,
-                       backend: Backend = "auto") -> Sequential: ...
+                       backend: Backend = "auto",
+                       activations: Activations | None = None) -> Sequential: ...
 
     def __len__(self) -> int:
         return len(self.modules)
@@ -271,23 +272,27 @@ class Sequential:
             return Sequential(*self.modules[i])
         return self.modules[i]
 
-    def quantize(self, weight_dtype: DTypeLike, group_size: int | None = None) -> Sequential:
+    def quantize(self, weight_dtype: DTypeLike, group_size: int | None = None, *,
+                 activations: Activations | None = None) -> Sequential:
         """A new Sequential whose Linear layers store their weight values as
-        `weight_dtype` (see Linear.quantize); the other modules are copies (their
+        `weight_dtype`, with `activations` (see Linear.quantize: "int8" with int8 or int4
+        weights quantizes each layer's input rows); the other modules are copies (their
         parameters are replaced, never written, so they share the arrays), nested
         Sequentials stay nested. This model is left as it is."""
-        return self._quantized(weight_dtype, group_size, "")
+        return self._quantized(weight_dtype, group_size, activations, "")
 
     def _quantized(self, weight_dtype: DTypeLike, group_size: int | None,
-                   prefix: str) -> Sequential:
+                   activations: Activations | None, prefix: str) -> Sequential:
         modules: list[Module] = []
         for i, m in enumerate(self.modules):
             path = f"{prefix}{i}"
             if isinstance(m, Sequential):
-                modules.append(m._quantized(weight_dtype, group_size, f"{path}."))
+                modules.append(m._quantized(weight_dtype, group_size, activations,
+                                            f"{path}."))
             elif isinstance(m, Linear):
                 try:
-                    modules.append(m.quantize(weight_dtype, group_size))
+                    modules.append(m.quantize(weight_dtype, group_size,
+                                              activations=activations))
                 except (TypeError, ValueError) as exc:
                     raise type(exc)(f"module {path} ({m!r}): {exc}") from None
             else:

@@ -743,7 +743,7 @@ def test_layernorm_without_parameters_allocates_nothing_for_its_width(tmp_path):
 
 @pytest.mark.parametrize("suffix", SUFFIXES)
 @pytest.mark.parametrize("version, message", [
-    (2, "version 2, from a newer fastlinear; this one .* reads version 1: upgrade"),
+    (3, "version 3, from a newer fastlinear; this one .* reads version 2: upgrade"),
     (10**30, "from a newer fastlinear"),
     (0, "unknown structure version 0"), ("1", "unknown structure version '1'"),
     (True, "unknown structure version True"), (1.0, "unknown structure version 1.0"),
@@ -754,8 +754,9 @@ def test_structure_versions(tmp_path, suffix, version, message):
     path = write_model(tmp_path / f"v{suffix}", text, {})
     with pytest.raises(ValueError, match=message):
         fl.load_model(path)
-    write_model(path, text.replace(json.dumps(version), "1", 1), {})
-    assert isinstance(fl.load_model(path), fl.ReLU)
+    for readable in ("1", "2"):  # version 2 added Linear's activations only
+        write_model(path, text.replace(json.dumps(version), readable, 1), {})
+        assert isinstance(fl.load_model(path), fl.ReLU)
 
 
 def test_malformed_npz_structure_entry(tmp_path):

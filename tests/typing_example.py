@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -42,6 +42,9 @@ def main() -> None:
     q = assert_type(fl.Linear(64, 8).quantize("int4", group_size=32), fl.Linear)
     assert_type(q.group_size, "int | None")
     assert_type(q.weight_dtype, str)
+    q8 = fl.Linear(64, 8, weight_dtype="int8", activations="int8")
+    assert_type(q8.activations, Literal["float32", "float64", "int8"])
+    assert_type(q.quantize("int8", activations="int8")(np.ones(64)), np.ndarray)
 
     model = mlp(rng=2)
     probs = assert_type(model(x), np.ndarray)
@@ -51,6 +54,7 @@ def main() -> None:
         assert_type(first.weight, np.ndarray)
     assert_type(model[1:], fl.Sequential)
     assert_type(model.quantize("int8"), fl.Sequential)
+    assert_type(model.quantize("int4", 64, activations="int8"), fl.Sequential)
     assert_type(len(model), int)
     for m in (fl.ReLU(), fl.SiLU(), fl.LeakyReLU(0.1), fl.Tanh(), fl.Sigmoid(),
               fl.Identity(), fl.Dropout(0.1), fl.Flatten(), fl.LogSoftmax(),

@@ -56,6 +56,7 @@ import numpy as np
 
 from .. import _config, _formats
 from .._validate import layer_dtype
+from ..linear import check_activations
 from ._graph import FileError, Graph
 from ._tensors import DOUBLE, FLOATS
 from ._walker import Walker
@@ -63,7 +64,7 @@ from ._walker import Walker
 if TYPE_CHECKING:
     from numpy.typing import DTypeLike
 
-    from .._typing import Backend
+    from .._typing import Activations, Backend
     from ..sequential import Sequential
 
 __all__ = ["load_onnx"]
@@ -72,16 +73,19 @@ __all__ = ["load_onnx"]
 def load_onnx(path: str | bytes | os.PathLike[str] | os.PathLike[bytes], *,
               output: str | None = None, dtype: DTypeLike | None = None,
               weight_dtype: DTypeLike | None = None, group_size: int | None = None,
-              backend: Backend = "auto") -> Sequential:
+              backend: Backend = "auto",
+              activations: Activations | None = None) -> Sequential:
     """A Sequential running the MLP in the ONNX file at `path` (see
     help(fastlinear.onnx) for the operators it reads, and the types the model takes and
     returns). output: the name of the value the chain ends at, needed where the graph
     has several outputs (a classifier's labels and probabilities: output="probabilities"
     for skl2onnx's); any value the graph computes may be named, and nodes that do not
     feed it are ignored. dtype: float64 when the file's weights are float64, else
-    float32, unless given. weight_dtype, group_size and backend apply to every Linear as
-    in Linear.from_torch: by default float16 and bfloat16 weights are kept as they are
-    in a float32 model, other weights take the model's dtype.
+    float32, unless given. weight_dtype, group_size, backend and activations apply to
+    every Linear as in Linear.from_torch: by default float16 and bfloat16 weights are
+    kept as they are in a float32 model, other weights take the model's dtype;
+    activations="int8" (with weight_dtype "int8" or "int4") quantizes each layer's input
+    rows.
     Raises ValueError or TypeError naming the file and the node it cannot read, and
     ImportError when the onnx package is not installed."""
     try:
@@ -115,9 +119,11 @@ def load_onnx(path: str | bytes | os.PathLike[str] | os.PathLike[bytes], *,
                          f"model)")
     if dtype is None:
         dtype = _default_dtype(model.graph)
-    _formats.check(weight_dtype, dtype, group_size)  # argument errors before any layer
+    # argument errors before any layer (a layer's width is checked when it is built)
+    fmt = _formats.check(weight_dtype, dtype, group_size)[0]
+    check_activations(activations, np.dtype(dtype), fmt, backend)
     options = dict(dtype=dtype, weight_dtype=weight_dtype, group_size=group_size,
-                   backend=backend)
+                   backend=backend, activations=activations)
     try:
         graph = Graph(onnx, model, os.path.dirname(os.path.abspath(name)), output)
         return Walker(graph, options).run()

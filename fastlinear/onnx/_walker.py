@@ -16,7 +16,7 @@ from ._tensors import FLOATS
 
 class Walker:
     """Builds the modules of one graph (a _graph.Graph) with the layer options of
-    load_onnx (dtype, weight_dtype, group_size, backend)."""
+    load_onnx (dtype, weight_dtype, group_size, backend, activations)."""
 
     def __init__(self, graph, options):
         self.graph, self.options = graph, options
@@ -236,5 +236,6 @@ class Walker:
         # float16 and bfloat16 weights kept as they are, as from_torch keeps them
         weight_dtype = _formats.keep_given(o["weight_dtype"], weight.dtype.name, self.dtype)
         self.modules.append(Linear._from_parameters(weight, bias, self.dtype, o["backend"],
-                                                    weight_dtype, o["group_size"]))
+                                                    weight_dtype, o["group_size"],
+                                                    o["activations"]))
         self.at = at
