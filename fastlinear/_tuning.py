@@ -26,7 +26,7 @@ VALUE_TYPES = ("float32", "float64")
 # sized for (kernels/<isa>.c: AVX2 keeps its KC x NR weight slice in L1, AVX-512 and the
 # portable kernel stream theirs from L2).
 REFERENCE_CACHES = {1: 32 << 10, 2: 1 << 20, 3: 32 << 20}
-KC_LEVEL = {"ref": 2, "avx2": 1, "avx512": 2}
+KC_LEVEL = {"ref": 2, "avx2": 1, "avx512": 2, "avx512_vnni": 2}
 
 # What is in force, per (isa, value type): (kc, mc, nc), and where it came from.
 in_force: dict[tuple[str, str], tuple[tuple[int, int, int], str]] = {}

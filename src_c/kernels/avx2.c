@@ -52,9 +52,12 @@ _Static_assert(MR * NV + MR + 1 <= 16, "accumulators, broadcasts and a weight ve
  * threads, Zen 5, us, in registers -> widened): 16x768x3072 533 -> 395, 32x768x3072
  * 999 -> 702, 16x4096x4096 3740 -> 2905; 8x768x3072 268 -> 257, 8x4096x4096 1868 -> 1922.
  * The other formats (one or two instructions) were as fast or faster in registers at
- * every M up to FL_DIRECT_X_MAX_BYTES of x. */
+ * every M up to FL_DIRECT_X_MAX_BYTES of x. KC = 128 since then: on a 2-core Zen 4 (KVM, L1d 32 KiB) the 16 KiB weight slice in L1
+ * beats 256 and 512 at every compute-bound shape (KC 128/256/512, GFLOP/s of a 236 peak,
+ * interleaved in one process): 32x768x3072 193/179/175, 128x768x3072 174/168/165,
+ * 512x1024x1024 188/172/170, 2048^3 184/173/168 (on Zen 5 they were within noise). */
 enum {
-    F32_KC = 256, F32_MC = 144, F32_NC = 4096,
+    F32_KC = 128, F32_MC = 144, F32_NC = 4096,
     F64_KC = 128, F64_MC = 72, F64_NC = 2048,
     I4_WIDEN_ROWS = 12,
 };
