@@ -292,11 +292,42 @@ def test_compressed_weights_table(weight_dtype, tmp_path, capsys):
         assert row["ratio_best"] == pytest.approx(row["us"][ours] / row["us"][row["best_rival"]])
 
 
+@pytest.mark.parametrize("weight_dtype", ["int8", "int4"])
+def test_integer_activations_table(weight_dtype, tmp_path, capsys):
+    """--activations int8: fastlinear's integer layer in the format's column, beside the
+    same rivals, its error of the size the rounding of x and w gives."""
+    out = tmp_path / "results.json"
+    main(["--weight-dtype", weight_dtype, "--activations", "int8", "--shapes", "2x64x48",
+          "--rounds", "1", "--budget", "0.001", "--settle", "0", "--threads", "1",
+          "--json", str(out)])
+    text = capsys.readouterr().out
+    assert max(len(line) for line in text.splitlines()) <= 100, text
+    data = json.loads(out.read_text())
+    assert data["meta"]["activations"] == "int8"
+    (row,) = data["compressed"][weight_dtype]
+    ours = compressed.ours(weight_dtype, "int8")
+    assert ours == f"fastlinear {weight_dtype} x int8" and row["activations"] == "int8"
+    assert f"fastlinear {weight_dtype}" not in row["us"]  # the weight-only one left out
+    limit = {"int8": 0.05, "int4": 0.25}[weight_dtype]
+    assert row["us"][ours] > 0 and 0 < row["error"][ours] < limit
+    header = text.splitlines()[-2]
+    assert compressed.TITLES[ours] in header
+    assert "weights x int8 activations" in text and "each row of x quantized to int8" in text
+    rivals = [name for name in compressed.rival_names(weight_dtype) if name in row["us"]]
+    if rivals:
+        assert row["ratio_best"] == pytest.approx(row["us"][ours] / row["us"][row["best_rival"]])
+
+
 def test_compressed_options_are_checked():
     with pytest.raises(SystemExit):
         main(["--weight-dtype", "int8", "--group-size", "64"])
     with pytest.raises(SystemExit):
         main(["--weight-dtype", "int4", "--dtype", "float64"])
+    for argv in (["--activations", "int8"], ["--weight-dtype", "bfloat16", "--activations",
+                                             "int8"], ["--mlp", "--activations", "int8"],
+                 ["--weight-dtype", "int8", "--activations", "int4"]):
+        with pytest.raises(SystemExit):
+            main(argv)
 
 
 # -- OpenVINO as a rival; the MLP table with fastlinear's quantized models ---------------

@@ -20,6 +20,7 @@ whose package is not installed is left out.
     python -m fastlinear.bench --json results.json --plot results.png --wide
     python benchmarks/bench.py ...                   # the same, from the repository root
     python -m fastlinear.bench --weight-dtype int8   # compressed weights (or all of them)
+    python -m fastlinear.bench --weight-dtype int8 --activations int8   # integer products
     python -m fastlinear.bench --mlp [model.onnx]    # whole models (fastlinear/bench/mlp.py)
     python -m fastlinear.bench --transformer         # a torch transformer, its Linear layers
                                                      # replaced (fastlinear/bench/transformer.py)
@@ -28,7 +29,9 @@ whose package is not installed is left out.
 table per format: fastlinear with float32 weights and with weights in that format against
 the rivals that compress weights alike (torch bfloat16 and dynamic int8, ONNX Runtime
 dynamic int8 and MatMulNBits int4), with each one's error against the float64 product of
-the unquantized weights. fastlinear/bench/compressed.py says how each is built.
+the unquantized weights. fastlinear/bench/compressed.py says how each is built. With
+--activations int8 (int8 and int4 weights) fastlinear's layer quantizes x per row and
+multiplies integers, as those rivals do.
 
 Each shape is also set against this machine's limits for the ISA path that runs
 (fastlinear.bench.limits), probed around the shape's rounds: the time its arithmetic
@@ -47,7 +50,7 @@ import json
 import numpy as np
 
 # The formats and int4's group sizes are the library's.
-from fastlinear._formats import COMPRESSED, DEFAULT_GROUP, GROUP_SIZES
+from fastlinear._formats import COMPRESSED, DEFAULT_GROUP, FORMAT, GROUP_SIZES
 
 from . import compressed, linear, mlp, transformer
 from .harness import describe, parse_shapes, run_meta, set_threads
@@ -68,6 +71,11 @@ def build_parser():
                         help="float32: the float32 table; bfloat16, float16, int8, int4 "
                              "(all: each of them): a table per format, fastlinear against "
                              "rivals that compress weights alike, with each one's error")
+    parser.add_argument("--activations", choices=["float32", "int8"], default="float32",
+                        help="with --weight-dtype int8 or int4 (all: those two): int8 "
+                             "measures fastlinear's layer with activations='int8' (each "
+                             "row of x quantized, integer sums) instead of the weight-only "
+                             "one")
     parser.add_argument("--group-size", type=int, choices=GROUP_SIZES,
                         default=argparse.SUPPRESS,
                         help="int4 weights: inputs per scale (default: "
@@ -114,12 +122,17 @@ def build_parser():
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.activations != "float32" and (args.mlp is not None
+                                           or args.transformer is not None):
+        parser.error("--activations int8 is for the compressed tables (--weight-dtype)")
     if args.mlp is not None:
         return main_mlp(args)
     if args.transformer is not None:
         return main_transformer(args)
     if args.weight_dtype != "float32":
         return main_compressed(parser, args)
+    if args.activations != "float32":
+        parser.error("--activations int8 needs --weight-dtype int8, int4 or all")
     if hasattr(args, "group_size"):
         parser.error("--group-size is for --weight-dtype int4")
 
@@ -180,6 +193,12 @@ def main_compressed(parser, args):
     if args.plot:
         parser.error("--plot sweeps the float32 table: drop --weight-dtype")
     formats = COMPRESSED if args.weight_dtype == "all" else (args.weight_dtype,)
+    if args.activations == "int8":
+        integer = tuple(f for f in formats if FORMAT[f].int8_code is not None)
+        if not integer:
+            parser.error(f"--activations int8 runs with int8 or int4 weights, not "
+                         f"{args.weight_dtype}")
+        formats = integer
     group_size = getattr(args, "group_size", None)
     if group_size is not None and "int4" not in formats:
         parser.error("--group-size is for --weight-dtype int4")
@@ -188,10 +207,11 @@ def main_compressed(parser, args):
     machine = describe(np.dtype(np.float32), args.threads)
     shapes = parse_shapes(getattr(args, "shapes", compressed.DEFAULT_SHAPES))
     results = compressed.run_tables(formats, shapes, group_size, args.threads, args.rounds,
-                                    args.budget, args.settle)
+                                    args.budget, args.settle, args.activations)
     if args.json:
         meta = run_meta(args, limits_set, machine)
         meta["group_size"] = group_size
+        meta["activations"] = args.activations
         with open(args.json, "w") as f:
             json.dump({"meta": meta, "compressed": results}, f, indent=1)
     return results

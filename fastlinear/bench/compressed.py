@@ -13,6 +13,11 @@ weights in a like format:
                  its MatMulNBitsQuantizer: at the default accuracy level (float compute)
                  and at accuracy_level=4 (inputs quantized to int8 per block)
 
+With --activations int8 (int8 and int4 weights) fastlinear's layer in the format is
+Linear(..., activations="int8"): each row of x quantized to int8 per call, exact integer
+sums (docs/formats.md, "Integer activations"), the way the rivals compute; its column
+replaces the weight-only one.
+
 Every contender gets the same float32 x, N(0, 1), and the same float32 weight and bias,
 drawn as torch.nn.Linear draws them (uniform in +-1/sqrt(K)); each quantizes the weight
 its own way. The error of each is max|y - y64| / max|y64|, where y64 is the product of
@@ -39,6 +44,7 @@ DEFAULT_SHAPES = "1x4096x4096,8x4096x4096,128x768x3072"
 SHORT = {"bfloat16": "bf16", "float16": "f16", "int8": "i8", "int4": "i4"}
 TITLES = {"fastlinear float32": "fl f32",
           **{f"fastlinear {f}": f"fl {s}" for f, s in SHORT.items()},
+          **{f"fastlinear {f} x int8": f"fl {s}xi8" for f, s in SHORT.items()},
           "torch bf16": "pt bf16", "torch f16": "pt f16", "torch int8": "pt i8",
           "onnxruntime int8": "ort i8", "onnxruntime int4": "ort i4",
           "onnxruntime int4 acc4": "ort i4a4"}
@@ -50,6 +56,12 @@ LEGEND = {
     "onnxruntime int4": "ONNX Runtime MatMulNBits, 4 bits symmetric, block {g}, float compute",
     "onnxruntime int4 acc4": "the same at accuracy_level=4: inputs quantized to int8",
 }
+
+
+def ours(weight_dtype, activations="float32"):
+    """The name of fastlinear's contender in the format (with int8 activations: the
+    integer one)."""
+    return f"fastlinear {weight_dtype}" + (" x int8" if activations == "int8" else "")
 
 
 def rival_names(weight_dtype):
@@ -207,32 +219,40 @@ def _note(message):
 
 # -- fastlinear ------------------------------------------------------------------------
 
-def fastlinear_runs(x, w, b, weight_dtype, group_size):
-    """name -> (run, as_float64) for fastlinear float32 and fastlinear in `weight_dtype`;
-    and that layer."""
+def fastlinear_runs(x, w, b, weight_dtype, group_size, activations="float32"):
+    """name -> (run, as_float64) for fastlinear float32 and fastlinear in `weight_dtype`
+    (with `activations`); and that layer."""
     base = fl.Linear(w.shape[1], w.shape[0])
     base.load_state_dict({"weight": w, "bias": b})
     layer = base.quantize(weight_dtype,
-                          group_size=group_size if weight_dtype == "int4" else None)
+                          group_size=group_size if weight_dtype == "int4" else None,
+                          activations=None if activations == "float32" else activations)
     as64 = lambda y: np.asarray(y, np.float64)  # noqa: E731
     return {"fastlinear float32": ((lambda: base(x)), as64),
-            f"fastlinear {weight_dtype}": ((lambda: layer(x)), as64)}, layer
+            ours(weight_dtype, activations): ((lambda: layer(x)), as64)}, layer
 
 
 def _check_own_weights(layer, y, x, name):
     """The compressed layer computes x @ layer.weight.T + bias (the float32 values it
-    reports) within float32 rounding: the quantization is all of its error."""
+    reports) within float32 rounding: the quantization is all of its error. With int8
+    activations, also within the rounding of each row of x to 127 steps of its largest
+    magnitude (at most half a step per value)."""
     weight = np.asarray(layer.weight, np.float64)
     bias = np.zeros(weight.shape[0]) if layer.bias is None else np.asarray(layer.bias,
                                                                            np.float64)
-    exact = x.astype(np.float64) @ weight.T + bias
-    scale = np.abs(x).astype(np.float64) @ np.abs(weight).T + np.abs(bias)
+    x64 = x.astype(np.float64)
+    exact = x64 @ weight.T + bias
+    scale = np.abs(x64) @ np.abs(weight).T + np.abs(bias)
     tol = 2 * (x.shape[1] + 2) * np.finfo(np.float32).eps * scale
+    if layer.activations == "int8":
+        step = np.abs(x64).max(axis=1, keepdims=True) / 127
+        tol = tol + 0.501 * step * np.abs(weight).sum(axis=1)
     if not np.all(np.abs(y - exact) <= tol):
         raise SystemExit(f"{name} disagrees with its own layer.weight (float64 reference)")
 
 
-def measure(shape, weight_dtype, threads, group_size, rounds, budget, settle, rng):
+def measure(shape, weight_dtype, threads, group_size, rounds, budget, settle, rng,
+            activations="float32"):
     """One shape of one format's table: time and error per contender, and the ratios."""
     m, k, n = shape
     bound = 1.0 / np.sqrt(k)
@@ -240,25 +260,27 @@ def measure(shape, weight_dtype, threads, group_size, rounds, budget, settle, rn
     w = rng.uniform(-bound, bound, (n, k)).astype(np.float32)
     b = rng.uniform(-bound, bound, n).astype(np.float32)
     y64 = x.astype(np.float64) @ w.astype(np.float64).T + b
-    contenders, layer = fastlinear_runs(x, w, b, weight_dtype, group_size)
+    name_ours = ours(weight_dtype, activations)
+    contenders, layer = fastlinear_runs(x, w, b, weight_dtype, group_size, activations)
     contenders.update(rivals(weight_dtype, x, w, b, threads, group_size))
     errors = {}
     for name, (run, as_float64) in contenders.items():
         y = as_float64(run())
         errors[name] = rel_error(y, y64)
-        if name == f"fastlinear {weight_dtype}":
+        if name == name_ours:
             _check_own_weights(layer, y, x, name)
     best = best_times({name: run for name, (run, _) in contenders.items()}, rounds, budget,
                       settle)
     us = {name: t * 1e6 for name, t in best.items()}
-    ours = us.get(f"fastlinear {weight_dtype}")
+    mine = us.get(name_ours)
     present = [name for name in rival_names(weight_dtype) if name in us]
     rival = min(present, key=us.get) if present else None
     row = {"m": m, "k": k, "n": n, "weight_dtype": weight_dtype,
            "group_size": group_size if weight_dtype == "int4" else None,
+           "activations": activations,
            "us": us, "error": errors, "best_rival": rival,
-           "ratio_float32": None if ours is None else ours / us["fastlinear float32"],
-           "ratio_best": None if ours is None or rival is None else ours / us[rival]}
+           "ratio_float32": None if mine is None else mine / us["fastlinear float32"],
+           "ratio_best": None if mine is None or rival is None else mine / us[rival]}
     return row
 
 
@@ -272,9 +294,10 @@ def _err(e):
     return "-" if e is None else f"{e:.1e}"
 
 
-def columns(weight_dtype):
+def columns(weight_dtype, activations="float32"):
     """(group, title, width, cell of a row) for a format's table."""
-    names = ["fastlinear float32", f"fastlinear {weight_dtype}", *rival_names(weight_dtype)]
+    names = ["fastlinear float32", ours(weight_dtype, activations),
+             *rival_names(weight_dtype)]
     cols = [("", "M x K x N", 12, lambda r: f"{r['m']}x{r['k']}x{r['n']}")]
     cols += [("time", TITLES[name], 8, lambda r, name=name: format_us(r["us"].get(name)))
              for name in names]
@@ -285,22 +308,28 @@ def columns(weight_dtype):
     return cols
 
 
-def table_head(weight_dtype, group_size, threads, rounds):
+def table_head(weight_dtype, group_size, threads, rounds, activations="float32"):
     """The lines above a format's table: what it measures, every column, the header."""
-    what = f"{weight_dtype} weights" + (f", groups of {group_size}"
-                                        if weight_dtype == "int4" else "")
-    ours = TITLES[f"fastlinear {weight_dtype}"]
-    lines = [f"{what}, {threads} threads; times in {micro()}s per call, the best of {rounds} "
-             "interleaved rounds",
+    what = f"{weight_dtype} weights" + (" x int8 activations" if activations == "int8"
+                                        else "")
+    what += f", groups of {group_size}" if weight_dtype == "int4" else ""
+    timing = (f"times in {micro()}s per call, the best of {rounds} interleaved rounds"
+              if activations == "float32" else  # shorter: the line within 100 columns
+              f"{micro()}s per call, best of {rounds} interleaved rounds")
+    name = ours(weight_dtype, activations)
+    title = TITLES[name]
+    kind = (f"{weight_dtype} weights, each row of x quantized to int8, integer sums"
+            if activations == "int8" else f"{weight_dtype} weights")
+    lines = [f"{what}, {threads} threads; {timing}",
              f"  {'fl f32':>8}: fastlinear, float32 weights",
-             f"  {ours:>8}: fastlinear, {weight_dtype} weights",
-             f"  {'/f32':>8}: time of fastlinear {weight_dtype} / time of fastlinear float32",
-             f"  {'/best':>8}: time of fastlinear {weight_dtype} / time of the fastest rival",
+             f"  {title:>8}: fastlinear, {kind}",
+             f"  {'/f32':>8}: time of {name} / time of fastlinear float32",
+             f"  {'/best':>8}: time of {name} / time of the fastest rival",
              f"  {'error':>8}: max|y - y64| / max|y64|, y64 the float64 product of the "
              f"unquantized weights"]
     for name in rival_names(weight_dtype):
         lines.append(f"  {TITLES[name]:>8}: {LEGEND[name].format(g=group_size)}")
-    cols = columns(weight_dtype)
+    cols = columns(weight_dtype, activations)
     titles = {"time": f" time ({micro()}s) ", "ratio": " ratio ", "error": " error "}
     lines.append(group_line([(titles.get(g, ""), width) for g, _, width, _ in cols]))
     lines.append(" ".join(f"{title:>{width}}" for _, title, width, _ in cols))
@@ -308,23 +337,26 @@ def table_head(weight_dtype, group_size, threads, rounds):
 
 
 def format_row(row):
-    return " ".join(f"{cell(row):>{width}}" for _, _, width, cell in columns(row["weight_dtype"]))
+    return " ".join(f"{cell(row):>{width}}" for _, _, width, cell
+                    in columns(row["weight_dtype"], row.get("activations", "float32")))
 
 
-def run_tables(formats, shapes, group_size, threads, rounds, budget, settle):
+def run_tables(formats, shapes, group_size, threads, rounds, budget, settle,
+               activations="float32"):
     """format -> rows, printing each format's table as it is measured. Every table draws
     its arrays from the same seed: the float32 weights are the same in each."""
     progress = Progress(len(formats) * len(shapes))
     results = {}
     for weight_dtype in formats:
-        for line in ["", *table_head(weight_dtype, group_size, threads, rounds)]:
+        for line in ["", *table_head(weight_dtype, group_size, threads, rounds,
+                                     activations)]:
             progress.write(line, step=False)
         rng = np.random.default_rng(0)
         rows = []
         for shape in shapes:
             progress.show(f"{weight_dtype} {'x'.join(map(str, shape))}")
             row = measure(shape, weight_dtype, threads, group_size, rounds, budget, settle,
-                          rng)
+                          rng, activations)
             progress.write(format_row(row))
             rows.append(row)
         results[weight_dtype] = rows

@@ -268,7 +268,8 @@ def describe(dtype, threads):
         print("(no C compiler: machine limits not probed)", flush=True)
         return {"fma_peak_gflops": None, "read_gbs": None}
     reads = ", ".join(f"{gbs:.0f} GB/s ({mib} MiB)" for mib, gbs in bw.items())
-    print(f"{isa} limits at the start: FMA peak {peak:.0f} GFLOP/s; weights read {reads}",
+    # The ISA path is named on the line above (avx512_vnni made this one too long).
+    print(f"limits at the start: FMA peak {peak:.0f} GFLOP/s; weights read {reads}",
           flush=True)
     return {"fma_peak_gflops": peak,
             "read_gbs": {f"{mib} MiB": gbs for mib, gbs in bw.items()}}
