@@ -82,6 +82,7 @@ cdef extern from "fastlinear.h" nogil:
     int fl_default_blocking(const char *isa, fl_dtype dtype, fl_blocking *out) noexcept
     int fl_openmp_enabled() noexcept
     int fl_default_threads() noexcept
+    void fl_set_cache_bytes(size_t bytes) noexcept
 
 
 cdef class PackedWeights:

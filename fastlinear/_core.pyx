@@ -450,3 +450,8 @@ def openmp_enabled():
 
 def default_threads():
     return fl_default_threads()
+
+
+def set_cache_bytes(size_t n):
+    """The last-level cache's size: weights past half of it are streamed with prefetch."""
+    fl_set_cache_bytes(n)

@@ -169,6 +169,8 @@ def apply(threads: int) -> None:
     ISA and thread count where there is one (and tuning is on), else those derived from
     the caches."""
     entries = read() if enabled() else {}
+    if 3 in cache_sizes():  # which weights the kernels prefetch (fastlinear.h)
+        _core.set_cache_bytes(cache_sizes()[3])
     for isa in _core.supported_isas():
         stored = entries.get(key(isa, threads))
         for dtype in VALUE_TYPES:

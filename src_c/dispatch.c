@@ -54,6 +54,15 @@ const char *fl_supported_isa(int i)
     return NULL;
 }
 
+static atomic_size_t cache_bytes = (size_t)32 << 20;
+
+void fl_set_cache_bytes(size_t bytes)
+{
+    atomic_store_explicit(&cache_bytes, bytes, memory_order_relaxed);
+}
+
+size_t fl_cache_bytes(void) { return atomic_load_explicit(&cache_bytes, memory_order_relaxed); }
+
 /* Block sizes set by fl_set_blocking, per ISA and value type (0: the ISA's own). Each
  * is valid on its own, so a call that reads them while another thread sets them gets
  * sizes it can use (the bits never depend on them). */

@@ -191,6 +191,11 @@ int fl_set_blocking(const char *isa, fl_dtype dtype, size_t kc, size_t mc, size_
 int fl_default_blocking(const char *isa, fl_dtype dtype, fl_blocking *out);
 /* The block sizes calls use now for `dtype` (for tests and diagnostics). */
 void fl_get_blocking(fl_dtype dtype, fl_blocking *out);
+/* The size of the last-level cache that calls share (fastlinear sets the L3's, read from
+ * the OS; default 32 MiB): the packed weights of a call that exceed half of it are
+ * streamed from memory with software prefetch, smaller ones read from cache without.
+ * Only the speed depends on it. */
+void fl_set_cache_bytes(size_t bytes);
 /* 1 when built with OpenMP, else 0. */
 int fl_openmp_enabled(void);
 /* Thread count OpenMP would use by default (OMP_NUM_THREADS, affinity); 1 without OpenMP. */

@@ -18,6 +18,7 @@ typedef struct {
     size_t ldx;
     char *y;
     size_t ldy;
+    size_t ahead;           /* the kernels' prefetch distance for packed weights */
     const char *q;          /* FL_I8Q: x quantized, rows ldq bytes apart, ... */
     size_t ldq;
     const float *xs;        /* ... and their scales */
@@ -32,6 +33,7 @@ typedef struct {
     fl_ukernel *run;
     const char *w;
     size_t sum_bytes;  /* the bytes of FL_SUM_BLOCK k rows of w */
+    size_t ahead;      /* the kernel's prefetch distance (0 for a buffer in cache) */
 } fl_weights;
 
 static fl_weights weights(const fl_job *jb, size_t q, size_t pc, size_t kc, float *wbuf)
@@ -46,16 +48,16 @@ static fl_weights weights(const fl_job *jb, size_t q, size_t pc, size_t kc, floa
             fl_pack_block(p->dtype, nr, min_sz(nr, p->n - q * nr), p->k,
                           jb->w + q * nr * jb->ldw * size, jb->ldw, wbuf);
         return (fl_weights){p->kern->run, (const char *)wbuf + pc * nr * size,
-                            FL_SUM_BLOCK * nr * size};
+                            FL_SUM_BLOCK * nr * size, 0};
     }
     if (wbuf) {
         fl_expand(p, q, pc, kc, wbuf);
         return (fl_weights){p->isa->k[FL_F32].run, (const char *)wbuf,
-                            FL_SUM_BLOCK * p->kern->nr * sizeof(float)};
+                            FL_SUM_BLOCK * p->kern->nr * sizeof(float), 0};
     }
     return (fl_weights){p->kern->run,
                         (const char *)p->w + q * p->panel_bytes + fl_panel_offset(p, pc),
-                        fl_panel_offset(p, FL_SUM_BLOCK)};
+                        fl_panel_offset(p, FL_SUM_BLOCK), jb->ahead};
 }
 
 /* ep on the m x n tile of y whose first column is j0: the scale and shift (the AFFINE
@@ -104,7 +106,7 @@ static void run_tile(const fl_job *jb, fl_weights wt, size_t q, size_t np, size_
             const size_t ks = min_sz(FL_SUM_BLOCK, kc - k0);
             const int end = k0 + ks == kc;  /* kc may be 0: one call, y = bias */
             wt.run(ks, a + (ptrdiff_t)k0 * a_cs * (ptrdiff_t)size, a_rs, a_cs,
-                   wt.w + s * wt.sum_bytes, (ptrdiff_t)p->panel_bytes, p->group, yt,
+                   wt.w + s * wt.sum_bytes, (ptrdiff_t)p->panel_bytes, wt.ahead, p->group, yt,
                    jb->ldy, h, n, pc + k0 == 0, end ? sq : NULL, end ? bq : NULL);
             if (end)
                 break;
@@ -234,8 +236,8 @@ void fl_gemm_share(const fl_packed *p, const void *b, const fl_plan *pl,
     if (m == 0 || p->n == 0)
         return;
     const int any = ep && (ep->act != FL_ACT_NONE || ep->scale);
-    fl_job jb = {p, pl->bl, 0, NULL, 0, b, any ? ep : NULL, m, x, ldx, y, ldy, NULL, 0,
-                 NULL};
+    fl_job jb = {p, pl->bl, 0, NULL, 0, b, any ? ep : NULL, m, x, ldx, y, ldy, pl->ahead,
+                 NULL, 0, NULL};
     if (fl_formats[p->dtype].quantizes_x) {
         /* each row quantized once, by one thread of the team, before any tile reads it */
         jb.q = shared;
@@ -255,6 +257,12 @@ fl_plan fl_plan_gemm(const fl_packed *p, size_t m, size_t team, fl_blocks bl)
     const size_t size = fl_value_size(p->dtype);
     fl_plan pl = {0};
     pl.bl = bl;
+    /* Weights that stay in cache between calls are read fastest with no software
+     * prefetch (it took 1x768x3072, 9 MiB, from 52 to 80 us on Zen 4; the MLP of
+     * docs/performance.md at batch 1 from 23-26 to 32-35 us); weights streamed from
+     * memory need it (blocking.h). */
+    pl.ahead = (double)p->panels * (double)p->panel_bytes > (double)fl_cache_bytes() / 2
+               ? FL_PREFETCH_BYTES : 0;
     pl.pack_x = (double)m * (double)p->k * (double)size > FL_DIRECT_X_MAX_BYTES
                 || (kr->widen_rows && m >= kr->widen_rows);
     /* Compressed weights are widened into a buffer where their kernel is missing, and
@@ -352,7 +360,7 @@ int fl_forward_plain(fl_dtype dtype, size_t n, size_t k, const void *w, size_t l
     const fl_packed shape = {isa, kr, dtype, n, k, 0, (n + kr->nr - 1) / kr->nr, 0, NULL,
                              NULL};
     const fl_job jb = {&shape, fl_blocks_in_force(isa, dtype), 1, w, ldw, b, NULL, m, x,
-                       ldx, y, ldy, NULL, 0, NULL};
+                       ldx, y, ldy, 0, NULL, 0, NULL};
     size_t threads = fl_threads_begin((double)m * (double)n * (double)k, nthreads);
     threads = min_sz(threads, shape.panels);
     /* per thread: one panel of weights, K x NR values, whole cache lines */

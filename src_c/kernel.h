@@ -32,6 +32,8 @@
  *   w_next with a kernel of two_panels, and m = 1, x in place: n may reach 2 NR, columns
  *          NR and up coming from the next panel, w_next bytes after w (its bias and
  *          scales follow the first's): twice the independent sums for a single row.
+ *   ahead  0, or how many bytes past each k row of w the kernel asks for the weights it
+ *          will read later (a software prefetch: for weights streamed from memory).
  *   group  int4 only: k rows per scale group (32, 64 or 128).
  *   scale  NULL, or (int8, on the last block only) NR float32 scales (zero past n).
  *   bias   NULL, or n values added once, after the last block (none past n is read).
@@ -51,8 +53,8 @@
 #include "formats.h"
 
 typedef void fl_ukernel(size_t kc, const void *a, ptrdiff_t a_rs, ptrdiff_t a_cs,
-                        const void *w, ptrdiff_t w_next, size_t group, void *y, size_t ldy,
-                        size_t m, size_t n, int first, const float *scale,
+                        const void *w, ptrdiff_t w_next, size_t ahead, size_t group, void *y,
+                        size_t ldy, size_t m, size_t n, int first, const float *scale,
                         const void *bias);
 
 /* Widens kc k rows of one packed panel of a compressed format (w and group as the
@@ -171,6 +173,8 @@ void fl_expand(const fl_packed *p, size_t q, size_t pc, size_t kc, float *dst);
  * others for the ISA and the weights' value type): read once per call, into its plan. */
 typedef struct { size_t kc, mc, nc; } fl_blocks;
 fl_blocks fl_blocks_in_force(const fl_isa *isa, fl_dtype dtype);
+/* fl_set_cache_bytes()'s value (dispatch.c). */
+size_t fl_cache_bytes(void);
 
 /* Kernels, one file per ISA (kernels/tile.h says what each defines). */
 extern const fl_isa fl_isa_ref;

@@ -46,6 +46,17 @@ def test_every_candidate_gives_the_same_bits(isa, dtype, cache_dir):
             assert got.tobytes() == want.tobytes(), (kc, mc, nc)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_prefetching_or_not_gives_the_same_bits(isa, dtype, cache_dir):
+    """The weights are prefetched or not by their size against the cache (fastlinear.h's
+    fl_set_cache_bytes): only the speed may change."""
+    _core.set_cache_bytes(1 << 40)  # no weights prefetched
+    expected = _outputs(dtype)
+    _core.set_cache_bytes(0)  # all prefetched
+    for got, want in zip(_outputs(dtype), expected):
+        assert got.tobytes() == want.tobytes()
+
+
 def test_derived_blocks_follow_the_caches():
     """On the caches the compiled sizes were measured on they are those sizes; larger
     caches give larger blocks, always sizes the kernel takes."""

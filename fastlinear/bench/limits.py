@@ -17,7 +17,8 @@ How each is measured:
   band streamed front to back, two panels side by side for one row of x where the
   kernel does so, row by row, in vectors of the path's width, each row prefetched
   FL_PREFETCH_BYTES ahead; and plain, the same band and loads without the prefetch
-  (faster for weights in cache on some CPUs). The buffer is read over and over, as the
+  (faster for weights in cache, which the kernel reads so: weights within half the
+  last-level cache). The buffer is read over and over, as the
   benchmark calls a layer over and over, so weights that fit a cache are read from
   there. The bound is the best time of one pass either way: a kernel that reads its
   weights the kernel's way and computes too cannot beat it.

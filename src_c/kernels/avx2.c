@@ -161,7 +161,7 @@ INLINE size_t row_bytes(fl_dtype dt);  /* tile.h */
  * every row as soon as it is loaded (or widened): one register for the weights. */
 INLINE void steps(const fl_dtype dt, const size_t m, const size_t np, size_t kr,
                   const char *a, const ptrdiff_t rs, const ptrdiff_t cs, const char *w,
-                  ptrdiff_t w_next, const char *sg, vec acc[MR][2 * NV])
+                  ptrdiff_t w_next, size_t ahead, const char *sg, vec acc[MR][2 * NV])
 {
     const size_t rb = row_bytes(dt);
     for (size_t k = 0; k < kr; k++) {
@@ -169,9 +169,10 @@ INLINE void steps(const fl_dtype dt, const size_t m, const size_t np, size_t kr,
         /* int4: the group's scales read from L1 at each use (avx512.c says why). */
         if (dt == FL_I4)
             __asm__("" : "+r"(sg) : "r"(k));
+        if (ahead)
 FL_UNROLL
-        for (size_t l = 0; l < np * rb; l += 64)
-            _mm_prefetch(wk + l / rb * w_next + FL_PREFETCH_BYTES + l % rb, _MM_HINT_T0);
+            for (size_t l = 0; l < np * rb; l += 64)
+                _mm_prefetch(wk + l / rb * w_next + ahead + l % rb, _MM_HINT_T0);
         vec ai[MR];
 FL_UNROLL
         for (size_t i = 0; i < m; i++)

@@ -144,9 +144,10 @@ INLINE size_t row_bytes(fl_dtype dt);  /* tile.h */
 
 INLINE void steps(const fl_dtype dt, const size_t m, const size_t np, size_t kr,
                   const char *a, const ptrdiff_t rs, const ptrdiff_t cs, const char *w,
-                  ptrdiff_t w_next, const char *sg, vec acc[MR][2 * NV])
+                  ptrdiff_t w_next, size_t ahead, const char *sg, vec acc[MR][2 * NV])
 {
     const size_t rb = row_bytes(dt);
+    (void)ahead;  /* no prefetch */
     for (size_t k = 0; k < kr; k++) {
         const char *ak = a + (ptrdiff_t)k * cs, *wk = w + k * rb;
         vec wv[2 * NV];

@@ -24,9 +24,10 @@
  *                           vector v of the weights W(k, .) in the k row at wk, widened
  *                           exactly to float32 (sg: the scales of its int4 group; tight:
  *                           the tile has no register to spare)
- *   steps(dt, m, np, kr, a, rs, cs, w, w_next, sg, acc)
+ *   steps(dt, m, np, kr, a, rs, cs, w, w_next, ahead, sg, acc)
  *                           k rows [0, kr) of x and the weights accumulated into acc: its
- *                           loop order, prefetches and register plan
+ *                           loop order, prefetches (of the weights `ahead` bytes on, none
+ *                           for 0) and register plan
  *   cpu_has()               1 when this CPU runs the ISA
  * and what the integer kernels need (qtile.h's list).
  */
@@ -105,7 +106,7 @@ FL_UNROLL
  * addresses fold into the loads. */
 INLINE void tile(const fl_dtype dt, const size_t m, const size_t np, size_t kc,
                  const char *a, const ptrdiff_t a_rs, const ptrdiff_t a_cs, const char *w,
-                 ptrdiff_t w_next, size_t group, char *y, size_t ldy, size_t n, int first,
+                 ptrdiff_t w_next, size_t ahead, size_t group, char *y, size_t ldy, size_t n, int first,
                  const char *scale, const char *bias)
 {
     const size_t size = fl_value_size(dt);
@@ -125,9 +126,9 @@ FL_UNROLL
     if (fl_formats[dt].scale == FL_SCALE_GROUP)  /* groups of k rows, each led by its NR scales */
         for (size_t k0 = 0; k0 < kc; k0 += group, w += NV * VBYTES + group * row_bytes(dt))
             steps(dt, m, np, kc - k0 < group ? kc - k0 : group, a + (ptrdiff_t)k0 * cs, rs,
-                  cs, w + NV * VBYTES, w_next, w, acc);
+                  cs, w + NV * VBYTES, w_next, ahead, w, acc);
     else
-        steps(dt, m, np, kc, a, rs, cs, w, w_next, w, acc);  /* sg unused */
+        steps(dt, m, np, kc, a, rs, cs, w, w_next, ahead, w, acc);  /* sg unused */
 FL_UNROLL
     for (size_t i = 0; i < m; i++)
 FL_UNROLL
@@ -181,46 +182,46 @@ FL_UNROLL
  * below it). Compressed weights run in tiles of at most WIDENED_ROWS rows (the same bits:
  * rows are independent). */
 INLINE void rows(const fl_dtype dt, size_t m, size_t kc, const char *a, const ptrdiff_t a_rs,
-                 const ptrdiff_t a_cs, const char *w, size_t group, char *y, size_t ldy,
+                 const ptrdiff_t a_cs, const char *w, size_t ahead, size_t group, char *y, size_t ldy,
                  size_t n, int first, const char *scale, const char *bias)
 {
     if (m == MR && fl_formats[dt].widens && (int)WIDENED_ROWS < (int)MR) {
         const size_t h = WIDENED_ROWS, size = fl_value_size(dt);
-        tile(dt, WIDENED_ROWS, 1, kc, a, a_rs, a_cs, w, 0, group, y, ldy, n, first, scale,
-             bias);
+        tile(dt, WIDENED_ROWS, 1, kc, a, a_rs, a_cs, w, 0, ahead, group, y, ldy, n, first,
+             scale, bias);
         tile(dt, MR - WIDENED_ROWS, 1, kc, a + (ptrdiff_t)(h * size) * a_rs, a_rs, a_cs, w,
-             0, group, y + h * ldy * size, ldy, n, first, scale, bias);
+             0, ahead, group, y + h * ldy * size, ldy, n, first, scale, bias);
     } else if (m == MR) {
-        tile(dt, MR, 1, kc, a, a_rs, a_cs, w, 0, group, y, ldy, n, first, scale, bias);
+        tile(dt, MR, 1, kc, a, a_rs, a_cs, w, 0, ahead, group, y, ldy, n, first, scale, bias);
     } else if (MR > 4 && m == 4) {
-        tile(dt, 4, 1, kc, a, a_rs, a_cs, w, 0, group, y, ldy, n, first, scale, bias);
+        tile(dt, 4, 1, kc, a, a_rs, a_cs, w, 0, ahead, group, y, ldy, n, first, scale, bias);
     } else if (m == 2) {
-        tile(dt, 2, 1, kc, a, a_rs, a_cs, w, 0, group, y, ldy, n, first, scale, bias);
+        tile(dt, 2, 1, kc, a, a_rs, a_cs, w, 0, ahead, group, y, ldy, n, first, scale, bias);
     } else {
-        tile(dt, 1, 1, kc, a, a_rs, a_cs, w, 0, group, y, ldy, n, first, scale, bias);
+        tile(dt, 1, 1, kc, a, a_rs, a_cs, w, 0, ahead, group, y, ldy, n, first, scale, bias);
     }
 }
 
 /* The two layouts of x get their own instances: its strides are constants in each call. */
 INLINE void ukernel(const fl_dtype dt, size_t kc, const void *a, ptrdiff_t a_rs,
-                    ptrdiff_t a_cs, const void *w, ptrdiff_t w_next, size_t group, void *y,
+                    ptrdiff_t a_cs, const void *w, ptrdiff_t w_next, size_t ahead, size_t group, void *y,
                     size_t ldy, size_t m, size_t n, int first, const float *scale,
                     const void *bias)
 {
     if (TWO_PANELS && n > NV * VBYTES / fl_value_size(dt))  /* one row in place, two panels */
-        tile(dt, 1, 2, kc, a, 0, 1, w, w_next, group, y, ldy, n, first, (const char *)scale,
+        tile(dt, 1, 2, kc, a, 0, 1, w, w_next, ahead, group, y, ldy, n, first, (const char *)scale,
              bias);
     else if (a_cs == 1)  /* x in place */
-        rows(dt, m, kc, a, a_rs, 1, w, group, y, ldy, n, first, (const char *)scale, bias);
+        rows(dt, m, kc, a, a_rs, 1, w, ahead, group, y, ldy, n, first, (const char *)scale, bias);
     else                 /* packed x: a_rs == 1, a_cs == MR */
-        rows(dt, m, kc, a, 1, MR, w, group, y, ldy, n, first, (const char *)scale, bias);
+        rows(dt, m, kc, a, 1, MR, w, ahead, group, y, ldy, n, first, (const char *)scale, bias);
 }
 
 /* The entry points, one per weight format. */
 #define FL_UKERNEL_ARGS size_t kc, const void *a, ptrdiff_t a_rs, ptrdiff_t a_cs, \
-    const void *w, ptrdiff_t w_next, size_t group, void *y, size_t ldy, size_t m, size_t n, \
+    const void *w, ptrdiff_t w_next, size_t ahead, size_t group, void *y, size_t ldy, size_t m, size_t n, \
     int first, const float *scale, const void *bias
-#define FL_UKERNEL_PASS kc, a, a_rs, a_cs, w, w_next, group, y, ldy, m, n, first, scale, bias
+#define FL_UKERNEL_PASS kc, a, a_rs, a_cs, w, w_next, ahead, group, y, ldy, m, n, first, scale, bias
 static FL_TARGET void FL_ISA_FN(f32)(FL_UKERNEL_ARGS) { ukernel(FL_F32, FL_UKERNEL_PASS); }
 static FL_TARGET void FL_ISA_FN(f64)(FL_UKERNEL_ARGS) { ukernel(FL_F64, FL_UKERNEL_PASS); }
 static FL_TARGET void FL_ISA_FN(bf16)(FL_UKERNEL_ARGS) { ukernel(FL_BF16, FL_UKERNEL_PASS); }

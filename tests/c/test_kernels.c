@@ -71,7 +71,7 @@ static void check_tile(const char *isa, fl_dtype dt, const fl_kernel *kr, size_t
     for (size_t i = 0; i < y_elems; i++)
         set(dt, y, i, (i % ldy) < n ? (first ? NAN : value(i + 5)) : CANARY);
 
-    kr->run(kc, x, packed ? 1 : (ptrdiff_t)ldx, packed ? (ptrdiff_t)mr : 1, w, 0, 0, y, ldy, m,
+    kr->run(kc, x, packed ? 1 : (ptrdiff_t)ldx, packed ? (ptrdiff_t)mr : 1, w, 0, 0, 0, y, ldy, m,
             n, first, NULL, with_bias ? b : NULL);
 
     const double eps = dt == FL_F32 ? 1.2e-7 : 2.3e-16;
