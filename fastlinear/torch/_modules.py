@@ -96,9 +96,6 @@ class Linear(nn.Module):
     torch._op): torch.compile and torch.export trace it as one node, and it gives the
     same bits as eager mode, where the module calls the same function directly.
     """
-    # The replaced module's attribute torch's code reads most: nn.Linear has it.
-    __constants__ = ["in_features", "out_features"]
-
     def __init__(self, layer: _linear.Linear, *, dtype: torch.dtype | None = None) -> None:
         super().__init__()
         if not isinstance(layer, _linear.Linear):
