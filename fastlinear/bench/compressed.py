@@ -35,6 +35,8 @@ import numpy as np
 
 import fastlinear as fl
 
+from .._formats import FORMAT
+from . import limits
 from .harness import (Progress, best_times, format_us, group_line, micro, ort_session, rel_error,
                       torch_linear)
 
@@ -275,7 +277,11 @@ def measure(shape, weight_dtype, threads, group_size, rounds, budget, settle, rn
     mine = us.get(name_ours)
     present = [name for name in rival_names(weight_dtype) if name in us]
     rival = min(present, key=us.get) if present else None
-    row = {"m": m, "k": k, "n": n, "weight_dtype": weight_dtype,
+    limit = None
+    if activations == "int8" and mine is not None:  # how close to the machine's bound
+        bound = limits.int8_bound(m, k, n, FORMAT[weight_dtype], threads, group_size)
+        limit = None if bound is None else (bound[0], bound[1] * 1e6 / mine)
+    row = {"m": m, "k": k, "n": n, "weight_dtype": weight_dtype, "limit": limit,
            "group_size": group_size if weight_dtype == "int4" else None,
            "activations": activations,
            "us": us, "error": errors, "best_rival": rival,
@@ -301,8 +307,12 @@ def columns(weight_dtype, activations="float32"):
     cols = [("", "M x K x N", 12, lambda r: f"{r['m']}x{r['k']}x{r['n']}")]
     cols += [("time", TITLES[name], 8, lambda r, name=name: format_us(r["us"].get(name)))
              for name in names]
-    cols += [("ratio", "/f32", 5, lambda r: _ratio(r["ratio_float32"])),
-             ("ratio", "/best", 5, lambda r: _ratio(r["ratio_best"]))]
+    if activations == "int8":  # its share of the bound, in the place of /f32
+        cols += [("ratio", "limit", 8, lambda r: "-" if not r.get("limit") else
+                  f"{r['limit'][0]} {100 * r['limit'][1]:.0f}%")]
+    else:
+        cols += [("ratio", "/f32", 5, lambda r: _ratio(r["ratio_float32"]))]
+    cols += [("ratio", "/best", 5, lambda r: _ratio(r["ratio_best"]))]
     cols += [("error", TITLES[name], 8, lambda r, name=name: _err(r["error"].get(name)))
              for name in names]
     return cols
@@ -323,7 +333,9 @@ def table_head(weight_dtype, group_size, threads, rounds, activations="float32")
     lines = [f"{what}, {threads} threads; {timing}",
              f"  {'fl f32':>8}: fastlinear, float32 weights",
              f"  {title:>8}: fastlinear, {kind}",
-             f"  {'/f32':>8}: time of {name} / time of fastlinear float32",
+             (f"  {'limit':>8}: the bound's share of the time: the probed int8 dot-product "
+              f"peak (dot) or read (BW)" if activations == "int8" else
+              f"  {'/f32':>8}: time of {name} / time of fastlinear float32"),
              f"  {'/best':>8}: time of {name} / time of the fastest rival",
              f"  {'error':>8}: max|y - y64| / max|y64|, y64 the float64 product of the "
              f"unquantized weights"]

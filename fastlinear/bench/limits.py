@@ -220,6 +220,22 @@ class Bound:
                 "read_us_by_way": {way: t * 1e6 for way, t in self.read.items()}}
 
 
+def int8_bound(m, k, n, fmt, threads, group=None, isa=None):
+    """The bound of an integer-activation layer (int8 or int4 weights, int8 x): its 2 M K
+    N operations at the probed int8 dot-product peak, or one read of its packed weights
+    (int4: each group's scales and sums beside them, kernel.h); ("dot" or "BW",
+    seconds), or None without a C compiler."""
+    peak = int8_peak(threads, isa, runs=12)
+    if peak is None:
+        return None
+    cols = -(-n // 64) * 64
+    nbytes = (cols * -(-k // group) * 8 + cols * k // 2 if fmt.scale == "group"
+              else cols * k + cols * 8)
+    weights = Weights(4096, max(1, nbytes // 4096 // 4), np.float32, threads, 1, isa)
+    read = min(weights.seconds(way) for way in weights.ways) * nbytes / weights.nbytes
+    return max(("dot", 2.0 * m * k * n / peak / 1e9), ("BW", read), key=lambda b: b[1])
+
+
 def packed_bytes(k, n, fmt, nr, group=None):
     """Bytes of a K x N layer's weights in weight format `fmt` (a fastlinear._formats
     Format), packed as the kernel packs them: panels of `nr` output columns (N rounded
