@@ -316,6 +316,9 @@ def test_integer_activations_table(weight_dtype, tmp_path, capsys):
     rivals = [name for name in compressed.rival_names(weight_dtype) if name in row["us"]]
     if rivals:
         assert row["ratio_best"] == pytest.approx(row["us"][ours] / row["us"][row["best_rival"]])
+    if _has_probe():  # its share of the bound: a time at the int8 peak or of a read
+        kind, share = row["limit"]
+        assert kind in ("dot", "BW") and share > 0 and "limit" in header
 
 
 def test_compressed_options_are_checked():
