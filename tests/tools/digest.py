@@ -8,11 +8,15 @@ activation, a BatchNorm1d after the Linear) and row step (LayerNorm, Softmax, Lo
 a BatchNorm1d of its own) x M in {1, 2, 3, 5, 6, 7, 13, 130} x 1-3 threads x K in
 {1000, 1100} (crossing a k block). Every output of a path goes into its digest, in a fixed
 order; inputs and weights come from fixed seeds. Every layer runs the native kernel
-(backend "native": "auto" would run BLAS on the portable path).
+(backend "native": "auto" would run BLAS on the portable path). The same grid of int8
+and int4 weights with int8 activations gives one digest per path too ("<isa> int8x"):
+integer sums and a fixed float sequence, so the same digest on every path.
 
 digest-before-issue16.json: the tree before the kernels were written once per ISA (the
 same digests after that, the bias's move and the Python house: commit 610e0e7);
-digest-summation-blocks.json: after the summation blocks changed the bits on purpose."""
+digest-summation-blocks.json: after the summation blocks changed the bits on purpose;
+digest-int8-activations.json: with integer activations (the float digests as before, the
+"int8x" digest the same on all four paths, ref included)."""
 import argparse
 import hashlib
 import json
@@ -26,6 +30,7 @@ from fastlinear import _core
 
 FORMATS = [("float32", None), ("float64", None), ("bfloat16", None), ("float16", None),
            ("int8", None), ("int4", 32), ("int4", 128)]
+INTEGER = [("int8", None), ("int4", 32), ("int4", 128)]  # with int8 activations
 ROWS = (1, 2, 3, 5, 6, 7, 13, 130)
 KS = (1000, 1100)
 N = 70  # one full panel and an edge on every ISA
@@ -51,16 +56,16 @@ def _tails(dtype):
             ("logsoftmax", [fl.Tanh(), fl.LogSoftmax(-1)]), ("bn_alone", [fl.Tanh(), bn()])]
 
 
-def digest_isa(isa):
+def digest_isa(isa, formats=FORMATS, activations=None):
     _core.set_isa(isa)
     h = hashlib.sha256()
-    for wd, group in FORMATS:
+    for wd, group in formats:
         dtype = np.float64 if wd == "float64" else np.float32
         for k in KS:
             rng = np.random.default_rng(k)
             layer = fl.Linear(k, N, dtype=dtype, rng=rng, backend="native")
             if wd not in ("float32", "float64"):
-                layer = layer.quantize(wd, group)
+                layer = layer.quantize(wd, group, activations=activations)
             x = rng.normal(size=(max(ROWS), k)).astype(dtype)
             for name, tail in _tails(dtype):
                 model = fl.Sequential(layer, *tail)
@@ -81,6 +86,8 @@ def main():
     ap.add_argument("--check", metavar="FILE", help="JSON of digests to compare with")
     args = ap.parse_args()
     got = {isa: digest_isa(isa) for isa in _core.supported_isas()}
+    got.update({f"{isa} int8x": digest_isa(isa, INTEGER, "int8")
+                for isa in _core.supported_isas()})
     print(json.dumps(got, indent=1))
     if args.check:
         with open(args.check) as f:
