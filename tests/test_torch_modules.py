@@ -383,7 +383,8 @@ def test_residual_mlp_row_alone_equals_row_in_batch(weight_dtype):
     """Every part of this model computes a row from that row alone (LayerNorm, GELU and
     the residual sum in torch, the Linear layers in fastlinear): a row gives the same
     bits alone as inside any batch."""
-    replaced = flt.replace_linear(residual_mlp(d=30, hidden=50), weight_dtype=weight_dtype)
+    replaced = flt.replace_linear(residual_mlp(d=30, hidden=50), weight_dtype=weight_dtype,
+                                  backend="native")  # "auto" may be BLAS: no promise
     x = torch.randn(37, 30)
     with torch.inference_mode():
         y = replaced(x)
@@ -430,7 +431,7 @@ def test_transformer_sequence_alone_equals_sequence_in_batch(batch_first):
     """Through the whole replaced transformer, where torch's parts keep it too
     (docs/torch.md says where they do not)."""
     replaced = flt.replace_linear(transformer(d=32, heads=2, batch_first=batch_first,
-                                              activation="gelu"))
+                                              activation="gelu"), backend="native")
     x = torch.randn((4, 6, 32) if batch_first else (6, 4, 32))
     with torch.inference_mode():
         y = replaced(x)
@@ -561,7 +562,7 @@ a = torch.randn(512, 512)
 for _ in range(3):
     a @ a
 with_torch = threads()
-layer = fl.Linear(512, 512, rng=0)
+layer = fl.Linear(512, 512, rng=0, backend="native")  # BLAS would start its own
 for _ in range(3):
     layer(np.ones((512, 512), np.float32))
 fl.set_num_threads(2)
