@@ -502,7 +502,45 @@ def test_multihead_attention_unbatched_causal_and_state_dict(calls):
     assert torch.equal(float_model["a"].in_proj_weight, torch_sd["a.in_proj_weight"])
 
 
+@pytest.mark.parametrize("weight_dtype", ["int8", "int4"])
+def test_int8_activations_through_replace_linear(weight_dtype, calls):
+    """activations="int8" reaches every replaced layer: each runs the integer mode, a row
+    alone gives the bits it gives in the batch, and the error against the float64 model
+    is of the size of the rounding to int8 and the weights' own (int8: no larger than
+    torch's quantize_dynamic on the same model)."""
+    model = residual_mlp(d=32, hidden=64)
+    replaced = flt.replace_linear(model, weight_dtype=weight_dtype, activations="int8")
+    layers = fastlinear_layers(replaced)
+    assert layers and all(layer.activations == "int8" for layer in layers)
+    torch.manual_seed(14)
+    x = torch.randn(17, 32)
+    with torch.inference_mode():
+        y = replaced(x)
+        assert torch.equal(replaced(x[3]), y[3])
+    assert sorted(calls.values()) == [2] * len(layers)
+    y64 = float64_of(model, x)
+    error = rel_error(y, y64)
+    assert error < (0.05 if weight_dtype == "int8" else 0.3)
+    if weight_dtype == "int8":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            theirs = torch.ao.quantization.quantize_dynamic(copy.deepcopy(model),
+                                                            {nn.Linear}, dtype=torch.qint8)
+        with torch.inference_mode():
+            assert error <= rel_error(theirs(x), y64)
+
+
 # -- torch.compile and torch.export ------------------------------------------------------
+
+def test_int8_activations_compiled_give_the_bits_of_eager():
+    torch.manual_seed(13)
+    model = nn.Sequential(nn.Linear(24, 48), nn.ReLU(), nn.Linear(48, 24)).eval()
+    replaced = flt.replace_linear(model, weight_dtype="int8", activations="int8")
+    compiled = torch.compile(replaced)
+    with torch.no_grad():
+        x = torch.randn(5, 24)
+        assert torch.equal(compiled(x), replaced(x))
+
 
 def test_compile_has_no_graph_break():
     for model, x in ((flt.replace_linear(transformer()), torch.randn(2, 5, 32)),
