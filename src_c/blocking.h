@@ -24,12 +24,12 @@
 #define FL_BLOCKING_H
 
 /* The kernels prefetch the weights this far ahead of the k step they compute, where a
- * call's weights exceed half the last-level cache (fl_set_cache_bytes: smaller ones stay
- * in cache between calls and are read faster without): one 16 KiB slice ahead, so that while a row block re-reads the slice in cache (M > MR), or
- * while a single row streams it, the next one is already on its way from memory. Measured
- * (avx2, 2 threads, float32): 8x4096x4096 1883 -> 1239 us, 1x4096x4096 898 -> 486 us
- * (4 KiB ahead: 1471 and 609; 32 KiB: 1386 and 937); avx512: 8x4096x4096 1020 -> 718 us,
- * 1x768x3072 54.6 -> 41.9 us. */
+ * call's weights exceed half the last-level cache (fl_set_cache_bytes: smaller ones stay in
+ * cache between calls and are read faster without): one 16 KiB slice ahead, so that while a
+ * row block re-reads the slice in cache (M > MR), or while a single row streams it, the
+ * next one is already on its way from memory. Measured (avx2, 2 threads, float32):
+ * 8x4096x4096 1883 -> 1239 us, 1x4096x4096 898 -> 486 us (4 KiB ahead: 1471 and 609; 32
+ * KiB: 1386 and 937); avx512: 8x4096x4096 1020 -> 718 us, 1x768x3072 54.6 -> 41.9 us. */
 #define FL_PREFETCH_BYTES 16384
 /* The integer kernels (kernels/qtile.h) read a step of 4 k rows of bytes per 4 of their
  * instructions per row: a quarter of the distance is the same time ahead. Measured

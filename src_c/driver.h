@@ -17,6 +17,7 @@ typedef struct {
                            scratch each thread needs, 0 for none */
     size_t ahead;       /* the kernels' prefetch distance (kernel.h) */
     size_t kq, ldq;     /* FL_I8Q, FL_I4Q: values and bytes of a quantized row of x, ... */
+    size_t nxs;         /* ... its scales (FL_I4Q: one per group), ... */
     size_t shared_bytes;  /* ... the rows and their scales: the scratch the team
                              shares, 0 for none */
 } fl_plan;

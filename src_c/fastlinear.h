@@ -39,7 +39,8 @@
  *                    y = (sum_k x[i, k] * q[j, k]) * s[j] + b[j] (a multiply, then an add).
  *
  * Integer activations (FL_I8Q, FL_I4Q: the weights and scales of FL_I8, FL_I4, x
- * quantized per row): no float multiply-add at all. Each row of x is quantized alone, in float32 operations:
+ * quantized per row): no float multiply-add at all. Each row of x is quantized alone,
+ * in float32 operations:
  *   a = max_k |x[i, k]|; a NaN or an Inf in the row makes s = NaN and every q = 0, so
  *       the row's outputs are NaN (no other row is touched); a = 0 makes s = 0, q = 0;
  *   else u = a < 2^-64 ? 2^64 : 1 (so that 127 / (a * u) is finite), s = a / 127,
@@ -48,9 +49,10 @@
  * then the dot products are exact integer sums, acc = sum_k q[k] * w[j, k] (|acc| <=
  * 127 * 128 * K < 2^31: K <= FL_I8Q_MAX_K), and each output is, in this order, never
  * fused:  y = float32(acc) * (s * s_w[j]);  y = y + b[j];  then the epilogue. FL_I4Q
- * sums each group of k alone, acc_g (|acc_g| <= 127 * 8 * 128, exact in float32), and
- * adds its products in ascending g:  y = 0;  y = y + float32(acc_g) * (s * s_w[j, g])
- * for each g;  y = y + b[j]. Integer
+ * quantizes each group of `group` values of a row of x as above, alone (its own a, u, s_g
+ * and r: as fine as the weights' groups), sums each group, acc_g (|acc_g| <= 127 * 8 *
+ * 128, exact in float32), and adds its products in ascending g:  y = 0;  y = y +
+ * float32(acc_g) * (s_g * s_w[j, g]) for each g;  y = y + b[j]. Integer
  * sums are exact in any order, so every path (portable, AVX2, AVX-512, AVX-512 VNNI)
  * gives the same bits. The VNNI kernel (vpdpbusd multiplies unsigned by signed bytes)
  * adds 128 to each q and subtracts 128 * sum_k w[j, k], packed with the weights; its
@@ -95,9 +97,10 @@ void fl_free(fl_packed *p);
 /* Packs rows [j0, j0 + rows) of W and their scales; callers may pack a large matrix a
  * block of rows at a time. w holds those rows: float, double, or the raw 16 bits
  * of bfloat16 and float16 (strides rs_w, cs_w in elements); int8 (FL_I8, FL_I8Q; strides
- * in elements) with `scale` holding one scale per row; int4 (FL_I4, FL_I4Q) as two values per byte, the even k in the
- * low nibble, each row ceil(K/2) bytes at a row stride of rs_w bytes (cs_w ignored), with
- * `scale` holding rows x ceil(K/group) scales, row-major. `scale` is ignored for the
+ * in elements) with `scale` holding one scale per row; int4 (FL_I4, FL_I4Q) as two
+ * values per byte, the even k in the low nibble, each row ceil(K/2) bytes at a row
+ * stride of rs_w bytes (cs_w ignored), with `scale` holding rows x ceil(K/group)
+ * scales, row-major. `scale` is ignored for the
  * other types. */
 void fl_pack_rows(fl_packed *p, size_t j0, size_t rows, const void *w, ptrdiff_t rs_w,
                   ptrdiff_t cs_w, const float *scale);

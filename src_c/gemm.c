@@ -21,7 +21,8 @@ typedef struct {
     size_t ahead;           /* the kernels' prefetch distance for packed weights */
     const char *q;          /* FL_I8Q: x quantized, rows ldq bytes apart, ... */
     size_t ldq;
-    const float *xs;        /* ... and their scales */
+    const float *xs;        /* ... and their scales, nxs per row */
+    size_t nxs;
 } fl_job;
 
 static size_t min_sz(size_t a, size_t b) { return a < b ? a : b; }
@@ -195,7 +196,7 @@ static void run_int(const fl_job *jb, size_t r0, size_t r1, size_t q0, size_t q1
             for (size_t ir = ib; ir < ie; ir += mr) {
                 const size_t h = min_sz(mr, ie - ir);
                 float *yt = (float *)jb->y + ir * jb->ldy + q * nr;
-                kr->qrun(p->k, jb->q + ir * jb->ldq, jb->ldq, jb->xs + ir, w,
+                kr->qrun(p->k, jb->q + ir * jb->ldq, jb->ldq, jb->xs + ir * jb->nxs, w,
                          p->wsum ? p->wsum + q * nr : NULL, p->scale ? p->scale + q * nr : NULL,
                          p->group, bias, yt, jb->ldy, h, n);
                 if (jb->ep)
@@ -237,15 +238,15 @@ void fl_gemm_share(const fl_packed *p, const void *b, const fl_plan *pl,
         return;
     const int any = ep && (ep->act != FL_ACT_NONE || ep->scale);
     fl_job jb = {p, pl->bl, 0, NULL, 0, b, any ? ep : NULL, m, x, ldx, y, ldy, pl->ahead,
-                 NULL, 0, NULL};
+                 NULL, 0, NULL, pl->nxs};
     if (fl_formats[p->dtype].quantizes_x) {
         /* each row quantized once, by one thread of the team, before any tile reads it */
         jb.q = shared;
         jb.ldq = pl->ldq;
         jb.xs = (const float *)((char *)shared + m * pl->ldq);
         for (size_t i = m * t / team; i < m * (t + 1) / team; i++)
-            p->kern->quantize(p->k, pl->kq, (const float *)x + i * ldx,
-                              (char *)shared + i * pl->ldq, (float *)jb.xs + i);
+            p->kern->quantize(p->k, pl->kq, p->group, (const float *)x + i * ldx,
+                              (char *)shared + i * pl->ldq, (float *)jb.xs + i * pl->nxs);
 #pragma omp barrier
     }
     run_share(&jb, pl, scratch, t, team);
@@ -277,7 +278,8 @@ fl_plan fl_plan_gemm(const fl_packed *p, size_t m, size_t team, fl_blocks bl)
         pl.pack_x = 0;
         pl.kq = (p->k + unit - 1) / unit * unit;
         pl.ldq = (pl.kq * kr->qx + 63) / 64 * 64 + (p->k == 0) * 64;
-        pl.shared_bytes = m * pl.ldq + (m * sizeof(float) + 63) / 64 * 64;
+        pl.nxs = p->group ? pl.kq / p->group : 1;  /* int4: a scale per group of x */
+        pl.shared_bytes = m * pl.ldq + (m * pl.nxs * sizeof(float) + 63) / 64 * 64;
     }
     /* Each thread takes a band of weight panels, so the weights are streamed (and
      * widened) once in total, unless there are too few panels to go round; except that
@@ -360,7 +362,7 @@ int fl_forward_plain(fl_dtype dtype, size_t n, size_t k, const void *w, size_t l
     const fl_packed shape = {isa, kr, dtype, n, k, 0, (n + kr->nr - 1) / kr->nr, 0, NULL,
                              NULL};
     const fl_job jb = {&shape, fl_blocks_in_force(isa, dtype), 1, w, ldw, b, NULL, m, x,
-                       ldx, y, ldy, 0, NULL, 0, NULL};
+                       ldx, y, ldy, 0, NULL, 0, NULL, 0};
     size_t threads = fl_threads_begin((double)m * (double)n * (double)k, nthreads);
     threads = min_sz(threads, shape.panels);
     /* per thread: one panel of weights, K x NR values, whole cache lines */

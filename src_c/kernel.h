@@ -64,16 +64,17 @@ typedef void fl_widener(size_t kc, const void *w, size_t group, float *dst);
 /* Integer activations (FL_I8Q, fastlinear.h): the ISA's own form of a quantized row of
  * x, and its integer micro-kernel.
  *
- * Quantizer: the k values of x into q, the row quantized as fastlinear.h says, each
- * value q[k] + qshift stored in qx bytes (int8 + 128 as uint8 for vpdpbusd, int16 for
- * vpmaddwd, ...), its scale s into *scale; then zero values (+ qshift) up to kq (a multiple of 16 at least k).
+ * Quantizer: the k values of x into q, the row quantized as fastlinear.h says (group 0:
+ * as one; FL_I4Q: each group of `group` values alone), each value q[k] + qshift stored
+ * in qx bytes (int8 + 128 as uint8 for vpdpbusd, int16 for vpmaddwd, ...), its scale
+ * (each group's) into scale[]; then zero values (+ qshift) up to kq (a multiple of 16 at least k).
  *
  * Integer micro-kernel: an m x n tile (m <= MR, n <= NR) over all k values at once, as
  * fastlinear.h says:
  *     FL_I8Q  acc = sum over k of q(i, k) * w[j, k] (int32, exact);
  *             y[i*ldy + j] = float(acc) * (xs[i] * ws[j]), then + bias[j] if bias
- *     FL_I4Q  the same per group of `group` k, float(acc_g) * (xs[i] * s[j, g]) added
- *             in ascending g to a total from 0, then + bias[j]
+ *     FL_I4Q  the same per group of `group` k, float(acc_g) * (xs[i G + g] * s[j, g])
+ *             added in ascending g to a total from 0 (G groups), then + bias[j]
  *   a     the quantized rows, lda bytes apart (a row: k values, padded as above);
  *   w     the panel: FL_I8Q: ceil(k / qk) steps, each NR columns of qk int8 values
  *         (column j's values for k = qk s .. qk s + qk - 1 together), zero past k and n;
@@ -85,7 +86,8 @@ typedef void fl_widener(size_t kc, const void *w, size_t group, float *dst);
  *         the panel), subtracted from the sums of shifted x;  ws  FL_I8Q: NR float32
  *         scales (zero past n);  bias NULL or n values.
  * Only rows i < m and columns j < n of y are written; y is never read. */
-typedef void fl_quantizer(size_t k, size_t kq, const float *x, void *q, float *scale);
+typedef void fl_quantizer(size_t k, size_t kq, size_t group, const float *x, void *q,
+                          float *scale);
 typedef void fl_qkernel(size_t k, const void *a, size_t lda, const float *xs,
                         const void *w, const int32_t *wsum, const float *ws, size_t group,
                         const float *bias, float *y, size_t ldy, size_t m, size_t n);

@@ -10,9 +10,10 @@ operations of the header in its order:
   int8 weights (one scale per row):
     acc = sum_k q[k] * w[j, k]     exact (int64 here; the kernel's int32 cannot overflow)
     y = float32(acc) * (s * s_w[j]);  y = y + b[j]   (each step rounded, never fused)
-  int4 weights (one scale per group of k):
+  int4 weights (one scale per group of k): each group of x quantized alone as above
+  (its own a, u, s_g, r), then
     y = 0; for each group g, ascending: acc_g = its exact sum,
-           y = y + float32(acc_g) * (s * s_w[j, g]);
+           y = y + float32(acc_g) * (s_g * s_w[j, g]);
     y = y + b[j]
 """
 import numpy as np
@@ -58,14 +59,15 @@ def linear(x, qw, sw, b=None):
 def linear_int4(x, qw, sw, group, b=None):
     """The same for int4 weights: qw their values (N, K) in [-8, 7] (not the packed
     bytes), sw float32 (N, groups), `group` values of k per scale."""
-    q, s = quantize_rows(x)
+    x = np.asarray(x, F32)
     qw = np.asarray(qw, np.int64)
     sw = np.asarray(sw, F32)
-    k = q.shape[1]
-    y = np.zeros((q.shape[0], qw.shape[0]), F32)
+    k = x.shape[1]
+    y = np.zeros((x.shape[0], qw.shape[0]), F32)
     with np.errstate(invalid="ignore", over="ignore"):
         for g, k0 in enumerate(range(0, k, group)):
-            acc = q[:, k0:k0 + group] @ qw[:, k0:k0 + group].T
+            q, s = quantize_rows(x[:, k0:k0 + group])  # each group of x alone
+            acc = q @ qw[:, k0:k0 + group].T
             assert np.abs(acc).max(initial=0) <= 127 * 8 * group
             y = y + acc.astype(F32) * (s[:, None] * sw[None, :, g])
         if b is not None:

@@ -39,21 +39,21 @@ enum { WIDENED_ROWS = MR };
 _Static_assert(MR * NV + MR + 1 <= 16, "accumulators, broadcasts and a weight vector in 16 ymm");
 
 /* Measured with FASTLINEAR_ISA=avx2 on a 2-core AMD EPYC (Zen 5, KVM) whose 256-bit FMA
- * peak is 271 GFLOP/s float32 (fastlinear's probe, --isa avx2), 2 threads: 32x768x3072
- * 250, 128x768x3072 246, 512x1024x1024 250, 2048^3 248 GFLOP/s (91-92%); 6 x 16 tiles
- * with GCC's accumulators spilled ran 108-124. KC 128/256/512 for float32: within noise
- * at 2048^3 (240/248/249) and 128x768x3072 (252/246/242); 256 keeps the 32 KiB weight
- * slice in L1 (48 KiB on Zen 5; on 32 KiB L1s it streams from L2, which 7 loads per 12
- * FMAs allow). float64: KC 128 gave 117 GFLOP/s at 2048^3 against 107 at 256, of a 136
- * peak. MC: 144 KiB (72 KiB) of packed x in L2; NC: 4 MiB (2 MiB) of weights in L3.
- * int4 widens each weight vector with five instructions (load and extend, two shifts,
- * convert, scale) for every 3-row tile that reads it: from I4_WIDEN_ROWS rows on,
- * widening each block once into a buffer for the float32 kernel pays. Measured (2
- * threads, Zen 5, us, in registers -> widened): 16x768x3072 533 -> 395, 32x768x3072
- * 999 -> 702, 16x4096x4096 3740 -> 2905; 8x768x3072 268 -> 257, 8x4096x4096 1868 -> 1922.
- * The other formats (one or two instructions) were as fast or faster in registers at
- * every M up to FL_DIRECT_X_MAX_BYTES of x. KC = 128 since then: on a 2-core Zen 4 (KVM, L1d 32 KiB) the 16 KiB weight slice in L1
- * beats 256 and 512 at every compute-bound shape (KC 128/256/512, GFLOP/s of a 236 peak,
+ * peak is 271 GFLOP/s float32 (fastlinear's probe, --isa avx2), 2 threads: 32x768x3072 250,
+ * 128x768x3072 246, 512x1024x1024 250, 2048^3 248 GFLOP/s (91-92%); 6 x 16 tiles with GCC's
+ * accumulators spilled ran 108-124. KC 128/256/512 for float32: within noise at 2048^3
+ * (240/248/249) and 128x768x3072 (252/246/242); 256 keeps the 32 KiB weight slice in L1 (48
+ * KiB on Zen 5; on 32 KiB L1s it streams from L2, which 7 loads per 12 FMAs allow).
+ * float64: KC 128 gave 117 GFLOP/s at 2048^3 against 107 at 256, of a 136 peak. MC: 144 KiB
+ * (72 KiB) of packed x in L2; NC: 4 MiB (2 MiB) of weights in L3. int4 widens each weight
+ * vector with five instructions (load and extend, two shifts, convert, scale) for every
+ * 3-row tile that reads it: from I4_WIDEN_ROWS rows on, widening each block once into a
+ * buffer for the float32 kernel pays. Measured (2 threads, Zen 5, us, in registers ->
+ * widened): 16x768x3072 533 -> 395, 32x768x3072 999 -> 702, 16x4096x4096 3740 -> 2905;
+ * 8x768x3072 268 -> 257, 8x4096x4096 1868 -> 1922. The other formats (one or two
+ * instructions) were as fast or faster in registers at every M up to FL_DIRECT_X_MAX_BYTES
+ * of x. KC = 128 since then: on a 2-core Zen 4 (KVM, L1d 32 KiB) the 16 KiB weight slice in
+ * L1 beats 256 and 512 at every compute-bound shape (KC 128/256/512, GFLOP/s of a 236 peak,
  * interleaved in one process): 32x768x3072 193/179/175, 128x768x3072 174/168/165,
  * 512x1024x1024 188/172/170, 2048^3 184/173/168 (on Zen 5 they were within noise). */
 enum {

@@ -40,9 +40,9 @@ _Static_assert(QK * QX == 4, "qbroadcast reads one 32-bit value");
 _Static_assert(QX == 1 || QSHIFT == 0, "the zero value fills bytes (quantize_row)");
 _Static_assert(QMR >= 4, "the tile heights: QMR, then 4, 2, 1");
 
-/* One row of x quantized (fastlinear.h): its QX-byte values, padded with zeros to kq
- * (a multiple of 16, at least k), into q; its scale into *scale. */
-INLINE void quantize_row(size_t k, size_t kq, const float *x, char *q, float *scale)
+/* k values of x quantized as one (fastlinear.h): their QX-byte values, padded with
+ * zeros to kq (a multiple of 16, at least k), into q; their scale into *scale. */
+INLINE void quantize_run(size_t k, size_t kq, const float *x, char *q, float *scale)
 {
     const uint32_t bits = qamax(k, x);
     size_t done = 0;
@@ -128,6 +128,7 @@ FL_UNROLL
     for (size_t g = 0; g * group < k; g++) {
         const char *sg = w + g * gbytes, *sums = sg + QNR * 4, *wg = sums + QNR * 4;
         const char *ag = a + g * gsteps * 4;
+        const size_t groups = (k + group - 1) / group;  /* the rows' scales: per group */
         ivec acc[QMR4][QNV];
 FL_UNROLL
         for (size_t i = 0; i < m; i++)
@@ -153,7 +154,7 @@ FL_UNROLL
         }
 FL_UNROLL
         for (size_t i = 0; i < m; i++) {
-            const vec sx = vbroadcast(FL_F32, (const char *)(xs + i));
+            const vec sx = vbroadcast(FL_F32, (const char *)(xs + i * groups + g));
 FL_UNROLL
             for (size_t v = 0; v < QNV; v++)
                 total[i][v] = vadd(FL_F32, total[i][v],
@@ -188,7 +189,8 @@ static FL_TARGET void FL_ISA_FN(i4q)(size_t k, const void *a, size_t lda, const 
 {
     (void)wsum, (void)ws;  /* in the panel, per group */
     const char *ar = a;
-    for (; m >= QMR4; m -= QMR4, ar += QMR4 * lda, xs += QMR4, y += QMR4 * ldy)
+    const size_t groups = (k + group - 1) / group;  /* scales per row of x */
+    for (; m >= QMR4; m -= QMR4, ar += QMR4 * lda, xs += QMR4 * groups, y += QMR4 * ldy)
         qtile4(QMR4, k, ar, lda, xs, w, group, (const char *)bias, (char *)y, ldy, n);
     if (m)
         qtile4(1, k, ar, lda, xs, w, group, (const char *)bias, (char *)y, ldy, n);
@@ -220,10 +222,17 @@ static FL_TARGET void FL_ISA_FN(i8q)(size_t k, const void *a, size_t lda, const 
     }
 }
 
-static FL_TARGET void FL_ISA_FN(quantize)(size_t k, size_t kq, const float *x, void *q,
-                                          float *scale)
+/* A row of x: as one, or (group > 0, a multiple of 16) each group alone. */
+static FL_TARGET void FL_ISA_FN(quantize)(size_t k, size_t kq, size_t group, const float *x,
+                                          void *q, float *scale)
 {
-    quantize_row(k, kq, x, q, scale);
+    if (!group) {
+        quantize_run(k, kq, x, q, scale);
+        return;
+    }
+    for (size_t k0 = 0; k0 < kq; k0 += group, scale++)
+        quantize_run(k0 < k ? (k - k0 < group ? k - k0 : group) : 0, group, x + k0,
+                     (char *)q + k0 * QX, scale);
 }
 
 #endif
