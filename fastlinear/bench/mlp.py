@@ -8,6 +8,9 @@ torch.nn.Linear draws them, runs at batch 1, 8, 64 and 1024 as:
                    the same model quantized (Sequential.quantize): at batch 1 a
                    forward is a read of the weights, and these read half and a quarter
                    of the bytes
+    fastlinear i8 x i8
+                   int8 weights and int8 activations (quantize("int8",
+                   activations="int8"): integer sums; no bound is shown for it)
     torch          the same torch.nn.Sequential, eager, under inference_mode
     onnxruntime    an ONNX graph of Gemm, Relu and Gelu nodes (opset 20), all graph
                    optimizations on, intra_op_num_threads = the thread count
@@ -40,7 +43,8 @@ BATCHES = (1, 8, 64, 1024)
 # fastlinear's contenders and the format of their weights; the quantized ones are the
 # float32 model's quantize().
 OURS = {"fastlinear": "float32", "fastlinear bfloat16": "bfloat16",
-        "fastlinear int8": "int8"}
+        "fastlinear int8": "int8", "fastlinear i8 x i8": "int8"}
+INTEGER = ("fastlinear i8 x i8",)  # with int8 activations
 RIVALS = ("torch", "onnxruntime", "openvino")
 
 
@@ -207,7 +211,7 @@ def head(rounds):
             "  mlp                784-512 (ReLU) - 512 (GELU) - 256 (ReLU) - 10",
             "  fastlinear         fastlinear.Sequential (the MLP: float32 weights); "
             "bfloat16, int8: the",
-            "                     same model quantized",
+            "                     same model quantized; i8 x i8: int8 weights and activations",
             "  torch              eager; onnxruntime: ONNX Runtime, the model as ONNX Gemm, "
             "Relu, Gelu",
             "  openvino           OpenVINO, the same ONNX model: f32 precision, latency "
@@ -242,7 +246,8 @@ def run_mlp(onnx_paths, threads, rounds, budget, settle):
     ours = {"fastlinear": fastlinear_model(layers)}
     for name, fmt in OURS.items():
         if fmt != "float32":
-            ours[name] = ours["fastlinear"].quantize(fmt)
+            ours[name] = ours["fastlinear"].quantize(
+                fmt, activations="int8" if name in INTEGER else None)
     theirs = torch_model(layers)
     onnx = onnx_model(layers)
     ort_run = ort_runner(onnx, threads) if onnx is not None else None
@@ -263,7 +268,8 @@ def run_mlp(onnx_paths, threads, rounds, budget, settle):
     def input_for(m):
         return rng.standard_normal((m, MLP[0][0])).astype(np.float32)
 
-    layers_for = {name: linear_layers(model) for name, model in ours.items()}
+    layers_for = {name: linear_layers(model) for name, model in ours.items()
+                  if name not in INTEGER}  # the bound is the float FMA peak's
     rows = measure_model("mlp", runs_for, lambda x: reference(layers, x), input_for,
                          layers_for, threads, rounds, budget, settle, progress)
     for path in onnx_paths:
