@@ -612,13 +612,14 @@ print(len(runtimes()), follows, with_torch, threads(), fl.get_num_threads(),
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/task") or (os.cpu_count() or 1) < 2,
                     reason="counts the threads of a Linux process with 2 CPUs or more")
-def test_one_openmp_runtime_for_torch_and_fastlinear():
+def test_one_openmp_runtime_for_torch_and_fastlinear(tmp_path):
     """torch and fastlinear load one OpenMP runtime (libgomp) between them: fastlinear's
     teams reuse the threads of torch's, so running both starts no second pool.
     fastlinear's thread count follows torch.set_num_threads until fl.set_num_threads
-    is called; after that each keeps its own."""
+    is called; after that each keeps its own. (Run away from the sources: from the
+    repository's root, `python -c` would import the unbuilt ./fastlinear.)"""
     run = subprocess.run([sys.executable, "-c", THREADS_CHECK], capture_output=True,
-                         text=True, timeout=120)
+                         text=True, timeout=120, cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     runtimes, follows, with_torch, with_both, fl_threads, torch_threads = map(
         int, run.stdout.split())
