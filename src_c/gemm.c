@@ -247,7 +247,11 @@ void fl_gemm_share(const fl_packed *p, const void *b, const fl_plan *pl,
         for (size_t i = m * t / team; i < m * (t + 1) / team; i++)
             p->kern->quantize(p->k, pl->kq, p->group, (const float *)x + i * ldx,
                               (char *)shared + i * pl->ldq, (float *)jb.xs + i * pl->nxs);
+        /* not alone: a call without a team of its own may run inside a caller's
+         * parallel region, whose other threads would never come */
+        if (team > 1) {
 #pragma omp barrier
+        }
     }
     run_share(&jb, pl, scratch, t, team);
 }

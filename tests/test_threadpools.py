@@ -83,3 +83,47 @@ def test_calls_from_a_thread_pool_match_serial_calls():
         pooled = list(pool.map(layer, xs))
     for a, b in zip(serial, pooled):
         np.testing.assert_array_equal(a, b)
+
+
+_PARALLEL_C = r"""
+#include <omp.h>
+typedef void callback(void);
+/* Calls cb in thread 0 of a team of two; the other thread only waits at the end. */
+void in_a_team(callback *cb)
+{
+#pragma omp parallel num_threads(2)
+    if (omp_get_thread_num() == 0)
+        cb();
+}
+"""
+_CALL_FROM_A_TEAM = r"""
+import ctypes, sys
+import numpy as np
+import fastlinear as fl
+lib = ctypes.CDLL(sys.argv[1])
+model = fl.Sequential(fl.Linear(8, 8, rng=0), fl.ReLU(), fl.Linear(8, 8, rng=1),
+                      fl.Linear(8, 4, rng=2, weight_dtype="int8", activations="int8"))
+x = np.ones((2, 8), np.float32)
+out = []
+CB = ctypes.CFUNCTYPE(None)
+cb = CB(lambda: out.append(model(x)))
+lib.in_a_team(cb)
+assert len(out) == 1 and np.array_equal(out[0], model(x))
+print("ok")
+"""
+
+
+def test_a_call_inside_a_callers_openmp_team_does_not_wait_for_it(tmp_path):
+    """A call small enough for one thread, made by one thread of a caller's OpenMP team
+    (a C extension calling back into Python): it starts no team of its own, so it must
+    not wait at barriers that would bind to the caller's team (a hang)."""
+    src, lib = tmp_path / "team.c", tmp_path / "team.so"
+    src.write_text(_PARALLEL_C)
+    cc = os.environ.get("CC", "cc")
+    built = subprocess.run([cc, "-fopenmp", "-shared", "-fPIC", str(src), "-o", str(lib)],
+                           capture_output=True)
+    if built.returncode != 0 or not fl._core.openmp_enabled():
+        pytest.skip("no C compiler with OpenMP, or a build without OpenMP")
+    run = subprocess.run([sys.executable, "-c", _CALL_FROM_A_TEAM, str(lib)],
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert run.returncode == 0 and "ok" in run.stdout, run.stderr
