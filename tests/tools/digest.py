@@ -16,7 +16,8 @@ digest-before-issue16.json: the tree before the kernels were written once per IS
 same digests after that, the bias's move and the Python house: commit 610e0e7);
 digest-summation-blocks.json: after the summation blocks changed the bits on purpose;
 digest-int8-activations.json: with integer activations (the float digests as before, the
-"int8x" digest the same on all four paths, ref included)."""
+"int8x" digest the same on all four paths, ref included; retaken after int4's groups of
+x got their own scales)."""
 import argparse
 import hashlib
 import json
