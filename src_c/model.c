@@ -70,9 +70,10 @@ static void run_team(const fl_model_call *c, size_t t, size_t team)
             const size_t ldout = last ? c->ldy : c->widest;
             run_step(c, &c->steps[s], width, rows, in, ldin, out, ldout, t, team);
             /* the next step reads every row of `out`; the next block writes the
-             * buffers this step read (alone: no team to wait for, and a call without a
-             * team of its own may run inside a caller's parallel region) */
-            if (team > 1) {
+             * buffers this step read; after the last step of the last block, the end
+             * of the parallel region waits (alone: no team to wait for, and a call
+             * without a team of its own may run inside a caller's parallel region) */
+            if (team > 1 && !(last && r0 + rows == c->m)) {
 #pragma omp barrier
             }
             in = out;
