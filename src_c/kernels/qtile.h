@@ -59,37 +59,46 @@ INLINE void quantize_run(size_t k, size_t kq, const float *x, char *q, float *sc
     memset(q + done * QX, QSHIFT, (kq - done) * QX);
 }
 
-/* m rows (a compile-time constant) of the tile: the integer sums over every k, then the
- * float steps of each output, in fastlinear.h's order. */
-INLINE void qtile(const size_t m, size_t k, const char *a, size_t lda, const float *xs,
-                  const char *w, const char *wsum, const char *ws, const char *bias,
-                  char *y, size_t ldy, size_t n)
+/* The integer sums of m rows (a compile-time constant) over `steps` steps of QK values
+ * of k, from zero: each step's weights (`int4`: packed nibbles, half the bytes), then a
+ * broadcast per row, each sum its own qdot chain. */
+INLINE void qsum(const size_t m, const int int4, size_t steps, const char *a, size_t lda,
+                 const char *w, ivec acc[][QNV])
 {
-    const size_t full = n * 4 / VBYTES, tail = n * 4 % VBYTES, step = QNR * QK;
-    ivec acc[QMR][QNV];
+    const size_t step = int4 ? QNR * QK / 2 : QNR * QK;
 FL_UNROLL
     for (size_t i = 0; i < m; i++)
 FL_UNROLL
         for (size_t v = 0; v < QNV; v++)
             acc[i][v] = izero();
-    const size_t steps = (k + QK - 1) / QK;
     for (size_t s = 0; s < steps; s++) {
-        const char *wk = w + s * step, *ak = a + s * 4;
+        const char *wk = w + s * step;
 FL_UNROLL
         for (size_t l = 0; l < step; l += 64)
             __builtin_prefetch(wk + FL_QPREFETCH_BYTES + l, 0, 3);
         ivec wv[QNV];
 FL_UNROLL
         for (size_t v = 0; v < QNV; v++)
-            wv[v] = qweight(wk, v);
+            wv[v] = int4 ? qweight4(wk, v) : qweight(wk, v);
 FL_UNROLL
         for (size_t i = 0; i < m; i++) {
-            const ivec xb = qbroadcast(ak + i * lda);
+            const ivec xb = qbroadcast(a + i * lda + s * 4);
 FL_UNROLL
             for (size_t v = 0; v < QNV; v++)
                 acc[i][v] = qdot(acc[i][v], xb, wv[v]);
         }
     }
+}
+
+/* m rows (a compile-time constant) of the tile: the integer sums over every k, then the
+ * float steps of each output, in fastlinear.h's order. */
+INLINE void qtile(const size_t m, size_t k, const char *a, size_t lda, const float *xs,
+                  const char *w, const char *wsum, const char *ws, const char *bias,
+                  char *y, size_t ldy, size_t n)
+{
+    const size_t full = n * 4 / VBYTES, tail = n * 4 % VBYTES;
+    ivec acc[QMR][QNV];
+    qsum(m, 0, (k + QK - 1) / QK, a, lda, w, acc);
 FL_UNROLL
     for (size_t i = 0; i < m; i++) {
         const vec sx = vbroadcast(FL_F32, (const char *)(xs + i));
@@ -117,8 +126,8 @@ INLINE void qtile4(const size_t m, size_t k, const char *a, size_t lda, const fl
                    const char *w, size_t group, const char *bias, char *y, size_t ldy,
                    size_t n)
 {
-    const size_t full = n * 4 / VBYTES, tail = n * 4 % VBYTES, step = QNR * QK / 2;
-    const size_t gsteps = group / QK, gbytes = 2 * QNR * 4 + gsteps * step;
+    const size_t full = n * 4 / VBYTES, tail = n * 4 % VBYTES;
+    const size_t gsteps = group / QK, gbytes = 2 * QNR * 4 + gsteps * (QNR * QK / 2);
     vec total[QMR4][QNV];
 FL_UNROLL
     for (size_t i = 0; i < m; i++)
@@ -130,28 +139,7 @@ FL_UNROLL
         const char *ag = a + g * gsteps * 4;
         const size_t groups = (k + group - 1) / group;  /* the rows' scales: per group */
         ivec acc[QMR4][QNV];
-FL_UNROLL
-        for (size_t i = 0; i < m; i++)
-FL_UNROLL
-            for (size_t v = 0; v < QNV; v++)
-                acc[i][v] = izero();
-        for (size_t s = 0; s < gsteps; s++) {
-            const char *wk = wg + s * step;
-FL_UNROLL
-            for (size_t l = 0; l < step; l += 64)
-                __builtin_prefetch(wk + FL_QPREFETCH_BYTES + l, 0, 3);
-            ivec wv[QNV];
-FL_UNROLL
-            for (size_t v = 0; v < QNV; v++)
-                wv[v] = qweight4(wk, v);
-FL_UNROLL
-            for (size_t i = 0; i < m; i++) {
-                const ivec xb = qbroadcast(ag + i * lda + s * 4);
-FL_UNROLL
-                for (size_t v = 0; v < QNV; v++)
-                    acc[i][v] = qdot(acc[i][v], xb, wv[v]);
-            }
-        }
+        qsum(m, 1, gsteps, ag, lda, wg, acc);
 FL_UNROLL
         for (size_t i = 0; i < m; i++) {
             const vec sx = vbroadcast(FL_F32, (const char *)(xs + i * groups + g));
