@@ -34,7 +34,9 @@ def test_every_batch_size_and_offset(isa, dtype):
     rng = np.random.default_rng(0)
     b = _core.blocking(dtype)
     p = packed_from(dtype, x.shape[1])
-    for m in (2, 3, 5, b["mr"] + 1, p - 1, p, p + 1, b["mc"] + 1, x.shape[0] - 1):
+    # mr + 2 and mr + 3 rows: tiles of (mr + 2) / 2 rows where the kernel has them
+    for m in (2, 3, 5, b["mr"] + 1, b["mr"] + 2, b["mr"] + 3, p - 1, p, p + 1, b["mc"] + 1,
+              x.shape[0] - 1):
         start = int(rng.integers(0, x.shape[0] - m + 1))
         np.testing.assert_array_equal(layer(x[start:start + m]), full[start:start + m])
 

@@ -23,11 +23,12 @@ def cache_dir(tmp_path, monkeypatch):
 
 def _outputs(dtype):
     """Outputs of every weight format over shapes that read x in place and pack it,
-    across k blocks and tile edges."""
+    across k blocks and tile edges; 9 rows in place run as tiles of 4 + 4 + 1 rows where
+    the weights are not prefetched and 6 + 2 + 1 where they are (gemm.c's tile_rows)."""
     rng = np.random.default_rng(5)
     formats = ["float64"] if dtype == "float64" else ["float32", "bfloat16", "int8", "int4"]
     out = []
-    for m, k, n in ((3, 1100, 70), (300, 700, 130)):
+    for m, k, n in ((3, 1100, 70), (9, 300, 70), (300, 700, 130)):
         x = rng.standard_normal((m, k)).astype(dtype)
         base = fl.Linear(k, n, rng=1, dtype=dtype, backend="native")
         for fmt in formats:
