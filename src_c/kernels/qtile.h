@@ -59,13 +59,16 @@ INLINE void quantize_run(size_t k, size_t kq, const float *x, char *q, float *sc
     memset(q + done * QX, QSHIFT, (kq - done) * QX);
 }
 
+/* Bytes of one step of a panel (kernel.h): QK values of NR columns, int8 or int4. */
+INLINE size_t qstep_bytes(int int4) { return int4 ? QNR * QK / 2 : QNR * QK; }
+
 /* The integer sums of m rows (a compile-time constant) over `steps` steps of QK values
  * of k, from zero: each step's weights (`int4`: packed nibbles, half the bytes), then a
  * broadcast per row, each sum its own qdot chain. */
 INLINE void qsum(const size_t m, const int int4, size_t steps, const char *a, size_t lda,
                  const char *w, ivec acc[][QNV])
 {
-    const size_t step = int4 ? QNR * QK / 2 : QNR * QK;
+    const size_t step = qstep_bytes(int4);
 FL_UNROLL
     for (size_t i = 0; i < m; i++)
 FL_UNROLL
@@ -127,7 +130,7 @@ INLINE void qtile4(const size_t m, size_t k, const char *a, size_t lda, const fl
                    size_t n)
 {
     const size_t full = n * 4 / VBYTES, tail = n * 4 % VBYTES;
-    const size_t gsteps = group / QK, gbytes = 2 * QNR * 4 + gsteps * (QNR * QK / 2);
+    const size_t gsteps = group / QK, gbytes = 2 * QNR * 4 + gsteps * qstep_bytes(1);
     vec total[QMR4][QNV];
 FL_UNROLL
     for (size_t i = 0; i < m; i++)
