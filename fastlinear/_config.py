@@ -40,7 +40,6 @@ def _apply(n: int | None) -> None:
     global _setting
     _core.set_num_threads(0 if n is None else n)
     _setting = n
-    _tuning.apply(get_num_threads())  # the block sizes tuned for that many threads
 
 
 def set_num_threads(n: int | None) -> None:
@@ -142,7 +141,8 @@ def config_info() -> dict[str, Any]:
         "auto_backend": resolve_backend("auto"),
         "blas_backend": "scipy.linalg.cython_blas (sgemm, dgemm)",
         "block_sizes": [f"{dtype} {text}" for dtype in _tuning.VALUE_TYPES
-                        for text in [_tuning.describe().get(f"{_core.isa_name()} {dtype}")]
+                        for text in [_tuning.describe(get_num_threads()).get(
+                                     f"{_core.isa_name()} {dtype}")]
                         if text],
     }
 
@@ -179,4 +179,4 @@ _apply_isa_override()
 _quota = cgroup_cpu_quota()
 if _quota is not None:
     _core.set_cpu_cap(_quota)
-_tuning.apply(get_num_threads())  # before the first forward
+_tuning.apply()  # before the first forward

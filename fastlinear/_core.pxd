@@ -77,8 +77,8 @@ cdef extern from "fastlinear.h" nogil:
     ctypedef struct fl_blocking:
         size_t mr, nr, kc, mc, nc, direct_x_max_bytes
     int fl_set_blocking(const char *isa, fl_dtype dtype, size_t kc, size_t mc,
-                        size_t nc) noexcept
-    void fl_get_blocking(fl_dtype dtype, fl_blocking *out) noexcept
+                        size_t nc, int threads) noexcept
+    void fl_get_blocking(fl_dtype dtype, int threads, fl_blocking *out) noexcept
     int fl_default_blocking(const char *isa, fl_dtype dtype, fl_blocking *out) noexcept
     int fl_openmp_enabled() noexcept
     int fl_default_threads() noexcept

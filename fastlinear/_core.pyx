@@ -412,10 +412,12 @@ def set_isa(str name):
                          f"supported: {supported_isas()}")
 
 
-def blocking(dtype):
-    """The current ISA's block sizes for float32 or float64, as a dict."""
+def blocking(dtype, threads=None):
+    """The block sizes calls of `threads` threads (default: get_num_threads()) use now on
+    the current ISA for float32 or float64, as a dict."""
     cdef fl_blocking b
-    fl_get_blocking(_float_code(np.dtype(dtype) == np.float64), &b)
+    fl_get_blocking(_float_code(np.dtype(dtype) == np.float64),
+                    _threads() if threads is None else threads, &b)
     return b
 
 
@@ -423,17 +425,22 @@ def blocking(dtype):
 SUM_BLOCK = FL_SUM_BLOCK
 
 
-def set_blocking(str isa, dtype, size_t kc=0, size_t mc=0, size_t nc=0):
+def set_blocking(str isa, dtype, size_t kc=0, size_t mc=0, size_t nc=0, int threads=0):
     """Block sizes for calls with float32 (every format but float64) or float64 weights
-    on the named ISA, from their next start; 0, 0, 0: the ISA's own. Never the bits."""
+    on the named ISA, from their next start: threads 0, calls of any thread count (0, 0,
+    0: the ISA's own); threads > 0, calls of that many threads only (0, 0, 0: then the
+    sizes of any count again). Never the bits."""
     rc = fl_set_blocking(isa.encode(), _float_code(np.dtype(dtype) == np.float64), kc, mc,
-                         nc)
+                         nc, threads)
     if rc == -1:
-        raise ValueError(f"unknown ISA {isa!r}; expected one of {supported_isas()}")
+        raise ValueError(f"unknown ISA {isa!r} (expected one of {supported_isas()}) or "
+                         f"a negative thread count ({threads})")
     if rc == -2:
         raise ValueError(f"block sizes kc={kc}, mc={mc}, nc={nc} cannot be used on {isa}: kc "
                          f"a multiple of {FL_SUM_BLOCK}, mc of the tile's rows, nc of its "
                          f"columns, each positive and at most 2**20")
+    if rc == -3:
+        raise ValueError(f"8 thread counts already have block sizes of their own on {isa}")
 
 
 def default_blocking(str isa, dtype):

@@ -1,8 +1,9 @@
 """Block sizes for this machine: derived from its caches, or found by fastlinear.tune and
 stored per CPU model, ISA path and thread count in the user's cache folder. Applied
-before the first forward (fastlinear._config) and on every change of ISA or thread
-count; the order of each sum is fixed by k alone, so block sizes change the speed,
-never the bits.
+before the first forward (fastlinear._config): the derived sizes for calls of any thread
+count, each stored count's own for calls of that many threads, however the count was
+set (fastlinear, OpenMP, threadpoolctl, torch), as the C driver picks them per call. The
+order of each sum is fixed by k alone, so block sizes change the speed, never the bits.
 
 Stored results: $XDG_CACHE_HOME/fastlinear/tuning.json (default ~/.cache/fastlinear),
 {"version": 1, "entries": {key: {"float32": [kc, mc, nc], "float64": [...]}}} with key
@@ -28,8 +29,10 @@ VALUE_TYPES = ("float32", "float64")
 REFERENCE_CACHES = {1: 32 << 10, 2: 1 << 20, 3: 32 << 20}
 KC_LEVEL = {"ref": 2, "avx2": 1, "avx512": 2, "avx512_vnni": 2}
 
-# What is in force, per (isa, value type): (kc, mc, nc), and where it came from.
+# What apply() set, per (isa, value type): the sizes for any thread count (kc, mc, nc),
+# and where they came from; and per (isa, value type, threads), the tuned ones.
 in_force: dict[tuple[str, str], tuple[tuple[int, int, int], str]] = {}
+tuned: dict[tuple[str, str, int], tuple[int, int, int]] = {}
 
 
 @functools.lru_cache(maxsize=1)
@@ -164,31 +167,51 @@ def write(entries: dict) -> str:
     return file
 
 
-def apply(threads: int) -> None:
-    """Sets every ISA's block sizes for `threads` threads: the stored tuning of this CPU,
-    ISA and thread count where there is one (and tuning is on), else those derived from
-    the caches."""
+def _entry_threads(entry_key: str, isa: str) -> int | None:
+    """The thread count of a stored key of this CPU, ISA and version; None otherwise."""
+    model, _, rest = entry_key.rpartition(f"|{isa}|")
+    count, _, version = rest.partition("|")
+    if model != cpu_model() or version != __version__ or not count.isdigit():
+        return None
+    return int(count) or None
+
+
+def apply() -> None:
+    """Sets every ISA's block sizes: those derived from the caches for calls of any
+    thread count, and, where tuning is on, the stored ones of this CPU for calls of the
+    thread count each was tuned for."""
     entries = read() if enabled() else {}
     if 3 in cache_sizes():  # which weights the kernels prefetch (fastlinear.h)
         _core.set_cache_bytes(cache_sizes()[3])
+    for (isa, dtype, threads) in list(tuned):
+        _core.set_blocking(isa, dtype, 0, 0, 0, threads=threads)
+        del tuned[isa, dtype, threads]
     for isa in _core.supported_isas():
-        stored = entries.get(key(isa, threads))
         for dtype in VALUE_TYPES:
-            blocks, source = derived(isa, dtype), "derived from the caches"
-            if stored is not None:
+            blocks = derived(isa, dtype)
+            _core.set_blocking(isa, dtype, *blocks)
+            in_force[isa, dtype] = (blocks, "derived from the caches")
+        for entry_key, stored in entries.items():
+            count = _entry_threads(entry_key, isa)
+            if count is None:
+                continue
+            for dtype in VALUE_TYPES:
                 try:
                     kc, mc, nc = (int(v) for v in stored[dtype])
-                    _core.set_blocking(isa, dtype, kc, mc, nc)
-                    in_force[isa, dtype] = ((kc, mc, nc), f"tuned ({path()})")
-                    continue
+                    _core.set_blocking(isa, dtype, kc, mc, nc, threads=count)
+                    tuned[isa, dtype, count] = (kc, mc, nc)
                 except (KeyError, TypeError, ValueError) as exc:
                     warnings.warn(f"fastlinear: ignoring the stored tuning of {isa} "
-                                  f"{dtype} in {path()}: {exc}", RuntimeWarning, stacklevel=2)
-            _core.set_blocking(isa, dtype, *blocks)
-            in_force[isa, dtype] = (blocks, source)
+                                  f"{dtype} for {count} threads in {path()}: {exc}",
+                                  RuntimeWarning, stacklevel=2)
 
 
-def describe() -> dict:
-    """{"avx512 float32": "kc=512 mc=144 nc=8192 (derived from the caches)", ...}"""
-    return {f"{isa} {dtype}": f"kc={b[0]} mc={b[1]} nc={b[2]} ({source})"
-            for (isa, dtype), (b, source) in sorted(in_force.items())}
+def describe(threads: int) -> dict:
+    """{"avx512 float32": "kc=512 mc=144 nc=8192 (derived from the caches)", ...}: the
+    sizes calls of `threads` threads use."""
+    out = {}
+    for (isa, dtype), (b, source) in sorted(in_force.items()):
+        if (isa, dtype, threads) in tuned:
+            b, source = tuned[isa, dtype, threads], f"tuned for {threads} threads ({path()})"
+        out[f"{isa} {dtype}"] = f"kc={b[0]} mc={b[1]} nc={b[2]} ({source})"
+    return out

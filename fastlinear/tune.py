@@ -108,13 +108,14 @@ def tune(seconds: float = 30.0, verbose: bool = True, store: bool = True) -> dic
     try:
         while rounds < ROUNDS and (rounds == 0 or time.perf_counter() - start < seconds):
             for c in cands:
-                _core.set_blocking(isa, "float32", *c)
+                _core.set_blocking(isa, "float32", *c, threads=threads)
                 best[c] = min(best[c], _time_shapes(layers, xs))
                 progress.step(f"kc={c[0]} mc={c[1]} nc={c[2]}")
             rounds += 1
     finally:
         progress.close()
-        _tuning.apply(threads)  # what was in force, until the result is stored
+        _core.set_blocking(isa, "float32", 0, 0, 0, threads=threads)  # the search's
+        _tuning.apply()  # what was in force, until the result is stored
     fastest = min(cands, key=lambda c: best[c])
     chosen = fastest if best[fastest] < MARGIN * best[cands[0]] else cands[0]
     result: dict[str, Any] = {
@@ -126,7 +127,7 @@ def tune(seconds: float = 30.0, verbose: bool = True, store: bool = True) -> dic
         entries[_tuning.key(isa, threads)] = {"float32": list(chosen),
                                               "float64": list(result["float64"])}
         result["file"] = _tuning.write(entries)
-        _tuning.apply(threads)
+        _tuning.apply()
     return result
 
 

@@ -63,10 +63,13 @@ void fl_set_cache_bytes(size_t bytes)
 
 size_t fl_cache_bytes(void) { return atomic_load_explicit(&cache_bytes, memory_order_relaxed); }
 
-/* Block sizes set by fl_set_blocking, per ISA and value type (0: the ISA's own). Each
- * is valid on its own, so a call that reads them while another thread sets them gets
- * sizes it can use (the bits never depend on them). */
-static atomic_size_t chosen[N_ISAS][2][3];
+/* Block sizes set by fl_set_blocking, per ISA and value type: slot 0 for calls of any
+ * thread count (0: the ISA's own), then up to FL_COUNTS thread counts whose calls use
+ * sizes of their own (tuned for them), each slot {threads, kc, mc, nc}, threads 0 when
+ * free. Every value is valid on its own, so a call that reads them while another thread
+ * sets them gets sizes it can use (the bits never depend on them). */
+enum { FL_COUNTS = 8 };
+static atomic_size_t chosen[N_ISAS][2][1 + FL_COUNTS][4];
 
 static int isa_index(const fl_isa *isa)
 {
@@ -76,38 +79,62 @@ static int isa_index(const fl_isa *isa)
     return -1;
 }
 
-fl_blocks fl_blocks_in_force(const fl_isa *isa, fl_dtype dtype)
+static size_t load(atomic_size_t *v) { return atomic_load_explicit(v, memory_order_acquire); }
+
+fl_blocks fl_blocks_in_force(const fl_isa *isa, fl_dtype dtype, int threads)
 {
     const fl_kernel *k = &isa->k[dtype];
     fl_blocks bl = {k->kc, k->mc, k->nc};
     const int i = isa_index(isa), v = fl_formats[dtype].values == FL_F64;
-    if (i >= 0) {
-        const size_t kc = atomic_load_explicit(&chosen[i][v][0], memory_order_relaxed);
-        const size_t mc = atomic_load_explicit(&chosen[i][v][1], memory_order_relaxed);
-        const size_t nc = atomic_load_explicit(&chosen[i][v][2], memory_order_relaxed);
-        bl = (fl_blocks){kc ? kc : bl.kc, mc ? mc : bl.mc, nc ? nc : bl.nc};
-    }
-    return bl;
+    if (i < 0)
+        return bl;
+    int s = 0;  /* this count's slot, else the one for every count */
+    for (int j = 1; j <= FL_COUNTS && !s && threads > 0; j++)
+        if (load(&chosen[i][v][j][0]) == (size_t)threads)
+            s = j;
+    const size_t kc = load(&chosen[i][v][s][1]), mc = load(&chosen[i][v][s][2]),
+                 nc = load(&chosen[i][v][s][3]);
+    return (fl_blocks){kc ? kc : bl.kc, mc ? mc : bl.mc, nc ? nc : bl.nc};
 }
 
-int fl_set_blocking(const char *name, fl_dtype dtype, size_t kc, size_t mc, size_t nc)
+int fl_set_blocking(const char *name, fl_dtype dtype, size_t kc, size_t mc, size_t nc,
+                    int threads)
 {
     int i = 0;
     while (i < N_ISAS && strcmp(all_isas[i]->name, name) != 0)
         i++;
-    if (i == N_ISAS || dtype < 0 || dtype >= FL_NDTYPES)
+    if (i == N_ISAS || dtype < 0 || dtype >= FL_NDTYPES || threads < 0)
         return -1;
     const fl_kernel *k = &all_isas[i]->k[dtype];
     const size_t most = (size_t)1 << 20;
-    if (kc || mc || nc) {
-        if (!kc || kc % FL_SUM_BLOCK || kc > most || !mc || mc % k->mr || mc > most || !nc
-            || nc % k->nr || nc > most)
-            return -2;
-    }
+    const int clear = !kc && !mc && !nc;
+    if (!clear && (!kc || kc % FL_SUM_BLOCK || kc > most || !mc || mc % k->mr || mc > most
+                   || !nc || nc % k->nr || nc > most))
+        return -2;
     const int v = fl_formats[dtype].values == FL_F64;
-    atomic_store_explicit(&chosen[i][v][0], kc, memory_order_relaxed);
-    atomic_store_explicit(&chosen[i][v][1], mc, memory_order_relaxed);
-    atomic_store_explicit(&chosen[i][v][2], nc, memory_order_relaxed);
+    int s = 0, free_slot = 0;  /* threads 0: slot 0; else this count's slot or a free one */
+    for (int j = 1; j <= FL_COUNTS && threads > 0 && !s; j++) {
+        const size_t t = load(&chosen[i][v][j][0]);
+        if (t == (size_t)threads)
+            s = j;
+        else if (!t && !free_slot)
+            free_slot = j;
+    }
+    if (threads > 0 && !s) {
+        if (clear)
+            return 0;
+        if (!free_slot)
+            return -3;
+        s = free_slot;
+    }
+    atomic_size_t *slot = chosen[i][v][s];
+    if (s && clear)  /* free the slot first: its calls go back to slot 0 */
+        atomic_store_explicit(&slot[0], 0, memory_order_release);
+    atomic_store_explicit(&slot[1], kc, memory_order_relaxed);
+    atomic_store_explicit(&slot[2], mc, memory_order_relaxed);
+    atomic_store_explicit(&slot[3], nc, memory_order_relaxed);
+    if (s && !clear)  /* then claimed, its sizes in place */
+        atomic_store_explicit(&slot[0], (size_t)threads, memory_order_release);
     return 0;
 }
 
@@ -122,10 +149,10 @@ int fl_default_blocking(const char *name, fl_dtype dtype, fl_blocking *out)
     return -1;
 }
 
-void fl_get_blocking(fl_dtype dtype, fl_blocking *out)
+void fl_get_blocking(fl_dtype dtype, int threads, fl_blocking *out)
 {
     const fl_isa *isa = fl_current_isa();
     const fl_kernel *k = &isa->k[dtype];
-    const fl_blocks bl = fl_blocks_in_force(isa, dtype);
+    const fl_blocks bl = fl_blocks_in_force(isa, dtype, threads);
     *out = (fl_blocking){k->mr, k->nr, bl.kc, bl.mc, bl.nc, FL_DIRECT_X_MAX_BYTES};
 }

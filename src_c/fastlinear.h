@@ -184,16 +184,21 @@ const char *fl_supported_isa(int i);
 typedef struct { size_t mr, nr, kc, mc, nc, direct_x_max_bytes; } fl_blocking;
 /* Sets the block sizes (kernel.h: KC, MC, NC) that calls with weights of `dtype`'s value
  * type (float32 for every format but FL_F64) use on the named ISA from their next start
- * on; all three 0: the ISA's own again. They never change the bits (the order of each
- * sum is fixed by k alone), only the speed. Returns 0, -1 for an unknown ISA, -2 for
- * sizes the kernel cannot take (kc a multiple of FL_SUM_BLOCK, mc of MR, nc of NR, all
- * positive and at most 2^20). */
-int fl_set_blocking(const char *isa, fl_dtype dtype, size_t kc, size_t mc, size_t nc);
+ * on: `threads` 0, calls of any thread count (all three 0: the ISA's own again);
+ * `threads` > 0, only calls of that many threads, which then ignore the sizes for any
+ * count (all three 0: they no longer do). They never change the bits (the order of each
+ * sum is fixed by k alone), only the speed. Returns 0, -1 for an unknown ISA or a
+ * negative count, -2 for sizes the kernel cannot take (kc a multiple of FL_SUM_BLOCK, mc
+ * of MR, nc of NR, all positive and at most 2^20), -3 where 8 thread counts already have
+ * sizes of their own. */
+int fl_set_blocking(const char *isa, fl_dtype dtype, size_t kc, size_t mc, size_t nc,
+                    int threads);
 /* The named ISA's own block sizes for `dtype` (its kernels/<isa>.c): 0, or -1 for an
  * ISA this build lacks. */
 int fl_default_blocking(const char *isa, fl_dtype dtype, fl_blocking *out);
-/* The block sizes calls use now for `dtype` (for tests and diagnostics). */
-void fl_get_blocking(fl_dtype dtype, fl_blocking *out);
+/* The block sizes calls of `threads` threads use now for `dtype` (for tests and
+ * diagnostics). */
+void fl_get_blocking(fl_dtype dtype, int threads, fl_blocking *out);
 /* The size of the last-level cache that calls share (fastlinear sets the L3's, read from
  * the OS; default 32 MiB): the packed weights of a call that exceed half of it are
  * streamed from memory with software prefetch, smaller ones read from cache without.

@@ -329,7 +329,8 @@ int fl_forward(const fl_packed *p, const void *b, size_t m, const void *x, size_
     if (m == 0 || p->n == 0)
         return FL_OK;
     size_t threads = fl_threads_begin((double)m * (double)p->n * (double)p->k, nthreads);
-    const fl_plan pl = fl_plan_gemm(p, m, threads, fl_blocks_in_force(p->isa, p->dtype));
+    const fl_plan pl = fl_plan_gemm(p, m, threads,
+                                    fl_blocks_in_force(p->isa, p->dtype, nthreads));
     threads = min_sz(threads, pl.parts);
     /* the team's shared scratch, then each thread's */
     char *buf = NULL, *mine = NULL;
@@ -384,8 +385,8 @@ int fl_forward_plain(fl_dtype dtype, size_t n, size_t k, const void *w, size_t l
     const fl_kernel *kr = &isa->k[dtype];
     const fl_packed shape = {isa, kr, dtype, n, k, 0, (n + kr->nr - 1) / kr->nr, 0, NULL,
                              NULL};
-    const fl_job jb = {&shape, fl_blocks_in_force(isa, dtype), 1, w, ldw, b, NULL, m, x,
-                       ldx, y, ldy, 0, NULL, 0, NULL, 0};
+    const fl_job jb = {&shape, fl_blocks_in_force(isa, dtype, nthreads), 1, w, ldw, b,
+                       NULL, m, x, ldx, y, ldy, 0, NULL, 0, NULL, 0};
     size_t threads = fl_threads_begin((double)m * (double)n * (double)k, nthreads);
     threads = min_sz(threads, shape.panels);
     /* per thread: one panel of weights, K x NR values, whole cache lines */

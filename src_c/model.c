@@ -114,7 +114,7 @@ int fl_model_forward(const fl_step *steps, size_t nsteps, fl_dtype dtype, size_t
     for (size_t s = 0; s < nsteps; s++)
         if (steps[s].kind == FL_STEP_LINEAR) {
             const fl_packed *p = steps[s].linear;
-            c.bl[s] = fl_blocks_in_force(p->isa, p->dtype);
+            c.bl[s] = fl_blocks_in_force(p->isa, p->dtype, nthreads);
             const fl_plan pl = fl_plan_gemm(p, rows, threads, c.bl[s]);
             c.scratch_bytes = pl.buf_bytes > c.scratch_bytes ? pl.buf_bytes : c.scratch_bytes;
             shared_bytes = pl.shared_bytes > shared_bytes ? pl.shared_bytes : shared_bytes;

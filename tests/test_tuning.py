@@ -16,9 +16,10 @@ def cache_dir(tmp_path, monkeypatch):
     """A private cache folder; the block sizes in force put back afterwards."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.delenv("FASTLINEAR_TUNING", raising=False)
+    _tuning.apply()  # none stored: the derived sizes for every thread count
     yield tmp_path
     monkeypatch.undo()
-    _tuning.apply(fl.get_num_threads())
+    _tuning.apply()
 
 
 def _outputs(dtype):
@@ -80,7 +81,7 @@ def test_tune_stores_and_applies_per_cpu_isa_and_threads(cache_dir):
     entry = stored["entries"][_tuning.key(result["isa"], result["threads"])]
     assert tuple(entry["float32"]) == result["float32"]
     assert tuple(_core.blocking(np.float32)[k] for k in ("kc", "mc", "nc")) == result["float32"]
-    assert "tuned" in _tuning.describe()[f"{result['isa']} float32"]
+    assert "tuned" in _tuning.describe(result["threads"])[f"{result['isa']} float32"]
 
 
 def _store(cache_dir, float32):
@@ -91,14 +92,57 @@ def _store(cache_dir, float32):
         {"version": 1, "entries": {key: {"float32": float32, "float64": [512, 72, 4096]}}}))
 
 
+def test_each_thread_count_uses_the_sizes_tuned_for_it(cache_dir):
+    """However the count is set: the C driver picks the sizes per call, by the count the
+    call asks for; a count that was not tuned uses the derived sizes."""
+    isa, own = _core.isa_name(), _core.default_blocking(_core.isa_name(), "float32")
+    mine = {1: [_core.SUM_BLOCK, own["mr"], own["nr"]],
+            2: [2 * _core.SUM_BLOCK, 2 * own["mr"], 2 * own["nr"]]}
+    (cache_dir / "fastlinear").mkdir()
+    (cache_dir / "fastlinear" / "tuning.json").write_text(json.dumps({"version": 1, "entries": {
+        _tuning.key(isa, n): {"float32": b, "float64": [512, 72, 4096]}
+        for n, b in mine.items()}}))
+    _tuning.apply()
+
+    def blocks(**kw):
+        return [_core.blocking(np.float32, **kw)[k] for k in ("kc", "mc", "nc")]
+
+    assert blocks(threads=1) == mine[1] and blocks(threads=2) == mine[2]
+    assert blocks(threads=3) == list(_tuning.derived(isa, "float32"))
+    for n in (1, 2):
+        with fl.threads(n):
+            assert blocks() == mine[n]
+            assert f"tuned for {n} threads" in fl.show_config("dicts")["block_sizes"][0]
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    with threadpoolctl.threadpool_limits(1, user_api="openmp"):
+        if fl.get_num_threads() == 1:  # the default follows OpenMP's count
+            assert blocks() == mine[1]
+
+
+def test_at_most_eight_thread_counts_have_their_own_sizes(cache_dir):
+    isa, own = _core.isa_name(), _core.default_blocking(_core.isa_name(), "float32")
+    try:
+        for n in range(1, 9):
+            _core.set_blocking(isa, "float32", _core.SUM_BLOCK, own["mr"], own["nr"], threads=n)
+        with pytest.raises(ValueError, match="8 thread counts"):
+            _core.set_blocking(isa, "float32", _core.SUM_BLOCK, own["mr"], own["nr"], threads=9)
+        _core.set_blocking(isa, "float32", 0, 0, 0, threads=8)  # frees a slot
+        _core.set_blocking(isa, "float32", _core.SUM_BLOCK, own["mr"], own["nr"], threads=9)
+        assert _core.blocking(np.float32, threads=9)["kc"] == _core.SUM_BLOCK
+        assert _core.blocking(np.float32, threads=8)["kc"] == _tuning.derived(isa, "float32")[0]
+    finally:
+        for n in range(1, 10):
+            _core.set_blocking(isa, "float32", 0, 0, 0, threads=n)
+
+
 def test_stored_blocks_are_used_unless_tuning_is_off(cache_dir, monkeypatch):
     own = _core.default_blocking(_core.isa_name(), "float32")
     chosen = [2 * _core.SUM_BLOCK, 2 * own["mr"], 4 * own["nr"]]
     _store(cache_dir, chosen)
-    _tuning.apply(fl.get_num_threads())
+    _tuning.apply()
     assert [_core.blocking(np.float32)[k] for k in ("kc", "mc", "nc")] == chosen
     monkeypatch.setenv("FASTLINEAR_TUNING", "off")
-    _tuning.apply(fl.get_num_threads())
+    _tuning.apply()
     assert [_core.blocking(np.float32)[k] for k in ("kc", "mc", "nc")] == list(
         _tuning.derived(_core.isa_name(), "float32"))
 
@@ -109,7 +153,7 @@ def test_an_unusable_file_is_ignored_with_a_warning(cache_dir, content):
     (cache_dir / "fastlinear").mkdir()
     (cache_dir / "fastlinear" / "tuning.json").write_text(content)
     with pytest.warns(RuntimeWarning, match="ignoring the stored tuning"):
-        _tuning.apply(fl.get_num_threads())
+        _tuning.apply()
     assert [_core.blocking(np.float32)[k] for k in ("kc", "mc", "nc")] == list(
         _tuning.derived(_core.isa_name(), "float32"))
 
@@ -117,7 +161,7 @@ def test_an_unusable_file_is_ignored_with_a_warning(cache_dir, content):
 def test_values_the_kernel_cannot_take_are_not_trusted(cache_dir):
     _store(cache_dir, [100, 7, 3])  # kc not a multiple of the summation block
     with pytest.warns(RuntimeWarning, match="ignoring the stored tuning"):
-        _tuning.apply(fl.get_num_threads())
+        _tuning.apply()
     assert _core.blocking(np.float32)["kc"] % _core.SUM_BLOCK == 0
 
 
@@ -129,7 +173,7 @@ def test_another_cpus_entry_is_not_used(cache_dir):
         {"version": 1, "entries": {key: {"float32": [128, 6, 64], "float64": [128, 6, 32]}}}))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        _tuning.apply(fl.get_num_threads())
+        _tuning.apply()
     assert [_core.blocking(np.float32)[k] for k in ("kc", "mc", "nc")] == list(
         _tuning.derived(_core.isa_name(), "float32"))
 
