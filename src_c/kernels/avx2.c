@@ -156,10 +156,11 @@ INLINE vec weight(fl_dtype dt, const char *wk, size_t v, const char *sg, int tig
 }
 
 INLINE size_t row_bytes(fl_dtype dt);  /* tile.h */
+INLINE size_t tile_row_bytes(fl_dtype dt, size_t nv);
 
 /* The MR broadcasts of a k step first, then one weight vector at a time, each used by
  * every row as soon as it is loaded (or widened): one register for the weights. */
-INLINE void steps(const fl_dtype dt, const size_t m, const size_t np, size_t kr,
+INLINE void steps(const fl_dtype dt, const size_t m, const size_t nv, size_t kr,
                   const char *a, const ptrdiff_t rs, const ptrdiff_t cs, const char *w,
                   ptrdiff_t w_next, size_t ahead, const char *sg, vec acc[MR][2 * NV])
 {
@@ -172,14 +173,14 @@ INLINE void steps(const fl_dtype dt, const size_t m, const size_t np, size_t kr,
         /* ahead 0 asks for the row being read: no branch in the loop (clang moved
          * the k loops out of shape around one, tests/test_disassembly.py) */
 FL_UNROLL
-        for (size_t l = 0; l < np * rb; l += 64)
+        for (size_t l = 0; l < tile_row_bytes(dt, nv); l += 64)
             _mm_prefetch(wk + l / rb * w_next + ahead + l % rb, _MM_HINT_T0);
         vec ai[MR];
 FL_UNROLL
         for (size_t i = 0; i < m; i++)
             ai[i] = vbroadcast(dt, ak + (ptrdiff_t)i * rs);
 FL_UNROLL
-        for (size_t v = 0; v < np * NV; v++) {
+        for (size_t v = 0; v < nv; v++) {
             const vec wv = weight(dt, wk + v / NV * w_next, v % NV, sg + v / NV * w_next,
                                   m == MR);
 FL_UNROLL

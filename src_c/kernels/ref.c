@@ -142,7 +142,7 @@ INLINE vec weight(fl_dtype dt, const char *wk, size_t v, const char *sg, int tig
 
 INLINE size_t row_bytes(fl_dtype dt);  /* tile.h */
 
-INLINE void steps(const fl_dtype dt, const size_t m, const size_t np, size_t kr,
+INLINE void steps(const fl_dtype dt, const size_t m, const size_t nv, size_t kr,
                   const char *a, const ptrdiff_t rs, const ptrdiff_t cs, const char *w,
                   ptrdiff_t w_next, size_t ahead, const char *sg, vec acc[MR][2 * NV])
 {
@@ -152,13 +152,13 @@ INLINE void steps(const fl_dtype dt, const size_t m, const size_t np, size_t kr,
         const char *ak = a + (ptrdiff_t)k * cs, *wk = w + k * rb;
         vec wv[2 * NV];
 FL_UNROLL
-        for (size_t v = 0; v < np * NV; v++)
+        for (size_t v = 0; v < nv; v++)
             wv[v] = weight(dt, wk + v / NV * w_next, v % NV, sg + v / NV * w_next, 0);
 FL_UNROLL
         for (size_t i = 0; i < m; i++) {
             const vec ai = vbroadcast(dt, ak + (ptrdiff_t)i * rs);
 FL_UNROLL
-            for (size_t v = 0; v < np * NV; v++)
+            for (size_t v = 0; v < nv; v++)
                 acc[i][v] = vfma(dt, ai, wv[v], acc[i][v]);
         }
     }

@@ -24,7 +24,7 @@
  *                           vector v of the weights W(k, .) in the k row at wk, widened
  *                           exactly to float32 (sg: the scales of its int4 group; tight:
  *                           the tile has no register to spare)
- *   steps(dt, m, np, kr, a, rs, cs, w, w_next, ahead, sg, acc)
+ *   steps(dt, m, nv, kr, a, rs, cs, w, w_next, ahead, sg, acc)
  *                           k rows [0, kr) of x and the weights accumulated into acc: its
  *                           loop order, prefetches (of the weights `ahead` bytes on, none
  *                           for 0) and register plan
@@ -58,6 +58,15 @@ INLINE size_t row_bytes(fl_dtype dt)
     return NV * VBYTES / fl_value_size(dt) * fl_formats[dt].bits / 8;
 }
 
+/* Bytes of a packed k row that a tile of nv vectors reads (kernel.h's w_next apart for
+ * two panels): all of it, or for NV / 2 vectors its first half, but all of int4's, whose
+ * low nibbles are that half. */
+INLINE size_t tile_row_bytes(fl_dtype dt, size_t nv)
+{
+    const size_t rb = row_bytes(dt);
+    return nv > NV ? 2 * rb : nv == NV || dt == FL_I4 ? rb : rb / 2;
+}
+
 /* Asks for the `bytes` of a k row of weights FL_PREFETCH_BYTES ahead of p (blocking.h). */
 INLINE void prefetch_row(const char *p, size_t bytes)
 {
@@ -69,13 +78,13 @@ FL_UNROLL
 /* The tile's accumulators plus its values in y: the running total of the partial sums
  * before them, added in ascending k. Edge columns: full vectors load plainly, the one
  * partial vector through vload_head, vectors wholly past n not at all. */
-INLINE void add_y(const fl_dtype dt, const size_t m, const size_t np, const char *y,
+INLINE void add_y(const fl_dtype dt, const size_t m, const size_t nv, const char *y,
                   size_t ldy, size_t full, size_t tail, vec acc[MR][2 * NV])
 {
 FL_UNROLL
     for (size_t i = 0; i < m; i++)
 FL_UNROLL
-        for (size_t v = 0; v < np * NV; v++) {
+        for (size_t v = 0; v < nv; v++) {
             const char *yv = y + i * ldy + v * VBYTES;
             if (v < full)
                 acc[i][v] = vadd(dt, acc[i][v], vload(yv));
@@ -84,13 +93,13 @@ FL_UNROLL
         }
 }
 
-INLINE void store_y(const fl_dtype dt, const size_t m, const size_t np, char *y, size_t ldy,
+INLINE void store_y(const fl_dtype dt, const size_t m, const size_t nv, char *y, size_t ldy,
                     size_t full, size_t tail, vec acc[MR][2 * NV])
 {
 FL_UNROLL
     for (size_t i = 0; i < m; i++)
 FL_UNROLL
-        for (size_t v = 0; v < np * NV; v++) {
+        for (size_t v = 0; v < nv; v++) {
             char *yv = y + i * ldy + v * VBYTES;
             if (v < full)
                 vstore(yv, acc[i][v]);
@@ -100,11 +109,13 @@ FL_UNROLL
 }
 
 /* One summation block (kc <= FL_SUM_BLOCK, fastlinear.h): its FMA chain from zero, the
- * partial sum p, then y = first ? p : y + p, the scale and the bias. `dt`, `m`, `np` and
- * the x strides are compile-time constants at every call site below, so the loops over
- * rows and vectors unroll completely, the accumulators live in registers and x
- * addresses fold into the loads. */
-INLINE void tile(const fl_dtype dt, const size_t m, const size_t np, size_t kc,
+ * partial sum p, then y = first ? p : y + p, the scale and the bias, over m rows and the
+ * first nv vectors of the panel's columns (NV; 2 NV over two panels, for one row;
+ * NV / 2 for a panel that fills no more: its other columns would only add zeros).
+ * `dt`, `m`, `nv` and the x strides are compile-time constants at every call site
+ * below, so the loops over rows and vectors unroll completely, the accumulators live
+ * in registers and x addresses fold into the loads. */
+INLINE void tile(const fl_dtype dt, const size_t m, const size_t nv, size_t kc,
                  const char *a, const ptrdiff_t a_rs, const ptrdiff_t a_cs, const char *w,
                  ptrdiff_t w_next, size_t ahead, size_t group, char *y, size_t ldy, size_t n, int first,
                  const char *scale, const char *bias)
@@ -113,7 +124,7 @@ INLINE void tile(const fl_dtype dt, const size_t m, const size_t np, size_t kc,
     const size_t full = n * size / VBYTES, tail = n * size % VBYTES; /* vectors, bytes */
     const ptrdiff_t rs = a_rs * (ptrdiff_t)size, cs = a_cs * (ptrdiff_t)size;
     ldy *= size;
-    vec acc[MR][2 * NV];  /* np = 2 only for m = 1 */
+    vec acc[MR][2 * NV];  /* nv = 2 NV only for m = 1 */
     if (!first)  /* y's running totals on their way from L2 while the block computes */
         for (size_t i = 0; i < m; i++)
             for (size_t l = 0; l < n * size; l += 64)
@@ -121,24 +132,24 @@ INLINE void tile(const fl_dtype dt, const size_t m, const size_t np, size_t kc,
 FL_UNROLL
     for (size_t i = 0; i < m; i++)
 FL_UNROLL
-        for (size_t v = 0; v < np * NV; v++)
+        for (size_t v = 0; v < nv; v++)
             acc[i][v] = vzero();
     if (fl_formats[dt].scale == FL_SCALE_GROUP)  /* groups of k rows, each led by its NR scales */
         for (size_t k0 = 0; k0 < kc; k0 += group, w += NV * VBYTES + group * row_bytes(dt))
-            steps(dt, m, np, kc - k0 < group ? kc - k0 : group, a + (ptrdiff_t)k0 * cs, rs,
+            steps(dt, m, nv, kc - k0 < group ? kc - k0 : group, a + (ptrdiff_t)k0 * cs, rs,
                   cs, w + NV * VBYTES, w_next, ahead, w, acc);
     else
-        steps(dt, m, np, kc, a, rs, cs, w, w_next, ahead, w, acc);  /* sg unused */
+        steps(dt, m, nv, kc, a, rs, cs, w, w_next, ahead, w, acc);  /* sg unused */
 FL_UNROLL
     for (size_t i = 0; i < m; i++)
 FL_UNROLL
-        for (size_t v = 0; v < np * NV; v++)
+        for (size_t v = 0; v < nv; v++)
             acc[i][v] = vreg(dt, acc[i][v]);
     if (!first)
-        add_y(dt, m, np, y, ldy, full, tail, acc);
+        add_y(dt, m, nv, y, ldy, full, tail, acc);
     if (fl_formats[dt].values == FL_F32 && scale)  /* int8's, also on widened weights */
 FL_UNROLL
-        for (size_t v = 0; v < np * NV; v++) {
+        for (size_t v = 0; v < nv; v++) {
             const vec sv = vload(scale + v * VBYTES);
 FL_UNROLL
             for (size_t i = 0; i < m; i++)
@@ -146,7 +157,7 @@ FL_UNROLL
         }
     if (bias)  /* read as y is: n values */
 FL_UNROLL
-        for (size_t v = 0; v < np * NV; v++) {
+        for (size_t v = 0; v < nv; v++) {
             const char *bp = bias + v * VBYTES;
             const vec bv = v < full ? vload(bp) : v == full && tail ? vload_head(dt, bp, tail)
                                                                   : vzero();
@@ -154,7 +165,7 @@ FL_UNROLL
             for (size_t i = 0; i < m; i++)
                 acc[i][v] = vadd(dt, acc[i][v], bv);
         }
-    store_y(dt, m, np, y, ldy, full, tail, acc);
+    store_y(dt, m, nv, y, ldy, full, tail, acc);
 }
 
 /* kc k rows of a packed panel widened into dst (kc x NR floats): the values tile()
@@ -181,40 +192,52 @@ FL_UNROLL
 /* One instance per tile height the driver asks for (kernel.h: MR, then powers of two
  * below it). Compressed weights run in tiles of at most WIDENED_ROWS rows (the same bits:
  * rows are independent). */
-INLINE void rows(const fl_dtype dt, size_t m, size_t kc, const char *a, const ptrdiff_t a_rs,
+INLINE void rows(const fl_dtype dt, const size_t nv, size_t m, size_t kc, const char *a, const ptrdiff_t a_rs,
                  const ptrdiff_t a_cs, const char *w, size_t ahead, size_t group, char *y, size_t ldy,
                  size_t n, int first, const char *scale, const char *bias)
 {
     if (m == MR && fl_formats[dt].widens && (int)WIDENED_ROWS < (int)MR) {
         const size_t h = WIDENED_ROWS, size = fl_value_size(dt);
-        tile(dt, WIDENED_ROWS, 1, kc, a, a_rs, a_cs, w, 0, ahead, group, y, ldy, n, first,
+        tile(dt, WIDENED_ROWS, nv, kc, a, a_rs, a_cs, w, 0, ahead, group, y, ldy, n, first,
              scale, bias);
-        tile(dt, MR - WIDENED_ROWS, 1, kc, a + (ptrdiff_t)(h * size) * a_rs, a_rs, a_cs, w,
+        tile(dt, MR - WIDENED_ROWS, nv, kc, a + (ptrdiff_t)(h * size) * a_rs, a_rs, a_cs, w,
              0, ahead, group, y + h * ldy * size, ldy, n, first, scale, bias);
     } else if (m == MR) {
-        tile(dt, MR, 1, kc, a, a_rs, a_cs, w, 0, ahead, group, y, ldy, n, first, scale, bias);
+        tile(dt, MR, nv, kc, a, a_rs, a_cs, w, 0, ahead, group, y, ldy, n, first, scale, bias);
     } else if (MR > 4 && m == 4) {
-        tile(dt, 4, 1, kc, a, a_rs, a_cs, w, 0, ahead, group, y, ldy, n, first, scale, bias);
+        tile(dt, 4, nv, kc, a, a_rs, a_cs, w, 0, ahead, group, y, ldy, n, first, scale, bias);
     } else if (m == 2) {
-        tile(dt, 2, 1, kc, a, a_rs, a_cs, w, 0, ahead, group, y, ldy, n, first, scale, bias);
+        tile(dt, 2, nv, kc, a, a_rs, a_cs, w, 0, ahead, group, y, ldy, n, first, scale, bias);
     } else {
-        tile(dt, 1, 1, kc, a, a_rs, a_cs, w, 0, ahead, group, y, ldy, n, first, scale, bias);
+        tile(dt, 1, nv, kc, a, a_rs, a_cs, w, 0, ahead, group, y, ldy, n, first, scale, bias);
     }
 }
 
-/* The two layouts of x get their own instances: its strides are constants in each call. */
+/* The two layouts of x get their own instances: its strides are constants in each call;
+ * so do panels filled no further than their first half (a narrow layer's only panel, as
+ * a classifier's 10 outputs; the last of a wider one): tiles of NV / 2 vectors compute
+ * and read half the columns, the same operations on each of theirs. */
 INLINE void ukernel(const fl_dtype dt, size_t kc, const void *a, ptrdiff_t a_rs,
                     ptrdiff_t a_cs, const void *w, ptrdiff_t w_next, size_t ahead, size_t group, void *y,
                     size_t ldy, size_t m, size_t n, int first, const float *scale,
                     const void *bias)
 {
-    if (TWO_PANELS && n > NV * VBYTES / fl_value_size(dt))  /* one row in place, two panels */
-        tile(dt, 1, 2, kc, a, 0, 1, w, w_next, ahead, group, y, ldy, n, first, (const char *)scale,
+    const size_t nr = NV * VBYTES / fl_value_size(dt);
+    if (TWO_PANELS && n > nr)  /* one row in place, two panels */
+        tile(dt, 1, 2 * NV, kc, a, 0, 1, w, w_next, ahead, group, y, ldy, n, first,
+             (const char *)scale, bias);
+    else if (a_cs == 1 && 2 * n <= nr)  /* x in place */
+        rows(dt, NV / 2, m, kc, a, a_rs, 1, w, ahead, group, y, ldy, n, first,
+             (const char *)scale, bias);
+    else if (a_cs == 1)
+        rows(dt, NV, m, kc, a, a_rs, 1, w, ahead, group, y, ldy, n, first,
+             (const char *)scale, bias);
+    else if (2 * n <= nr)  /* packed x: a_rs == 1, a_cs == MR */
+        rows(dt, NV / 2, m, kc, a, 1, MR, w, ahead, group, y, ldy, n, first,
+             (const char *)scale, bias);
+    else
+        rows(dt, NV, m, kc, a, 1, MR, w, ahead, group, y, ldy, n, first, (const char *)scale,
              bias);
-    else if (a_cs == 1)  /* x in place */
-        rows(dt, m, kc, a, a_rs, 1, w, ahead, group, y, ldy, n, first, (const char *)scale, bias);
-    else                 /* packed x: a_rs == 1, a_cs == MR */
-        rows(dt, m, kc, a, 1, MR, w, ahead, group, y, ldy, n, first, (const char *)scale, bias);
 }
 
 /* The entry points, one per weight format. */
