@@ -75,9 +75,9 @@ cdef extern from "fastlinear.h" nogil:
     int fl_set_isa(const char *name) noexcept
     const char *fl_supported_isa(int i) noexcept
     ctypedef struct fl_blocking:
-        size_t mr, nr, kc, mc, nc, direct_x_max_bytes
+        size_t mr, nr, kc, mc, nc, ahead, direct_x_max_bytes
     int fl_set_blocking(const char *isa, fl_dtype dtype, size_t kc, size_t mc,
-                        size_t nc, int threads) noexcept
+                        size_t nc, size_t ahead, int threads) noexcept
     void fl_get_blocking(fl_dtype dtype, int threads, fl_blocking *out) noexcept
     int fl_default_blocking(const char *isa, fl_dtype dtype, fl_blocking *out) noexcept
     int fl_openmp_enabled() noexcept

@@ -425,20 +425,23 @@ def blocking(dtype, threads=None):
 SUM_BLOCK = FL_SUM_BLOCK
 
 
-def set_blocking(str isa, dtype, size_t kc=0, size_t mc=0, size_t nc=0, int threads=0):
+def set_blocking(str isa, dtype, size_t kc=0, size_t mc=0, size_t nc=0, size_t ahead=0,
+                 int threads=0):
     """Block sizes for calls with float32 (every format but float64) or float64 weights
-    on the named ISA, from their next start: threads 0, calls of any thread count (0, 0,
-    0: the ISA's own); threads > 0, calls of that many threads only (0, 0, 0: then the
-    sizes of any count again). Never the bits."""
+    on the named ISA, from their next start, and how far ahead their tiles of several
+    rows prefetch weights that come from cache (bytes, 0: no prefetch): threads 0, calls
+    of any thread count (0, 0, 0: the ISA's own); threads > 0, calls of that many threads
+    only (0, 0, 0: then the sizes of any count again). Never the bits."""
     rc = fl_set_blocking(isa.encode(), _float_code(np.dtype(dtype) == np.float64), kc, mc,
-                         nc, threads)
+                         nc, ahead, threads)
     if rc == -1:
         raise ValueError(f"unknown ISA {isa!r} (expected one of {supported_isas()}) or "
                          f"a negative thread count ({threads})")
     if rc == -2:
-        raise ValueError(f"block sizes kc={kc}, mc={mc}, nc={nc} cannot be used on {isa}: kc "
-                         f"a multiple of {FL_SUM_BLOCK}, mc of the tile's rows, nc of its "
-                         f"columns, each positive and at most 2**20")
+        raise ValueError(f"block sizes kc={kc}, mc={mc}, nc={nc}, ahead={ahead} cannot be "
+                         f"used on {isa}: kc a multiple of {FL_SUM_BLOCK}, mc of the tile's "
+                         f"rows, nc of its columns, each positive and at most 2**20; ahead "
+                         f"a multiple of 64 up to 65536")
     if rc == -3:
         raise ValueError(f"8 thread counts already have block sizes of their own on {isa}")
 

@@ -6,8 +6,9 @@ set (fastlinear, OpenMP, threadpoolctl, torch), as the C driver picks them per c
 order of each sum is fixed by k alone, so block sizes change the speed, never the bits.
 
 Stored results: $XDG_CACHE_HOME/fastlinear/tuning.json (default ~/.cache/fastlinear),
-{"version": 1, "entries": {key: {"float32": [kc, mc, nc], "float64": [...]}}} with key
-"<cpu model>|<isa>|<threads>|<fastlinear version>". FASTLINEAR_TUNING=off ignores it; a
+{"version": 1, "entries": {key: {"float32": [kc, mc, nc, ahead], "float64": [...]}}}
+with key "<cpu model>|<isa>|<threads>|<fastlinear version>"; ahead (how far ahead tiles
+of several rows prefetch weights that come from cache, bytes) may be left out: 0. FASTLINEAR_TUNING=off ignores it; a
 file that cannot be read or holds unusable values is ignored with a warning."""
 from __future__ import annotations
 
@@ -29,10 +30,11 @@ VALUE_TYPES = ("float32", "float64")
 REFERENCE_CACHES = {1: 32 << 10, 2: 1 << 20, 3: 32 << 20}
 KC_LEVEL = {"ref": 2, "avx2": 1, "avx512": 2, "avx512_vnni": 2}
 
-# What apply() set, per (isa, value type): the sizes for any thread count (kc, mc, nc),
-# and where they came from; and per (isa, value type, threads), the tuned ones.
-in_force: dict[tuple[str, str], tuple[tuple[int, int, int], str]] = {}
-tuned: dict[tuple[str, str, int], tuple[int, int, int]] = {}
+# What apply() set, per (isa, value type): the sizes for any thread count (kc, mc, nc,
+# ahead), and where they came from; and per (isa, value type, threads), the tuned ones.
+Blocks = tuple[int, int, int, int]
+in_force: dict[tuple[str, str], tuple[Blocks, str]] = {}
+tuned: dict[tuple[str, str, int], Blocks] = {}
 
 
 @functools.lru_cache(maxsize=1)
@@ -188,7 +190,7 @@ def apply() -> None:
         del tuned[isa, dtype, threads]
     for isa in _core.supported_isas():
         for dtype in VALUE_TYPES:
-            blocks = derived(isa, dtype)
+            blocks = derived(isa, dtype) + (0,)
             _core.set_blocking(isa, dtype, *blocks)
             in_force[isa, dtype] = (blocks, "derived from the caches")
         for entry_key, stored in entries.items():
@@ -197,9 +199,12 @@ def apply() -> None:
                 continue
             for dtype in VALUE_TYPES:
                 try:
-                    kc, mc, nc = (int(v) for v in stored[dtype])
-                    _core.set_blocking(isa, dtype, kc, mc, nc, threads=count)
-                    tuned[isa, dtype, count] = (kc, mc, nc)
+                    values = [int(v) for v in stored[dtype]]
+                    if len(values) not in (3, 4):
+                        raise ValueError(f"{values}: expected [kc, mc, nc, ahead]")
+                    kc, mc, nc, ahead = (values + [0])[:4]
+                    _core.set_blocking(isa, dtype, kc, mc, nc, ahead, threads=count)
+                    tuned[isa, dtype, count] = (kc, mc, nc, ahead)
                 except (KeyError, TypeError, ValueError) as exc:
                     warnings.warn(f"fastlinear: ignoring the stored tuning of {isa} "
                                   f"{dtype} for {count} threads in {path()}: {exc}",
@@ -208,10 +213,11 @@ def apply() -> None:
 
 def describe(threads: int) -> dict:
     """{"avx512 float32": "kc=512 mc=144 nc=8192 (derived from the caches)", ...}: the
-    sizes calls of `threads` threads use."""
+    sizes calls of `threads` threads use (and their prefetch distance where not 0)."""
     out = {}
     for (isa, dtype), (b, source) in sorted(in_force.items()):
         if (isa, dtype, threads) in tuned:
             b, source = tuned[isa, dtype, threads], f"tuned for {threads} threads ({path()})"
-        out[f"{isa} {dtype}"] = f"kc={b[0]} mc={b[1]} nc={b[2]} ({source})"
+        ahead = f" ahead={b[3]}" if b[3] else ""
+        out[f"{isa} {dtype}"] = f"kc={b[0]} mc={b[1]} nc={b[2]}{ahead} ({source})"
     return out

@@ -1,12 +1,14 @@
-"""Finds the block sizes (KC, MC, NC) that run fastlinear fastest on this machine, for
-the ISA path and thread count in use, and stores them for every later process
-(fastlinear._tuning says where and how they are applied):
+"""Finds the block sizes (KC, MC, NC), and the prefetch distance for weights that come
+from cache, that run fastlinear fastest on this machine, for the ISA path and thread
+count in use, and stores them for every later process (fastlinear._tuning says where
+and how they are applied):
 
     python -m fastlinear.tune [--seconds 30]      or      fastlinear.tune()
 
 The search keeps the bits: KC is a multiple of the summation block, MC of the tile's
 rows, NC of its columns, and the tile itself is the compiled one, so every candidate
-computes each output with the same operations (tests/test_tuning.py checks it)."""
+computes each output with the same operations; a prefetch changes no value
+(tests/test_tuning.py checks both)."""
 from __future__ import annotations
 
 import argparse
@@ -28,21 +30,27 @@ MARGIN = 0.97
 # k block's weight slice against the tile's loads), x packed in row blocks (MC), and a
 # weight slab larger than L2 (NC).
 SHAPES = ((32, 768, 3072), (256, 1024, 1024), (512, 2048, 2048))
+# How far ahead tiles of several rows may ask for weights that come from cache (bytes):
+# a few k rows to a few blocks of rows, for CPUs whose hardware prefetch falls behind a
+# stream from L2 or L3. On a Zen 4 (2 threads, AVX-512 and AVX2) none of these moved the
+# search's shapes by more than the noise (1-2%), so the derived default is none.
+AHEADS = (512, 2048, 8192)
 
 
-def candidates(isa: str, dtype: str = "float32") -> list[tuple[int, int, int]]:
-    """The block sizes the search tries: the derived defaults, then each size alone
-    moved around them (coordinate by coordinate)."""
+def candidates(isa: str, dtype: str = "float32") -> list[tuple[int, int, int, int]]:
+    """The block sizes and prefetch distances the search tries: the derived sizes
+    without prefetch, then each coordinate alone moved around them."""
     kc0, mc0, nc0 = _tuning.derived(isa, dtype)
     b = _core.default_blocking(isa, dtype)
     s, mr, nr = _core.SUM_BLOCK, b["mr"], b["nr"]
     kcs = sorted({kc for kc in (s, 2 * s, 3 * s, 4 * s, 6 * s, 8 * s, kc0)})
     mcs = sorted({max(mr, round(mc0 * f / mr) * mr) for f in (0.5, 0.75, 1, 1.5, 2)})
     ncs = sorted({max(nr, round(nc0 * f / nr) * nr) for f in (0.5, 1, 2)})
-    out = [(kc0, mc0, nc0)]
-    out += [(kc, mc0, nc0) for kc in kcs if kc != kc0]
-    out += [(kc0, mc, nc0) for mc in mcs if mc != mc0]
-    out += [(kc0, mc0, nc) for nc in ncs if nc != nc0]
+    out = [(kc0, mc0, nc0, 0)]
+    out += [(kc, mc0, nc0, 0) for kc in kcs if kc != kc0]
+    out += [(kc0, mc, nc0, 0) for mc in mcs if mc != mc0]
+    out += [(kc0, mc0, nc, 0) for nc in ncs if nc != nc0]
+    out += [(kc0, mc0, nc0, ahead) for ahead in AHEADS]
     return out
 
 
@@ -88,11 +96,11 @@ class _Progress:
 
 
 def tune(seconds: float = 30.0, verbose: bool = True, store: bool = True) -> dict:
-    """Searches float32 block sizes for the ISA and thread count in use (interleaved
-    rounds, best of each: these hosts' speed moves; the derived defaults kept unless a
-    candidate beats them by 3%), stores the result with the derived float64 ones
-    (unless store=False) and applies it. Returns {"isa", "threads",
-    "float32": (kc, mc, nc), "float64": ..., "speedup": default time / best time,
+    """Searches float32 block sizes and prefetch distances for the ISA and thread count in
+    use (interleaved rounds, best of each: these hosts' speed moves; the derived defaults
+    kept unless a candidate beats them by 3%), stores the result with the derived float64
+    ones (unless store=False) and applies it. Returns {"isa", "threads",
+    "float32": (kc, mc, nc, ahead), "float64": ..., "speedup": default time / best time,
     "file"}."""
     import fastlinear as fl  # the layers being timed (fastlinear imports this module lazily)
 
@@ -110,7 +118,7 @@ def tune(seconds: float = 30.0, verbose: bool = True, store: bool = True) -> dic
             for c in cands:
                 _core.set_blocking(isa, "float32", *c, threads=threads)
                 best[c] = min(best[c], _time_shapes(layers, xs))
-                progress.step(f"kc={c[0]} mc={c[1]} nc={c[2]}")
+                progress.step(f"kc={c[0]} mc={c[1]} nc={c[2]} ahead={c[3]}")
             rounds += 1
     finally:
         progress.close()
@@ -120,7 +128,7 @@ def tune(seconds: float = 30.0, verbose: bool = True, store: bool = True) -> dic
     chosen = fastest if best[fastest] < MARGIN * best[cands[0]] else cands[0]
     result: dict[str, Any] = {
         "isa": isa, "threads": threads, "float32": chosen,
-        "float64": _tuning.derived(isa, "float64"),
+        "float64": _tuning.derived(isa, "float64") + (0,),
         "speedup": best[cands[0]] / best[chosen], "rounds": rounds, "file": None}
     if store:
         entries = dict(_tuning.read()) if _tuning.enabled() else {}
@@ -142,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     r = tune(args.seconds, verbose=True, store=not args.dry_run)
     print(f"{_tuning.cpu_model()}, {r['isa']} path, {r['threads']} threads, "
           f"{r['rounds']} rounds: float32 kc={r['float32'][0]} mc={r['float32'][1]} "
-          f"nc={r['float32'][2]}, {r['speedup']:.3f}x the derived defaults on "
+          f"nc={r['float32'][2]} ahead={r['float32'][3]}, {r['speedup']:.3f}x the derived "
+          f"defaults on "
           f"{', '.join('x'.join(map(str, s)) for s in SHAPES)}")
     print(f"stored in {r['file']}" if r["file"] else "not stored (--dry-run)")
     return 0

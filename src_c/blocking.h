@@ -25,7 +25,8 @@
 
 /* The kernels prefetch the weights this far ahead of the k step they compute, where a
  * call's weights exceed half the last-level cache (fl_set_cache_bytes: smaller ones stay in
- * cache between calls and are read faster without): one 16 KiB slice ahead, so that while a
+ * cache between calls and are read faster without, unless fastlinear.tune found a distance
+ * that pays for them: kernel.h's fl_blocks): one 16 KiB slice ahead, so that while a
  * row block re-reads the slice in cache (M > MR), or while a single row streams it, the
  * next one is already on its way from memory. Measured (avx2, 2 threads, float32):
  * 8x4096x4096 1883 -> 1239 us, 1x4096x4096 898 -> 486 us (4 KiB ahead: 1471 and 609; 32

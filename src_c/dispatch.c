@@ -65,11 +65,11 @@ size_t fl_cache_bytes(void) { return atomic_load_explicit(&cache_bytes, memory_o
 
 /* Block sizes set by fl_set_blocking, per ISA and value type: slot 0 for calls of any
  * thread count (0: the ISA's own), then up to FL_COUNTS thread counts whose calls use
- * sizes of their own (tuned for them), each slot {threads, kc, mc, nc}, threads 0 when
- * free. Every value is valid on its own, so a call that reads them while another thread
- * sets them gets sizes it can use (the bits never depend on them). */
-enum { FL_COUNTS = 8 };
-static atomic_size_t chosen[N_ISAS][2][1 + FL_COUNTS][4];
+ * sizes of their own (tuned for them), each slot {threads, kc, mc, nc, ahead}, threads 0
+ * when free. Every value is valid on its own, so a call that reads them while another
+ * thread sets them gets sizes it can use (the bits never depend on them). */
+enum { FL_COUNTS = 8, FL_AHEAD_MOST = 4 * FL_PREFETCH_BYTES };
+static atomic_size_t chosen[N_ISAS][2][1 + FL_COUNTS][5];
 
 static int isa_index(const fl_isa *isa)
 {
@@ -84,7 +84,7 @@ static size_t load(atomic_size_t *v) { return atomic_load_explicit(v, memory_ord
 fl_blocks fl_blocks_in_force(const fl_isa *isa, fl_dtype dtype, int threads)
 {
     const fl_kernel *k = &isa->k[dtype];
-    fl_blocks bl = {k->kc, k->mc, k->nc};
+    fl_blocks bl = {k->kc, k->mc, k->nc, 0};
     const int i = isa_index(isa), v = fl_formats[dtype].values == FL_F64;
     if (i < 0)
         return bl;
@@ -94,11 +94,12 @@ fl_blocks fl_blocks_in_force(const fl_isa *isa, fl_dtype dtype, int threads)
             s = j;
     const size_t kc = load(&chosen[i][v][s][1]), mc = load(&chosen[i][v][s][2]),
                  nc = load(&chosen[i][v][s][3]);
-    return (fl_blocks){kc ? kc : bl.kc, mc ? mc : bl.mc, nc ? nc : bl.nc};
+    return (fl_blocks){kc ? kc : bl.kc, mc ? mc : bl.mc, nc ? nc : bl.nc,
+                       load(&chosen[i][v][s][4])};
 }
 
 int fl_set_blocking(const char *name, fl_dtype dtype, size_t kc, size_t mc, size_t nc,
-                    int threads)
+                    size_t ahead, int threads)
 {
     int i = 0;
     while (i < N_ISAS && strcmp(all_isas[i]->name, name) != 0)
@@ -109,7 +110,7 @@ int fl_set_blocking(const char *name, fl_dtype dtype, size_t kc, size_t mc, size
     const size_t most = (size_t)1 << 20;
     const int clear = !kc && !mc && !nc;
     if (!clear && (!kc || kc % FL_SUM_BLOCK || kc > most || !mc || mc % k->mr || mc > most
-                   || !nc || nc % k->nr || nc > most))
+                   || !nc || nc % k->nr || nc > most || ahead % 64 || ahead > FL_AHEAD_MOST))
         return -2;
     const int v = fl_formats[dtype].values == FL_F64;
     int s = 0, free_slot = 0;  /* threads 0: slot 0; else this count's slot or a free one */
@@ -133,6 +134,7 @@ int fl_set_blocking(const char *name, fl_dtype dtype, size_t kc, size_t mc, size
     atomic_store_explicit(&slot[1], kc, memory_order_relaxed);
     atomic_store_explicit(&slot[2], mc, memory_order_relaxed);
     atomic_store_explicit(&slot[3], nc, memory_order_relaxed);
+    atomic_store_explicit(&slot[4], clear ? 0 : ahead, memory_order_relaxed);
     if (s && !clear)  /* then claimed, its sizes in place */
         atomic_store_explicit(&slot[0], (size_t)threads, memory_order_release);
     return 0;
@@ -143,7 +145,7 @@ int fl_default_blocking(const char *name, fl_dtype dtype, fl_blocking *out)
     for (int i = 0; i < N_ISAS; i++)
         if (strcmp(all_isas[i]->name, name) == 0) {
             const fl_kernel *k = &all_isas[i]->k[dtype];
-            *out = (fl_blocking){k->mr, k->nr, k->kc, k->mc, k->nc, FL_DIRECT_X_MAX_BYTES};
+            *out = (fl_blocking){k->mr, k->nr, k->kc, k->mc, k->nc, 0, FL_DIRECT_X_MAX_BYTES};
             return 0;
         }
     return -1;
@@ -154,5 +156,5 @@ void fl_get_blocking(fl_dtype dtype, int threads, fl_blocking *out)
     const fl_isa *isa = fl_current_isa();
     const fl_kernel *k = &isa->k[dtype];
     const fl_blocks bl = fl_blocks_in_force(isa, dtype, threads);
-    *out = (fl_blocking){k->mr, k->nr, bl.kc, bl.mc, bl.nc, FL_DIRECT_X_MAX_BYTES};
+    *out = (fl_blocking){k->mr, k->nr, bl.kc, bl.mc, bl.nc, bl.ahead, FL_DIRECT_X_MAX_BYTES};
 }

@@ -15,6 +15,7 @@ typedef struct {
     size_t xbuf_bytes;  /* per thread: a block of packed x (pack_x) ... */
     size_t buf_bytes;   /* ... then one widened KC x NR block of weights (widen): the
                            scratch each thread needs, 0 for none */
+    int streamed;       /* the weights come from memory, not from cache */
     size_t ahead;       /* the kernels' prefetch distance (kernel.h) */
     size_t kq, ldq;     /* FL_I8Q, FL_I4Q: values and bytes of a quantized row of x, ... */
     size_t nxs;         /* ... its scales (FL_I4Q: one per group), ... */

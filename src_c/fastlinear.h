@@ -179,20 +179,22 @@ const char *fl_isa_name(void);
 int fl_set_isa(const char *name);
 /* Name of the i-th ISA this CPU and build support, best last; NULL past the end. */
 const char *fl_supported_isa(int i);
-/* Block sizes (kernel.h): the register tile MR x NR, the k, row and column blocks, and
- * the most bytes of x read in place. */
-typedef struct { size_t mr, nr, kc, mc, nc, direct_x_max_bytes; } fl_blocking;
-/* Sets the block sizes (kernel.h: KC, MC, NC) that calls with weights of `dtype`'s value
- * type (float32 for every format but FL_F64) use on the named ISA from their next start
- * on: `threads` 0, calls of any thread count (all three 0: the ISA's own again);
- * `threads` > 0, only calls of that many threads, which then ignore the sizes for any
- * count (all three 0: they no longer do). They never change the bits (the order of each
- * sum is fixed by k alone), only the speed. Returns 0, -1 for an unknown ISA or a
+/* Block sizes (kernel.h): the register tile MR x NR, the k, row and column blocks, how
+ * far ahead tiles of several rows ask for weights that come from cache (bytes, 0: they
+ * do not), and the most bytes of x read in place. */
+typedef struct { size_t mr, nr, kc, mc, nc, ahead, direct_x_max_bytes; } fl_blocking;
+/* Sets the block sizes (kernel.h: KC, MC, NC, and the prefetch distance `ahead` for
+ * weights that come from cache) that calls with weights of `dtype`'s value type
+ * (float32 for every format but FL_F64) use on the named ISA from their next start on:
+ * `threads` 0, calls of any thread count (kc, mc, nc all 0: the ISA's own again, no
+ * prefetch); `threads` > 0, only calls of that many threads, which then ignore the sizes
+ * for any count (all 0: they no longer do). They never change the bits (the order of
+ * each sum is fixed by k alone), only the speed. Returns 0, -1 for an unknown ISA or a
  * negative count, -2 for sizes the kernel cannot take (kc a multiple of FL_SUM_BLOCK, mc
- * of MR, nc of NR, all positive and at most 2^20), -3 where 8 thread counts already have
- * sizes of their own. */
+ * of MR, nc of NR, all positive and at most 2^20; ahead a multiple of 64 up to 64 KiB),
+ * -3 where 8 thread counts already have sizes of their own. */
 int fl_set_blocking(const char *isa, fl_dtype dtype, size_t kc, size_t mc, size_t nc,
-                    int threads);
+                    size_t ahead, int threads);
 /* The named ISA's own block sizes for `dtype` (its kernels/<isa>.c): 0, or -1 for an
  * ISA this build lacks. */
 int fl_default_blocking(const char *isa, fl_dtype dtype, fl_blocking *out);

@@ -19,6 +19,7 @@ typedef struct {
     char *y;
     size_t ldy;
     size_t ahead;           /* the kernels' prefetch distance for packed weights */
+    int streamed;           /* whether they come from memory (fl_plan) */
     const char *q;          /* FL_I8Q: x quantized, rows ldq bytes apart, ... */
     size_t ldq;
     const float *xs;        /* ... and their scales, nxs per row */
@@ -156,7 +157,7 @@ static void run_direct(const fl_job *jb, size_t r0, size_t r1, size_t q0, size_t
             const size_t kc = min_sz(jb->bl.kc, k - pc);
             const fl_weights wt = weights(jb, q, pc, kc, wbuf);
             for (size_t ir = r0, h; ir < r1; ir += h) {
-                h = tile_rows(kr->mr, r1 - ir, jb->ahead != 0);
+                h = tile_rows(kr->mr, r1 - ir, jb->streamed);
                 run_tile(jb, wt, q, np, pc, kc, jb->x + (ir * jb->ldx + pc) * size,
                          (ptrdiff_t)jb->ldx, 1, ir, h);
             }
@@ -257,7 +258,7 @@ void fl_gemm_share(const fl_packed *p, const void *b, const fl_plan *pl,
         return;
     const int any = ep && (ep->act != FL_ACT_NONE || ep->scale);
     fl_job jb = {p, pl->bl, 0, NULL, 0, b, any ? ep : NULL, m, x, ldx, y, ldy, pl->ahead,
-                 NULL, 0, NULL, pl->nxs};
+                 pl->streamed, NULL, 0, NULL, pl->nxs};
     if (fl_formats[p->dtype].quantizes_x) {
         /* each row quantized once, by one thread of the team, before any tile reads it */
         jb.q = shared;
@@ -281,12 +282,14 @@ fl_plan fl_plan_gemm(const fl_packed *p, size_t m, size_t team, fl_blocks bl)
     const size_t size = fl_value_size(p->dtype);
     fl_plan pl = {0};
     pl.bl = bl;
-    /* Weights that stay in cache between calls are read fastest with no software
-     * prefetch (it took 1x768x3072, 9 MiB, from 52 to 80 us on Zen 4; the MLP of
-     * docs/performance.md at batch 1 from 23-26 to 32-35 us); weights streamed from
-     * memory need it (blocking.h). */
-    pl.ahead = (double)p->panels * (double)p->panel_bytes > (double)fl_cache_bytes() / 2
-               ? FL_PREFETCH_BYTES : 0;
+    /* Weights streamed from memory need a software prefetch (blocking.h). Those that
+     * stay in cache between calls are read fastest without one on Zen 4 (it took
+     * 1x768x3072, 9 MiB, from 52 to 80 us; the MLP of docs/performance.md at batch 1
+     * from 23-26 to 32-35 us): a single row never asks; tiles of several rows, which
+     * compute longer per byte, ask bl.ahead ahead (0 unless fastlinear.tune found a
+     * distance that pays on this machine). */
+    pl.streamed = (double)p->panels * (double)p->panel_bytes > (double)fl_cache_bytes() / 2;
+    pl.ahead = pl.streamed ? FL_PREFETCH_BYTES : m > 1 ? bl.ahead : 0;
     pl.pack_x = (double)m * (double)p->k * (double)size > FL_DIRECT_X_MAX_BYTES
                 || (kr->widen_rows && m >= kr->widen_rows);
     /* Compressed weights are widened into a buffer where their kernel is missing, and
@@ -386,7 +389,7 @@ int fl_forward_plain(fl_dtype dtype, size_t n, size_t k, const void *w, size_t l
     const fl_packed shape = {isa, kr, dtype, n, k, 0, (n + kr->nr - 1) / kr->nr, 0, NULL,
                              NULL};
     const fl_job jb = {&shape, fl_blocks_in_force(isa, dtype, nthreads), 1, w, ldw, b,
-                       NULL, m, x, ldx, y, ldy, 0, NULL, 0, NULL, 0};
+                       NULL, m, x, ldx, y, ldy, 0, 0, NULL, 0, NULL, 0};
     size_t threads = fl_threads_begin((double)m * (double)n * (double)k, nthreads);
     threads = min_sz(threads, shape.panels);
     /* per thread: one panel of weights, K x NR values, whole cache lines */

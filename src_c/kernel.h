@@ -173,8 +173,9 @@ void fl_expand(const fl_packed *p, size_t q, size_t pc, size_t kc, float *dst);
 
 /* The block sizes a call of `threads` threads (as its caller asked) uses: fl_kernel's
  * kc, mc, nc unless fl_set_blocking() chose others for the ISA, the weights' value type
- * and that count, or for any count; read once per call, into its plan. */
-typedef struct { size_t kc, mc, nc; } fl_blocks;
+ * and that count, or for any count; and how far ahead its tiles of several rows prefetch
+ * weights that come from cache (0 unless set so). Read once per call, into its plan. */
+typedef struct { size_t kc, mc, nc, ahead; } fl_blocks;
 fl_blocks fl_blocks_in_force(const fl_isa *isa, fl_dtype dtype, int threads);
 /* fl_set_cache_bytes()'s value (dispatch.c). */
 size_t fl_cache_bytes(void);

@@ -41,11 +41,11 @@ def _outputs(dtype):
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_every_candidate_gives_the_same_bits(isa, dtype, cache_dir):
     expected = _outputs(dtype)
-    for kc, mc, nc in fl.tune.candidates(isa, dtype):
-        _core.set_blocking(isa, dtype, kc, mc, nc)
-        assert _core.blocking(dtype)["kc"] == kc
+    for kc, mc, nc, ahead in fl.tune.candidates(isa, dtype):
+        _core.set_blocking(isa, dtype, kc, mc, nc, ahead)
+        assert (_core.blocking(dtype)["kc"], _core.blocking(dtype)["ahead"]) == (kc, ahead)
         for got, want in zip(_outputs(dtype), expected):
-            assert got.tobytes() == want.tobytes(), (kc, mc, nc)
+            assert got.tobytes() == want.tobytes(), (kc, mc, nc, ahead)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -80,7 +80,8 @@ def test_tune_stores_and_applies_per_cpu_isa_and_threads(cache_dir):
         stored = json.load(f)
     entry = stored["entries"][_tuning.key(result["isa"], result["threads"])]
     assert tuple(entry["float32"]) == result["float32"]
-    assert tuple(_core.blocking(np.float32)[k] for k in ("kc", "mc", "nc")) == result["float32"]
+    assert tuple(_core.blocking(np.float32)[k]
+                 for k in ("kc", "mc", "nc", "ahead")) == result["float32"]
     assert "tuned" in _tuning.describe(result["threads"])[f"{result['isa']} float32"]
 
 
@@ -96,8 +97,8 @@ def test_each_thread_count_uses_the_sizes_tuned_for_it(cache_dir):
     """However the count is set: the C driver picks the sizes per call, by the count the
     call asks for; a count that was not tuned uses the derived sizes."""
     isa, own = _core.isa_name(), _core.default_blocking(_core.isa_name(), "float32")
-    mine = {1: [_core.SUM_BLOCK, own["mr"], own["nr"]],
-            2: [2 * _core.SUM_BLOCK, 2 * own["mr"], 2 * own["nr"]]}
+    mine = {1: [_core.SUM_BLOCK, own["mr"], own["nr"], 0],
+            2: [2 * _core.SUM_BLOCK, 2 * own["mr"], 2 * own["nr"], 2048]}
     (cache_dir / "fastlinear").mkdir()
     (cache_dir / "fastlinear" / "tuning.json").write_text(json.dumps({"version": 1, "entries": {
         _tuning.key(isa, n): {"float32": b, "float64": [512, 72, 4096]}
@@ -105,14 +106,15 @@ def test_each_thread_count_uses_the_sizes_tuned_for_it(cache_dir):
     _tuning.apply()
 
     def blocks(**kw):
-        return [_core.blocking(np.float32, **kw)[k] for k in ("kc", "mc", "nc")]
+        return [_core.blocking(np.float32, **kw)[k] for k in ("kc", "mc", "nc", "ahead")]
 
     assert blocks(threads=1) == mine[1] and blocks(threads=2) == mine[2]
-    assert blocks(threads=3) == list(_tuning.derived(isa, "float32"))
+    assert blocks(threads=3) == list(_tuning.derived(isa, "float32")) + [0]
     for n in (1, 2):
         with fl.threads(n):
             assert blocks() == mine[n]
-            assert f"tuned for {n} threads" in fl.show_config("dicts")["block_sizes"][0]
+            shown = fl.show_config("dicts")["block_sizes"][0]
+            assert f"tuned for {n} threads" in shown and ("ahead=2048" in shown) == (n == 2)
     threadpoolctl = pytest.importorskip("threadpoolctl")
     with threadpoolctl.threadpool_limits(1, user_api="openmp"):
         if fl.get_num_threads() == 1:  # the default follows OpenMP's count
@@ -158,11 +160,15 @@ def test_an_unusable_file_is_ignored_with_a_warning(cache_dir, content):
         _tuning.derived(_core.isa_name(), "float32"))
 
 
-def test_values_the_kernel_cannot_take_are_not_trusted(cache_dir):
-    _store(cache_dir, [100, 7, 3])  # kc not a multiple of the summation block
+@pytest.mark.parametrize("float32", [[100, 7, 3],  # kc not a multiple of the summation block
+                                     [512, 144, 8192, 100],  # ahead not whole cache lines
+                                     [512, 144, 8192, 0, 0]])
+def test_values_the_kernel_cannot_take_are_not_trusted(cache_dir, float32):
+    _store(cache_dir, float32)
     with pytest.warns(RuntimeWarning, match="ignoring the stored tuning"):
         _tuning.apply()
     assert _core.blocking(np.float32)["kc"] % _core.SUM_BLOCK == 0
+    assert _core.blocking(np.float32)["ahead"] == 0
 
 
 def test_another_cpus_entry_is_not_used(cache_dir):
@@ -180,8 +186,10 @@ def test_another_cpus_entry_is_not_used(cache_dir):
 
 def test_bad_block_sizes_are_refused():
     isa = _core.isa_name()
-    for kc, mc, nc in ((100, 144, 8192), (512, 0, 8192), (512, 144, 7), (1 << 21, 144, 8192)):
+    for kc, mc, nc, ahead in ((100, 144, 8192, 0), (512, 0, 8192, 0), (512, 144, 7, 0),
+                              (1 << 21, 144, 8192, 0), (512, 144, 8192, 100),
+                              (512, 144, 8192, 1 << 17)):
         with pytest.raises(ValueError, match="cannot be used"):
-            _core.set_blocking(isa, "float32", kc, mc, nc)
+            _core.set_blocking(isa, "float32", kc, mc, nc, ahead)
     with pytest.raises(ValueError, match="unknown ISA"):
         _core.set_blocking("sse9", "float32", 512, 144, 8192)
