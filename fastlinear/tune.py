@@ -54,17 +54,17 @@ def candidates(isa: str, dtype: str = "float32") -> list[tuple[int, int, int, in
     return out
 
 
-def _time_shapes(layers, xs) -> float:
-    """Best-of-3 seconds of each shape, summed relative to nothing (raw seconds)."""
-    total = 0.0
+def _time_shapes(layers, xs) -> list[float]:
+    """Best-of-3 seconds of each shape."""
+    times = []
     for layer, x in zip(layers, xs):
         best = float("inf")
         for _ in range(3):
             t = time.perf_counter()
             layer(x)
             best = min(best, time.perf_counter() - t)
-        total += best
-    return total
+        times.append(best)
+    return times
 
 
 class _Progress:
@@ -98,10 +98,10 @@ class _Progress:
 def tune(seconds: float = 30.0, verbose: bool = True, store: bool = True) -> dict:
     """Searches float32 block sizes and prefetch distances for the ISA and thread count in
     use (interleaved rounds, best of each: these hosts' speed moves; the derived defaults
-    kept unless a candidate beats them by 3%), stores the result with the derived float64
-    ones (unless store=False) and applies it. Returns {"isa", "threads",
-    "float32": (kc, mc, nc, ahead), "float64": ..., "speedup": default time / best time,
-    "file"}."""
+    kept unless a candidate takes 3% less time than they do, averaged over the shapes),
+    stores the result with the derived float64 ones (unless store=False) and applies it.
+    Returns {"isa", "threads", "float32": (kc, mc, nc, ahead), "float64": ...,
+    "speedup": the derived defaults' time / the chosen's, averaged so, "file"}."""
     import fastlinear as fl  # the layers being timed (fastlinear imports this module lazily)
 
     isa, threads = _core.isa_name(), get_num_threads()
@@ -109,7 +109,7 @@ def tune(seconds: float = 30.0, verbose: bool = True, store: bool = True) -> dic
     rng = np.random.default_rng(0)
     layers = [fl.Linear(k, n, rng=rng, backend="native") for _, k, n in SHAPES]
     xs = [rng.standard_normal((m, k)).astype(np.float32) for m, k, _ in SHAPES]
-    best = {c: float("inf") for c in cands}
+    best = {c: [float("inf")] * len(SHAPES) for c in cands}  # per shape
     start = time.perf_counter()
     rounds = 0
     progress = _Progress(len(cands) * ROUNDS, verbose)
@@ -117,19 +117,24 @@ def tune(seconds: float = 30.0, verbose: bool = True, store: bool = True) -> dic
         while rounds < ROUNDS and (rounds == 0 or time.perf_counter() - start < seconds):
             for c in cands:
                 _core.set_blocking(isa, "float32", *c, threads=threads)
-                best[c] = min(best[c], _time_shapes(layers, xs))
+                best[c] = [min(b, t) for b, t in zip(best[c], _time_shapes(layers, xs))]
                 progress.step(f"kc={c[0]} mc={c[1]} nc={c[2]} ahead={c[3]}")
             rounds += 1
     finally:
         progress.close()
         _core.set_blocking(isa, "float32", 0, 0, 0, threads=threads)  # the search's
         _tuning.apply()  # what was in force, until the result is stored
-    fastest = min(cands, key=lambda c: best[c])
-    chosen = fastest if best[fastest] < MARGIN * best[cands[0]] else cands[0]
+    # Each shape counts alike: a candidate's times over the derived sizes', averaged (the
+    # raw sum would be the largest shape's alone, 90% of it).
+    def relative(c):
+        return sum(t / t0 for t, t0 in zip(best[c], best[cands[0]])) / len(SHAPES)
+
+    fastest = min(cands, key=relative)
+    chosen = fastest if relative(fastest) < MARGIN else cands[0]
     result: dict[str, Any] = {
         "isa": isa, "threads": threads, "float32": chosen,
         "float64": _tuning.derived(isa, "float64") + (0,),
-        "speedup": best[cands[0]] / best[chosen], "rounds": rounds, "file": None}
+        "speedup": 1 / relative(chosen), "rounds": rounds, "file": None}
     if store:
         entries = dict(_tuning.read()) if _tuning.enabled() else {}
         entries[_tuning.key(isa, threads)] = {"float32": list(chosen),
