@@ -18,6 +18,7 @@ import numpy as np
 
 import fastlinear as fl
 
+from .. import _tuning
 from .._tuning import cpu_model  # the name the tuning file is keyed by, too
 from . import limits
 
@@ -256,12 +257,16 @@ class Progress:
 # -- the machine ------------------------------------------------------------------------
 
 def describe(dtype, threads):
-    """Prints two lines naming what is measured (versions, ISA path, CPU; the first at
-    once, before the probes run), then the path's limits at the start; returns those
-    limits for the JSON (None where there is no C compiler)."""
+    """Prints lines naming what is measured (versions, ISA path, CPU; the block sizes in
+    force, tuned or derived: both at once, before the probes run), then the path's limits
+    at the start; returns those limits for the JSON (None where there is no C
+    compiler)."""
     isa = fl._core.isa_name()
     print(f"fastlinear {fl.__version__}, {np.dtype(dtype).name}, {threads} threads, "
           f"ISA path {isa}, {cpu_model()}", flush=True)
+    values = "float64" if np.dtype(dtype) == np.float64 else "float32"
+    print(f"block sizes {_tuning.describe(threads).get(f'{isa} {values}', '-')}",
+          flush=True)
     peak = limits.fma_peak(dtype, threads, runs=40)
     bw = {mib: limits.read_bandwidth(mib << 20, threads) for mib in PROBED_MIB}
     if peak is None:
