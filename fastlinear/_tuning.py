@@ -8,8 +8,9 @@ order of each sum is fixed by k alone, so block sizes change the speed, never th
 Stored results: $XDG_CACHE_HOME/fastlinear/tuning.json (default ~/.cache/fastlinear),
 {"version": 1, "entries": {key: {"float32": [kc, mc, nc, ahead], "float64": [...]}}}
 with key "<cpu model>|<isa>|<threads>|<fastlinear version>"; ahead (how far ahead tiles
-of several rows prefetch weights that come from cache, bytes) may be left out: 0. FASTLINEAR_TUNING=off ignores it; a
-file that cannot be read or holds unusable values is ignored with a warning."""
+of several rows prefetch weights that come from cache, bytes) may be left out: 0.
+FASTLINEAR_TUNING=off ignores the file; a file that cannot be read or holds unusable
+values is ignored with a warning."""
 from __future__ import annotations
 
 import functools

@@ -192,9 +192,10 @@ FL_UNROLL
 /* One instance per tile height the driver asks for (kernel.h: MR, then powers of two
  * below it). Compressed weights run in tiles of at most WIDENED_ROWS rows (the same bits:
  * rows are independent). */
-INLINE void rows(const fl_dtype dt, const size_t nv, size_t m, size_t kc, const char *a, const ptrdiff_t a_rs,
-                 const ptrdiff_t a_cs, const char *w, size_t ahead, size_t group, char *y, size_t ldy,
-                 size_t n, int first, const char *scale, const char *bias)
+INLINE void rows(const fl_dtype dt, const size_t nv, size_t m, size_t kc, const char *a,
+                 const ptrdiff_t a_rs, const ptrdiff_t a_cs, const char *w, size_t ahead,
+                 size_t group, char *y, size_t ldy, size_t n, int first, const char *scale,
+                 const char *bias)
 {
     if (m == MR && fl_formats[dt].widens && (int)WIDENED_ROWS < (int)MR) {
         const size_t h = WIDENED_ROWS, size = fl_value_size(dt);
