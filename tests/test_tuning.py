@@ -193,3 +193,5 @@ def test_bad_block_sizes_are_refused():
             _core.set_blocking(isa, "float32", kc, mc, nc, ahead)
     with pytest.raises(ValueError, match="unknown ISA"):
         _core.set_blocking("sse9", "float32", 512, 144, 8192)
+    with pytest.raises(ValueError, match="negative thread count"):
+        _core.set_blocking(isa, "float32", 512, 144, 8192, threads=-1)
