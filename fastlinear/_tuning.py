@@ -218,7 +218,7 @@ def describe(threads: int) -> dict:
     out = {}
     for (isa, dtype), (b, source) in sorted(in_force.items()):
         if (isa, dtype, threads) in tuned:
-            b, source = tuned[isa, dtype, threads], f"tuned for {threads} threads ({path()})"
+            b, source = tuned[isa, dtype, threads], f"tuned for {threads} threads: {path()}"
         ahead = f" ahead={b[3]}" if b[3] else ""
         out[f"{isa} {dtype}"] = f"kc={b[0]} mc={b[1]} nc={b[2]}{ahead} ({source})"
     return out
