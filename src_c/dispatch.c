@@ -81,6 +81,16 @@ static int isa_index(const fl_isa *isa)
 
 static size_t load(atomic_size_t *v) { return atomic_load_explicit(v, memory_order_acquire); }
 
+/* The first of slots 1 .. FL_COUNTS of ISA i, value type v held for `threads` threads
+ * (0: a free one); 0, the slot of any count, where there is none. */
+static int slot_of(int i, int v, size_t threads)
+{
+    for (int j = 1; j <= FL_COUNTS; j++)
+        if (load(&chosen[i][v][j][0]) == threads)
+            return j;
+    return 0;
+}
+
 fl_blocks fl_blocks_in_force(const fl_isa *isa, fl_dtype dtype, int threads)
 {
     const fl_kernel *k = &isa->k[dtype];
@@ -88,10 +98,7 @@ fl_blocks fl_blocks_in_force(const fl_isa *isa, fl_dtype dtype, int threads)
     const int i = isa_index(isa), v = fl_formats[dtype].values == FL_F64;
     if (i < 0)
         return bl;
-    int s = 0;  /* this count's slot, else the one for every count */
-    for (int j = 1; j <= FL_COUNTS && !s && threads > 0; j++)
-        if (load(&chosen[i][v][j][0]) == (size_t)threads)
-            s = j;
+    const int s = threads > 0 ? slot_of(i, v, (size_t)threads) : 0;
     const size_t kc = load(&chosen[i][v][s][1]), mc = load(&chosen[i][v][s][2]),
                  nc = load(&chosen[i][v][s][3]);
     return (fl_blocks){kc ? kc : bl.kc, mc ? mc : bl.mc, nc ? nc : bl.nc,
@@ -113,20 +120,12 @@ int fl_set_blocking(const char *name, fl_dtype dtype, size_t kc, size_t mc, size
                    || !nc || nc % k->nr || nc > most || ahead % 64 || ahead > FL_AHEAD_MOST))
         return -2;
     const int v = fl_formats[dtype].values == FL_F64;
-    int s = 0, free_slot = 0;  /* threads 0: slot 0; else this count's slot or a free one */
-    for (int j = 1; j <= FL_COUNTS && threads > 0 && !s; j++) {
-        const size_t t = load(&chosen[i][v][j][0]);
-        if (t == (size_t)threads)
-            s = j;
-        else if (!t && !free_slot)
-            free_slot = j;
-    }
-    if (threads > 0 && !s) {
+    int s = threads > 0 ? slot_of(i, v, (size_t)threads) : 0;
+    if (threads > 0 && !s) {  /* no slot of its own yet: a free one, claimed below */
         if (clear)
             return 0;
-        if (!free_slot)
+        if (!(s = slot_of(i, v, 0)))
             return -3;
-        s = free_slot;
     }
     atomic_size_t *slot = chosen[i][v][s];
     if (s && clear)  /* free the slot first: its calls go back to slot 0 */

@@ -214,8 +214,19 @@ INLINE void rows(const fl_dtype dt, const size_t nv, size_t m, size_t kc, const 
     }
 }
 
-/* The two layouts of x get their own instances: its strides are constants in each call;
- * so do panels filled no further than their first half (a narrow layer's only panel, as
+/* The two layouts of x get their own instances: its strides are constants in each. */
+INLINE void rows_of_x(const fl_dtype dt, const size_t nv, size_t m, size_t kc, const char *a,
+                      const ptrdiff_t a_rs, const ptrdiff_t a_cs, const char *w, size_t ahead,
+                      size_t group, char *y, size_t ldy, size_t n, int first,
+                      const char *scale, const char *bias)
+{
+    if (a_cs == 1)  /* x in place */
+        rows(dt, nv, m, kc, a, a_rs, 1, w, ahead, group, y, ldy, n, first, scale, bias);
+    else            /* packed x: a_rs == 1, a_cs == MR */
+        rows(dt, nv, m, kc, a, 1, MR, w, ahead, group, y, ldy, n, first, scale, bias);
+}
+
+/* So do panels filled no further than their first half (a narrow layer's only panel, as
  * a classifier's 10 outputs; the last of a wider one): tiles of NV / 2 vectors compute
  * and read half the columns, the same operations on each of theirs. */
 INLINE void ukernel(const fl_dtype dt, size_t kc, const void *a, ptrdiff_t a_rs,
@@ -227,18 +238,12 @@ INLINE void ukernel(const fl_dtype dt, size_t kc, const void *a, ptrdiff_t a_rs,
     if (TWO_PANELS && n > nr)  /* one row in place, two panels */
         tile(dt, 1, 2 * NV, kc, a, 0, 1, w, w_next, ahead, group, y, ldy, n, first,
              (const char *)scale, bias);
-    else if (a_cs == 1 && 2 * n <= nr)  /* x in place */
-        rows(dt, NV / 2, m, kc, a, a_rs, 1, w, ahead, group, y, ldy, n, first,
-             (const char *)scale, bias);
-    else if (a_cs == 1)
-        rows(dt, NV, m, kc, a, a_rs, 1, w, ahead, group, y, ldy, n, first,
-             (const char *)scale, bias);
-    else if (2 * n <= nr)  /* packed x: a_rs == 1, a_cs == MR */
-        rows(dt, NV / 2, m, kc, a, 1, MR, w, ahead, group, y, ldy, n, first,
-             (const char *)scale, bias);
+    else if (2 * n <= nr)
+        rows_of_x(dt, NV / 2, m, kc, a, a_rs, a_cs, w, ahead, group, y, ldy, n, first,
+                  (const char *)scale, bias);
     else
-        rows(dt, NV, m, kc, a, 1, MR, w, ahead, group, y, ldy, n, first, (const char *)scale,
-             bias);
+        rows_of_x(dt, NV, m, kc, a, a_rs, a_cs, w, ahead, group, y, ldy, n, first,
+                  (const char *)scale, bias);
 }
 
 /* The entry points, one per weight format. */
