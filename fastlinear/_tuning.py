@@ -31,10 +31,10 @@ VALUE_TYPES = ("float32", "float64")
 REFERENCE_CACHES = {1: 32 << 10, 2: 1 << 20, 3: 32 << 20}
 KC_LEVEL = {"ref": 2, "avx2": 1, "avx512": 2, "avx512_vnni": 2}
 
-# What apply() set, per (isa, value type): the sizes for any thread count (kc, mc, nc,
-# ahead), and where they came from; and per (isa, value type, threads), the tuned ones.
+# What apply() set, per (isa, value type): the derived sizes, for any thread count (kc,
+# mc, nc, ahead); and per (isa, value type, threads), the tuned ones.
 Blocks = tuple[int, int, int, int]
-in_force: dict[tuple[str, str], tuple[Blocks, str]] = {}
+derived_in_force: dict[tuple[str, str], Blocks] = {}
 tuned: dict[tuple[str, str, int], Blocks] = {}
 
 
@@ -193,7 +193,7 @@ def apply() -> None:
         for dtype in VALUE_TYPES:
             blocks = derived(isa, dtype) + (0,)
             _core.set_blocking(isa, dtype, *blocks)
-            in_force[isa, dtype] = (blocks, "derived from the caches")
+            derived_in_force[isa, dtype] = blocks
         for entry_key, stored in entries.items():
             count = _entry_threads(entry_key, isa)
             if count is None:
@@ -216,7 +216,8 @@ def describe(threads: int) -> dict:
     """{"avx512 float32": "kc=512 mc=144 nc=8192 (derived from the caches)", ...}: the
     sizes calls of `threads` threads use (and their prefetch distance where not 0)."""
     out = {}
-    for (isa, dtype), (b, source) in sorted(in_force.items()):
+    for (isa, dtype), b in sorted(derived_in_force.items()):
+        source = "derived from the caches"
         if (isa, dtype, threads) in tuned:
             b, source = tuned[isa, dtype, threads], f"tuned for {threads} threads: {path()}"
         ahead = f" ahead={b[3]}" if b[3] else ""
