@@ -170,11 +170,10 @@ INLINE void steps(const fl_dtype dt, const size_t m, const size_t nv, size_t kr,
         /* int4: the group's scales read from L1 at each use (avx512.c says why). */
         if (dt == FL_I4)
             __asm__("" : "+r"(sg) : "r"(k));
-        /* ahead 0 asks for the row being read: no branch in the loop (clang moved
-         * the k loops out of shape around one, tests/test_disassembly.py) */
+        if (ahead)  /* a constant in each k loop (tile.h's steps_at) */
 FL_UNROLL
-        for (size_t l = 0; l < tile_row_bytes(dt, nv); l += 64)
-            _mm_prefetch(wk + l / rb * w_next + ahead + l % rb, _MM_HINT_T0);
+            for (size_t l = 0; l < tile_row_bytes(dt, nv); l += 64)
+                _mm_prefetch(wk + l / rb * w_next + ahead + l % rb, _MM_HINT_T0);
         vec ai[MR];
 FL_UNROLL
         for (size_t i = 0; i < m; i++)

@@ -152,11 +152,10 @@ INLINE void steps(const fl_dtype dt, const size_t m, const size_t nv, size_t kr,
          * memory across it.) */
         if (dt == FL_I4)
             __asm__("" : "+r"(sg) : "r"(k));
-        /* ahead 0 asks for the row being read: no branch in the loop (clang moved
-         * the k loops out of shape around one, tests/test_disassembly.py) */
+        if (ahead)  /* a constant in each k loop (tile.h's steps_at) */
 FL_UNROLL
-        for (size_t l = 0; l < tile_row_bytes(dt, nv); l += 64)
-            _mm_prefetch(wk + l / rb * w_next + ahead + l % rb, _MM_HINT_T0);
+            for (size_t l = 0; l < tile_row_bytes(dt, nv); l += 64)
+                _mm_prefetch(wk + l / rb * w_next + ahead + l % rb, _MM_HINT_T0);
         vec wv[2 * NV];
 FL_UNROLL
         for (size_t v = 0; v < nv; v++)
