@@ -34,7 +34,6 @@ static size_t min_sz(size_t a, size_t b) { return a < b ? a : b; }
 typedef struct {
     fl_ukernel *run;
     const char *w;
-    size_t sum_bytes;  /* the bytes of FL_SUM_BLOCK k rows of w */
     size_t ahead;      /* the kernel's prefetch distance (0 for a buffer in cache) */
 } fl_weights;
 
@@ -49,17 +48,15 @@ static fl_weights weights(const fl_job *jb, size_t q, size_t pc, size_t kc, floa
         if (pc == 0)
             fl_pack_block(p->dtype, nr, min_sz(nr, p->n - q * nr), p->k,
                           jb->w + q * nr * jb->ldw * size, jb->ldw, wbuf);
-        return (fl_weights){p->kern->run, (const char *)wbuf + pc * nr * size,
-                            FL_SUM_BLOCK * nr * size, 0};
+        return (fl_weights){p->kern->run, (const char *)wbuf + pc * nr * size, 0};
     }
     if (wbuf) {
         fl_expand(p, q, pc, kc, wbuf);
-        return (fl_weights){p->isa->k[FL_F32].run, (const char *)wbuf,
-                            FL_SUM_BLOCK * p->kern->nr * sizeof(float), 0};
+        return (fl_weights){p->isa->k[FL_F32].run, (const char *)wbuf, 0};
     }
     return (fl_weights){p->kern->run,
                         (const char *)p->w + q * p->panel_bytes + fl_panel_offset(p, pc),
-                        fl_panel_offset(p, FL_SUM_BLOCK), jb->ahead};
+                        jb->ahead};
 }
 
 /* ep on the m x n tile of y whose first column is j0: the scale and shift (the AFFINE
@@ -82,10 +79,10 @@ static void epilogue(const fl_packed *p, const fl_epilogue *ep, char *y, size_t 
 }
 
 /* Rows [row, row + m) (m <= MR) of weight panels q .. q + np - 1 (np = 2 only for one
- * row, with kernels of two_panels) for k in [pc, pc + kc), one kernel call per summation
- * block, the scale and bias after the last one. Rows are independent, so fewer than MR
- * rows run as tiles whose heights are powers of two (the heights kernels instantiate,
- * kernel.h) with the same bits. */
+ * row, with kernels of two_panels) for k in [pc, pc + kc), one kernel call (its
+ * summation blocks inside), the scale and bias with the last k block. Rows are
+ * independent, so fewer than MR rows run as tiles whose heights are powers of two (the
+ * heights kernels instantiate, kernel.h) with the same bits. */
 static void run_tile(const fl_job *jb, fl_weights wt, size_t q, size_t np, size_t pc,
                      size_t kc, const char *a, ptrdiff_t a_rs, ptrdiff_t a_cs, size_t row,
                      size_t m)
@@ -104,15 +101,8 @@ static void run_tile(const fl_job *jb, fl_weights wt, size_t q, size_t np, size_
             while (2 * h <= m)
                 h *= 2;
         char *yt = jb->y + (row * jb->ldy + q * nr) * size;
-        for (size_t k0 = 0, s = 0;; k0 += FL_SUM_BLOCK, s++) {
-            const size_t ks = min_sz(FL_SUM_BLOCK, kc - k0);
-            const int end = k0 + ks == kc;  /* kc may be 0: one call, y = bias */
-            wt.run(ks, a + (ptrdiff_t)k0 * a_cs * (ptrdiff_t)size, a_rs, a_cs,
-                   wt.w + s * wt.sum_bytes, (ptrdiff_t)p->panel_bytes, wt.ahead, p->group, yt,
-                   jb->ldy, h, n, pc + k0 == 0, end ? sq : NULL, end ? bq : NULL);
-            if (end)
-                break;
-        }
+        wt.run(kc, a, a_rs, a_cs, wt.w, (ptrdiff_t)p->panel_bytes, wt.ahead, p->group, yt,
+               jb->ldy, h, n, pc == 0, sq, bq);
         if (last && jb->ep)  /* the epilogue, while the tile is in L1 */
             epilogue(p, jb->ep, yt, jb->ldy, h, q * nr, n);
         a += (ptrdiff_t)h * a_rs * (ptrdiff_t)size;
@@ -150,11 +140,15 @@ static void run_direct(const fl_job *jb, size_t r0, size_t r1, size_t q0, size_t
     const fl_kernel *kr = jb->p->kern;
     const size_t size = fl_value_size(jb->p->dtype), k = jb->p->k;
     const size_t step = r1 - r0 == 1 && kr->two_panels && !wbuf ? 2 : 1;
+    /* A single row takes all of k in one block: blocks are there for the tiles after the
+     * first to find the weights in cache, and each costs a round of calls (1x768x3072 on
+     * AVX2's 128-row blocks: 54 -> 51 us, Zen 4). A widening buffer holds one block. */
+    const size_t kb = r1 - r0 == 1 && (!wbuf || jb->plain) ? k : jb->bl.kc;
     for (size_t q = q0; q < q1; q += step) {
         const size_t np = min_sz(step, q1 - q);
         size_t pc = 0;
         do {  /* at least once: K = 0 still writes the bias */
-            const size_t kc = min_sz(jb->bl.kc, k - pc);
+            const size_t kc = min_sz(kb, k - pc);
             const fl_weights wt = weights(jb, q, pc, kc, wbuf);
             for (size_t ir = r0, h; ir < r1; ir += h) {
                 h = tile_rows(kr->mr, r1 - ir, jb->streamed);

@@ -3,24 +3,26 @@
  *
  * Micro-kernel: computes one m x n tile of y (1 <= n <= NR; m is MR, or a power of two
  * below it: the driver cuts the rows of an edge tile into such tiles, which gives the
- * same bits since rows are independent) over one summation block (fastlinear.h) of
- * kc <= FL_SUM_BLOCK values of k:
+ * same bits since rows are independent) over kc values of k (a k block, at most KC), in
+ * summation blocks (fastlinear.h) of FL_SUM_BLOCK values, the last one maybe shorter:
  *
- *     p[i][j] = 0
- *     for k in 0 .. kc-1 (ascending):  p[i][j] += a[i*a_rs + k*a_cs] * W(k, j)
- *     acc[i][j] = first ? p[i][j] : y[i*ldy + j] + p[i][j]
- *     if scale != NULL:                acc[i][j] *= scale[j]
- *     if bias != NULL:                 acc[i][j] += bias[j]
- *     y[i*ldy + j] = acc[i][j]         for i < m, j < n only
+ *     for each summation block B, in ascending k:
+ *       p[i][j] = 0
+ *       for k in B (ascending):        p[i][j] += a[i*a_rs + k*a_cs] * W(k, j)
+ *       acc[i][j] = first and B is the call's first ? p[i][j] : y[i*ldy + j] + p[i][j]
+ *       after B the last:
+ *         if scale != NULL:            acc[i][j] *= scale[j]
+ *         if bias != NULL:             acc[i][j] += bias[j]
+ *       y[i*ldy + j] = acc[i][j]       for i < m, j < n only
  *
- * The driver calls it block by block in ascending k, `first` for the first block of K,
- * the scale and the bias with the last.
+ * The driver calls it k block by k block in ascending k, `first` for the first block of
+ * K, the scale and the bias with the last.
  *   a      rows of x: either x itself (a_rs = ldx, any value, a_cs = 1) or a packed
  *          micro-panel (a_rs = 1, a_cs = MR > 1); kernels may tell the two apart by a_cs.
  *          Only rows i < m are read.
- *   w      kc rows of k of one packed weight panel (fl_panel_offset gives where a block
- *          starts), W(k, j) the float value of its weight (fastlinear.h), in the
- *          panel layout of the weights' format:
+ *   w      kc rows of k of one packed weight panel (fl_panel_offset gives where a k
+ *          block starts, which starts a summation block), W(k, j) the float value of its
+ *          weight (fastlinear.h), in the panel layout of the weights' format:
  *            float32, float64, bfloat16, float16, int8: NR values per k, contiguous;
  *            int4: groups of `group` k rows, each NR float32 scales, then `group` rows
  *            of NR/2 bytes; in a row, byte b holds column b in its low nibble and column
