@@ -69,13 +69,16 @@ INLINE vec vload(const char *p) { return _mm256_loadu_ps((const float *)p); }
 INLINE void vstore(char *p, vec v) { _mm256_storeu_ps((float *)p, v); }
 
 /* The first `bytes` (< VBYTES, a multiple of 4) of a vector, as a mask of 32-bit lanes;
- * its top bits serve as a mask of 64-bit lanes too. Built anew at each use (an opaque
- * count): hoisted out of the loop over summation blocks, it would take a 17th ymm. */
+ * its top bits serve as a mask of 64-bit lanes too. Loaded anew at each use (an opaque
+ * count) from a window on a table: no vector of its making can be hoisted out of the
+ * loop over summation blocks, where it would take a 17th ymm (a constant of lane
+ * numbers to compare with did, and the 3-row tile then read each weight vector 3 times:
+ * 8x768x3072 20% slower). */
+static const int32_t head_lanes[16] = {-1, -1, -1, -1, -1, -1, -1, -1};
 INLINE __m256i head_mask(size_t bytes)
 {
     __asm__ volatile("" : "+r"(bytes));
-    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(bytes / 4)),
-                              _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    return _mm256_loadu_si256((const __m256i *)(head_lanes + 8 - bytes / 4));
 }
 
 /* The first `bytes` (< VBYTES) of a vector at p; the rest zero, not read. */
