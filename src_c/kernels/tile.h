@@ -111,7 +111,7 @@ FL_UNROLL
 
 /* steps() with its prefetch distance fixed in each of two k loops: `ahead` bytes on, or
  * for 0 (weights in cache, untuned) no prefetch at all, where asking for the row being
- * read cost 3-5% (Zen 4: 32x768x3072 on AVX-512, one row on AVX2). Two loops, not a
+ * read cost AVX2's single rows 5% (Zen 4, 1x768x3072). Two loops, not a
  * branch in one: clang moved the k loops out of shape around one
  * (tests/test_disassembly.py). */
 INLINE void steps_at(const fl_dtype dt, const size_t m, const size_t nv, size_t kr,
@@ -128,8 +128,8 @@ INLINE void steps_at(const fl_dtype dt, const size_t m, const size_t nv, size_t 
  * partial sum p, then y = first block of K ? p : y + p; the scale and the bias after the
  * last; over m rows and the first nv vectors of the panel's columns (NV; 2 NV over two
  * panels, for one row; NV / 2 for a panel that fills no more: its other columns would
- * only add zeros). One call for all the blocks: a call per block cost single rows 4-6%
- * (1x768x3072, Zen 4). `dt`, `m`, `nv` and the x strides are compile-time constants at
+ * only add zeros). One call for all the blocks: a call per block cost 1-4% (AVX-512,
+ * Zen 4: 1x768x3072, 32x768x3072). `dt`, `m`, `nv` and the x strides are compile-time constants at
  * every call site below, so the loops over rows and vectors unroll completely, the
  * accumulators live in registers and x addresses fold into the loads. */
 INLINE void tile(const fl_dtype dt, const size_t m, const size_t nv, size_t kc,
