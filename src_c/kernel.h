@@ -3,8 +3,9 @@
  *
  * Micro-kernel: computes one m x n tile of y (1 <= n <= NR; m is MR, or a power of two
  * below it: the driver cuts the rows of an edge tile into such tiles, which gives the
- * same bits since rows are independent) over kc values of k (a k block, at most KC), in
- * summation blocks (fastlinear.h) of FL_SUM_BLOCK values, the last one maybe shorter:
+ * same bits since rows are independent) over kc values of k (a k block: at most KC, or
+ * all of K for a single row), in summation blocks (fastlinear.h) of FL_SUM_BLOCK values,
+ * the last one maybe shorter:
  *
  *     for each summation block B, in ascending k:
  *       p[i][j] = 0
